@@ -1,0 +1,108 @@
+"""Helpers shared by the benchmarks: notebooks, child servers, statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_NOTEBOOKS = ROOT.parent / "shared" / "bench" / "notebooks"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load_cells(folder: Path = BENCH_NOTEBOOKS) -> list[list[dict[str, str]]]:
+    """The benchmark notebooks as lists of ``{"cell_type", "source"}``, in file-name order."""
+    notebooks = []
+    for path in sorted(folder.glob("*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cells = []
+        for cell in nb["cells"]:
+            source = cell["source"]
+            cells.append({"cell_type": cell["cell_type"], "source": "".join(source) if isinstance(source, list) else source})
+        notebooks.append(cells)
+    if not notebooks:
+        raise SystemExit(f"No notebooks in {folder}; pass --notebooks DIR.")
+    return notebooks
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"n": len(ordered), "median": statistics.median(ordered), "p95": p95, "p99": p99}
+
+
+def wait_for(url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, headers=headers, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up within {timeout:.0f} s")
+
+
+@contextmanager
+def fake_backend(delay: float = 0.0, text: str = "df.head()") -> Iterator[str]:
+    """The loopback FIM server from the tests, in its own process."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fake_backends.py"), "--port", str(port), "--delay", str(delay), "--text", text],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def jupyter_server(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[bytes]]]:
+    """A real ``jupyter server`` with the extension; yields (codestral base URL, auth headers, process)."""
+    port, token = free_port(), secrets.token_hex(16)
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"codestral-bench-{port}"
+    root.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser", "--allow-root",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.log_level=WARN", *args,
+    ]
+    child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")} | (env or {})
+    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    headers = {"Authorization": f"token {token}"}
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{base}/api/status", headers=headers)
+        yield f"{base}/codestral", headers, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,137 @@
+"""The Jupyter server extension: configuration, backend lifetime, routes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from tornado.ioloop import IOLoop
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
+
+from .backends import Backend, create_backend
+from .backends.base import BackendSettings
+from .config import BACKENDS, ConfigError, resolve
+from .context import ContextBudget
+from .handlers import CompleteHandler, StatusHandler
+from .pipeline import ServiceStats
+from .request import RequestLimits
+
+CONFIG_TRAITS = (
+    "backend", "url", "model", "api_key", "fim_template", "prompt_layout", "prefix_tokens",
+    "suffix_tokens", "max_tokens", "temperature", "timeout", "connect_timeout", "retries",
+    "openai_suffix", "model_path", "threads",
+)
+
+
+class CodestralExtension(ExtensionApp):
+    name = "jupyter_codestral"
+    load_other_extensions = True
+
+    backend = CaselessStrEnum(
+        BACKENDS,
+        default_value=None,
+        allow_none=True,
+        help="Completion backend. Default: 'mistral' when CODESTRAL_API_KEY or MISTRAL_API_KEY "
+        "is set, else 'local' (the embedded model). Env: JUPYTER_CODESTRAL_BACKEND.",
+    ).tag(config=True)
+    url = Unicode(
+        None, allow_none=True,
+        help="Backend base URL, e.g. http://127.0.0.1:8080. For 'mistral' the host root; "
+        "'/v1/fim/completions' is added. Env: JUPYTER_CODESTRAL_URL.",
+    ).tag(config=True)
+    model = Unicode(None, allow_none=True, help="Model name. Env: JUPYTER_CODESTRAL_MODEL.").tag(config=True)
+    api_key = Unicode(
+        None, allow_none=True,
+        help="Key for an OpenAI-compatible server (prefer the JUPYTER_CODESTRAL_API_KEY variable). "
+        "Mistral keys come from CODESTRAL_API_KEY or MISTRAL_API_KEY.",
+    ).tag(config=True)
+    fim_template = Unicode(
+        None, allow_none=True,
+        help="FIM template for raw-prompt backends: codestral, qwen, starcoder2, deepseek, codellama. "
+        "Default: chosen from the model name.",
+    ).tag(config=True)
+    prompt_layout = CaselessStrEnum(
+        ("inline", "split"), default_value=None, allow_none=True,
+        help="Where later cells go: 'inline' in the FIM suffix, or 'split' as a separate file before the "
+        "FIM part (cache-friendly; needs repo-level FIM tokens). Default per backend.",
+    ).tag(config=True)
+    prefix_tokens = Int(0, help="Token budget for the text before the cursor (0: the backend's default).").tag(config=True)
+    suffix_tokens = Int(0, help="Token budget for the text after the cursor (0: the backend's default).").tag(config=True)
+    max_tokens = Int(128, help="Most tokens generated per completion.").tag(config=True)
+    temperature = Float(0.0, help="Sampling temperature.").tag(config=True)
+    timeout = Float(10.0, help="Seconds to wait for the backend's first byte, or between chunks.").tag(config=True)
+    connect_timeout = Float(3.0, help="Seconds to wait for a connection to the backend.").tag(config=True)
+    retries = Int(2, help="Extra attempts after a 5xx from the backend, before any text arrived.").tag(config=True)
+    openai_suffix = Bool(
+        False, help="The OpenAI-compatible server accepts 'suffix' (else a raw FIM prompt is sent)."
+    ).tag(config=True)
+    model_path = Unicode(
+        None, allow_none=True,
+        help="'local' backend: a GGUF file to use instead of the bundled model. Env: JUPYTER_CODESTRAL_MODEL_PATH.",
+    ).tag(config=True)
+    threads = Int(0, help="'local' backend: CPU threads (0: all cores).").tag(config=True)
+    max_body_bytes = Int(16 * 1024 * 1024, help="Largest accepted request body; larger ones get 413.").tag(config=True)
+    max_cells = Int(5000, help="Most cells accepted in one request.").tag(config=True)
+    log_prompts = Bool(
+        False, help="Log completions at INFO level (for debugging only; they contain the user's code)."
+    ).tag(config=True)
+
+    completion_backend: Backend
+    backend_settings: BackendSettings
+    budget: ContextBudget
+    stats: ServiceStats
+    config_error: str | None = None
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(max_cells=self.max_cells, max_total_chars=self.max_body_bytes)
+
+    def initialize_settings(self) -> None:
+        traits = {name: getattr(self, name) for name in CONFIG_TRAITS}
+        try:
+            self.backend_settings, self.budget = resolve(traits, os.environ)
+        except ConfigError as error:
+            # Serve a readable error instead of failing the whole Jupyter server.
+            self.config_error = str(error)
+            self.log.error("jupyter_codestral: %s", error)
+            self.backend_settings, self.budget = resolve({**traits, "backend": "mistral"}, {})
+        self.stats = ServiceStats()
+        self.completion_backend = create_backend(self.backend_settings)
+        # Load a local model in the background as soon as the loop runs, so
+        # the first keystroke does not pay for it.
+        IOLoop.current().add_callback(self.completion_backend.start)
+        self.log.info(
+            "jupyter_codestral: backend %s, model %s, %s",
+            self.backend_settings.backend, self.backend_settings.model, self.backend_settings.url,
+        )
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(
+            [
+                (r"/codestral/complete", CompleteHandler),
+                (r"/codestral/status", StatusHandler),
+            ]
+        )
+
+    async def stop_extension(self) -> None:
+        backend = getattr(self, "completion_backend", None)
+        if backend is not None:
+            await backend.aclose()
+
+    def status(self) -> dict[str, Any]:
+        backend = self.completion_backend
+        state = backend.state
+        if self.config_error:
+            state = "error"
+        return {
+            **backend.describe(),
+            "state": state,
+            "ready": state == "ready",
+            "layout": self.backend_settings.layout,
+            "rate_limited_until": backend.rate_limited_until,
+            "config_error": self.config_error,
+            "last_error": self.stats.last_error,
+            "latency": self.stats.to_json(),
+            "budget": {"prefix_tokens": self.budget.prefix_tokens, "suffix_tokens": self.budget.suffix_tokens},
+        }

@@ -1,0 +1,52 @@
+"""Ollama's ``/api/generate`` with ``suffix``: Ollama applies the model's FIM template."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+
+from ..errors import backend_error
+from .base import FimRequest, HttpBackend, drain
+
+
+class OllamaBackend(HttpBackend):
+    name = "ollama"
+    path = "/api/generate"
+    host_label = "Ollama"
+
+    async def stream(self, request: FimRequest) -> AsyncIterator[str]:
+        payload = {
+            "model": self.settings.model,
+            "prompt": request.prefix,
+            "suffix": request.suffix,
+            "stream": True,
+            "options": {
+                "num_predict": request.max_tokens,
+                "temperature": self.settings.temperature,
+                "stop": list(request.stop),
+            },
+        }
+        async for piece in self.post_stream(payload, self._events):
+            yield piece
+
+    async def _events(self, response: httpx.Response) -> AsyncIterator[str]:
+        # One JSON object per line; the last has "done": true.
+        lines = response.aiter_lines()
+        async for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                raise self.malformed(line) from None
+            if not isinstance(event, dict):
+                raise self.malformed(line)
+            if "error" in event:
+                raise backend_error("server_error", f"Ollama reported: {event['error']}")
+            yield str(event.get("response") or "")
+            if event.get("done"):
+                await drain(lines)
+                return
+        raise backend_error("bad_reply", f"{self.settings.url} ended the stream before \"done\".")

@@ -1,0 +1,37 @@
+"""OpenAI-compatible ``/v1/completions`` (vLLM, LM Studio, llama.cpp's server).
+
+Most of these servers ignore or refuse ``suffix``, so by default the prompt
+is a raw FIM prompt in the model family's template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from .base import FimRequest, HttpBackend, choice_stream
+
+
+class OpenAIBackend(HttpBackend):
+    name = "openai"
+    path = "/v1/completions"
+    host_label = "The OpenAI-compatible server"
+
+    async def stream(self, request: FimRequest) -> AsyncIterator[str]:
+        payload: dict[str, Any] = {
+            "model": self.settings.model,
+            "max_tokens": request.max_tokens,
+            "temperature": self.settings.temperature,
+            "stream": True,
+        }
+        if self.settings.openai_suffix:
+            payload |= {"prompt": request.prefix, "suffix": request.suffix, "stop": list(request.stop)}
+        else:
+            payload |= {"prompt": self.raw_prompt(request), "stop": self.stop_sequences(request)}
+        async for piece in self.post_stream(payload, self._events):
+            yield piece
+
+    def _events(self, response: httpx.Response) -> AsyncIterator[str]:
+        return choice_stream(self, response, "text")

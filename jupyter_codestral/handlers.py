@@ -1,0 +1,136 @@
+"""HTTP endpoints: ``POST codestral/complete`` and ``GET codestral/status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from .errors import CompletionError, RequestError
+from .pipeline import run_completion
+from .request import CompletionRequest, parse_completion_request
+
+if TYPE_CHECKING:
+    from .app import CodestralExtension
+
+NDJSON = "application/x-ndjson"
+
+
+class CodestralHandler(ExtensionHandlerMixin, APIHandler):
+    auth_resource = "codestral"
+
+    @property
+    def codestral(self) -> CodestralExtension:
+        return self.extensionapp  # type: ignore[return-value]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Our own errors are written by send_error_json; anything else
+        # (tornado's 403 for a missing XSRF token, say) gets the same shape
+        # and never a traceback.
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        kind = "forbidden" if status_code == 403 else "http_error"
+        if status_code >= 500:
+            kind, message = "internal", "The completion server failed; see the Jupyter server log."
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": {"kind": kind, "message": message}}))
+
+    def send_error_json(self, error: CompletionError) -> None:
+        self.set_status(error.status)
+        if error.retry_after is not None:
+            self.set_header("Retry-After", str(max(1, round(error.retry_after))))
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error.to_json()))
+
+
+class CompleteHandler(CodestralHandler):
+    _work: asyncio.Task[None] | None = None
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        app = self.codestral
+        body = self.request.body or b""
+        try:
+            if len(body) > app.max_body_bytes:
+                raise RequestError(
+                    "too_large",
+                    f"The request is {len(body)} bytes; the limit is {app.max_body_bytes} "
+                    "(CodestralExtension.max_body_bytes).",
+                    413,
+                )
+            request = parse_completion_request(body, app.request_limits)
+            if app.config_error:
+                raise CompletionError("config", app.config_error, 503)
+        except CompletionError as error:
+            self.send_error_json(error)
+            return
+        self._work = asyncio.ensure_future(self._respond(request))
+        try:
+            await self._work
+        except asyncio.CancelledError:
+            app.stats.cancelled += 1
+            self.log.debug("codestral: the client went away; backend request cancelled")
+
+    def on_connection_close(self) -> None:
+        # The browser aborted (a newer keystroke) or closed: stop paying for tokens.
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    async def _respond(self, request: CompletionRequest) -> None:
+        app = self.codestral
+        events = run_completion(
+            request,
+            app.completion_backend,
+            app.budget,
+            max_tokens=app.backend_settings.max_tokens,
+        )
+        started = False
+        try:
+            async for event in events:
+                if "done" in event:
+                    app.stats.record(event["timings"])
+                    if app.log_prompts:
+                        self.log.info("codestral completion: %r", event["completion"])
+                    if not request.stream:
+                        self.finish(
+                            {"completion": event["completion"], **app.completion_backend.describe(), "timings": event["timings"]}
+                        )
+                        return
+                if request.stream:
+                    if not started:
+                        self.set_header("Content-Type", NDJSON)
+                        self.set_header("Cache-Control", "no-store")
+                        self.set_header("X-Accel-Buffering", "no")  # proxies must not buffer the stream
+                        started = True
+                    self.write(json.dumps(event) + "\n")
+                    await self.flush()
+            if request.stream:
+                self.finish()
+        except StreamClosedError:
+            raise asyncio.CancelledError() from None
+        except CompletionError as error:
+            if error.kind == "cancelled":
+                app.stats.cancelled += 1  # superseded by a newer keystroke: not a failure
+            else:
+                app.stats.record_error(error)
+                self.log.warning("codestral: %s", app.backend_settings.redact(str(error)))
+            if started:
+                self.finish(json.dumps(error.to_json()) + "\n")
+            else:
+                self.send_error_json(error)
+        finally:
+            await events.aclose()
+
+
+class StatusHandler(CodestralHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish(self.codestral.status())

@@ -1,0 +1,271 @@
+/**
+ * The wire format of `POST codestral/complete`: building request bodies and
+ * reading the NDJSON stream. Pure functions, no JupyterLab imports, so they
+ * are unit-tested in plain Node.
+ */
+
+export type CellType = 'code' | 'markdown' | 'raw';
+
+export interface ICellSource {
+  cell_type: CellType;
+  source: string;
+}
+
+export interface IRequestOptions {
+  path?: string;
+  language?: string;
+  maxTokens?: number;
+  singleLine?: boolean;
+  kernelId?: string | null;
+  prefetch?: boolean;
+}
+
+export interface ICompletionBody {
+  cells?: ICellSource[];
+  cell_index?: number;
+  text?: string;
+  cursor: number;
+  path?: string;
+  language?: string;
+  stream: boolean;
+  max_tokens?: number;
+  single_line?: boolean;
+  kernel_id?: string;
+  prefetch?: boolean;
+}
+
+export interface IErrorInfo {
+  kind: string;
+  message: string;
+  retry_after?: number;
+}
+
+export interface IStreamEvent {
+  delta?: string;
+  done?: boolean;
+  completion?: string;
+  timings?: Record<string, number>;
+  error?: IErrorInfo;
+}
+
+/**
+ * Convert an editor offset (UTF-16 code units, as JavaScript counts) into
+ * the code-point offset the server expects (as Python counts).
+ */
+export function codePointOffset(text: string, utf16Offset: number): number {
+  let count = 0;
+  for (let i = 0; i < utf16Offset && i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    // A high surrogate followed by a low one is a single code point.
+    if (code >= 0xd800 && code <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) {
+        i++;
+      }
+    }
+    count++;
+  }
+  return count;
+}
+
+function common(options: IRequestOptions): Partial<ICompletionBody> {
+  const body: Partial<ICompletionBody> = {};
+  if (options.path) {
+    body.path = options.path;
+  }
+  if (options.language) {
+    body.language = options.language;
+  }
+  if (options.maxTokens) {
+    body.max_tokens = options.maxTokens;
+  }
+  if (options.singleLine) {
+    body.single_line = true;
+  }
+  if (options.kernelId) {
+    body.kernel_id = options.kernelId;
+  }
+  if (options.prefetch) {
+    body.prefetch = true;
+  }
+  return body;
+}
+
+/** The body for a completion in a notebook: every cell's source, no outputs. */
+export function notebookBody(
+  cells: ICellSource[],
+  cellIndex: number,
+  utf16Offset: number,
+  options: IRequestOptions = {}
+): ICompletionBody {
+  const source = cells[cellIndex]?.source ?? '';
+  return {
+    cells,
+    cell_index: cellIndex,
+    cursor: codePointOffset(source, utf16Offset),
+    stream: !options.prefetch,
+    ...common(options)
+  };
+}
+
+/** The body for a completion in a plain file editor. */
+export function fileBody(
+  text: string,
+  utf16Offset: number,
+  options: IRequestOptions = {}
+): ICompletionBody {
+  return {
+    text,
+    cursor: codePointOffset(text, utf16Offset),
+    stream: !options.prefetch,
+    ...common(options)
+  };
+}
+
+/** Map an editor MIME type to the language name the server understands. */
+export function languageOf(mimeType: string | undefined, fallback = 'python'): string {
+  if (!mimeType) {
+    return fallback;
+  }
+  const known: Record<string, string> = {
+    'text/x-ipython': 'python',
+    'text/x-python': 'python',
+    'text/x-markdown': 'markdown',
+    'text/markdown': 'markdown',
+    'text/x-ipythongfm': 'markdown',
+    'text/x-rsrc': 'r',
+    'text/x-julia': 'julia',
+    'text/javascript': 'javascript',
+    'application/javascript': 'javascript',
+    'text/typescript': 'typescript',
+    'text/x-sql': 'sql',
+    'text/x-sh': 'bash',
+    'text/x-rustsrc': 'rust',
+    'text/x-go': 'go',
+    'text/x-java': 'java',
+    'text/x-c++src': 'c++',
+    'text/x-csrc': 'c'
+  };
+  return known[mimeType] ?? fallback;
+}
+
+/**
+ * Splits a byte stream of newline-delimited JSON into events. Lines can
+ * arrive split across chunks; a partial line is kept until its end arrives.
+ */
+export class NdjsonDecoder {
+  private _buffer = '';
+  private _decoder = new TextDecoder();
+
+  push(chunk: Uint8Array | string): IStreamEvent[] {
+    this._buffer +=
+      typeof chunk === 'string'
+        ? chunk
+        : this._decoder.decode(chunk, { stream: true });
+    const lines = this._buffer.split('\n');
+    this._buffer = lines.pop() ?? '';
+    return lines.filter(line => line.trim()).map(line => parseLine(line));
+  }
+
+  /** The stream ended: whatever is left must be one last whole line. */
+  flush(): IStreamEvent[] {
+    const rest = this._buffer + this._decoder.decode();
+    this._buffer = '';
+    return rest.trim() ? [parseLine(rest)] : [];
+  }
+}
+
+function parseLine(line: string): IStreamEvent {
+  try {
+    return JSON.parse(line) as IStreamEvent;
+  } catch {
+    return {
+      error: {
+        kind: 'bad_reply',
+        message: `The server sent a line that is not JSON: ${line.slice(0, 80)}`
+      }
+    };
+  }
+}
+
+/** An error the server (or the network) reported, with its kind. */
+export class CompletionFailure extends Error {
+  constructor(
+    readonly kind: string,
+    message: string,
+    readonly retryAfter?: number
+  ) {
+    super(message);
+  }
+}
+
+/** Read an error reply's body; fall back to the HTTP status text. */
+export function failureFromReply(
+  status: number,
+  statusText: string,
+  bodyText: string
+): CompletionFailure {
+  try {
+    const body = JSON.parse(bodyText);
+    if (body?.error?.message) {
+      return new CompletionFailure(
+        body.error.kind ?? 'error',
+        body.error.message,
+        body.error.retry_after
+      );
+    }
+    if (body?.message) {
+      return new CompletionFailure('http_error', body.message);
+    }
+  } catch {
+    // not JSON: use the status line
+  }
+  return new CompletionFailure(
+    'http_error',
+    `The completion server answered ${status} ${statusText}`.trim()
+  );
+}
+
+/**
+ * Shows each distinct error once: the same failure on every keystroke would
+ * bury the user. An error is shown again after `quietMs` without it.
+ */
+export class ErrorGate {
+  private _last = '';
+  private _lastAt = 0;
+
+  constructor(private readonly quietMs = 60_000) {}
+
+  shouldShow(error: IErrorInfo, now = Date.now()): boolean {
+    const key = error.kind;
+    const repeat = key === this._last && now - this._lastAt < this.quietMs;
+    this._last = key;
+    this._lastAt = now;
+    return !repeat;
+  }
+
+  /** A success ends the streak, so the next failure is shown. */
+  reset(): void {
+    this._last = '';
+  }
+}
+
+/**
+ * "Newest request wins": each keystroke begins a request and aborts the one
+ * before it, so the server cancels its backend call and stale text is never
+ * shown.
+ */
+export class LatestRequest {
+  private _ticket = 0;
+  private _controller = new AbortController();
+
+  begin(): { ticket: number; signal: AbortSignal } {
+    this._controller.abort();
+    this._controller = new AbortController();
+    return { ticket: ++this._ticket, signal: this._controller.signal };
+  }
+
+  isLatest(ticket: number): boolean {
+    return ticket === this._ticket;
+  }
+}

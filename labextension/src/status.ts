@@ -1,0 +1,94 @@
+import { Widget } from '@lumino/widgets';
+
+import { IServerStatus } from './client';
+import { IActivity } from './provider';
+
+/**
+ * The status bar item: backend and model, what it is doing, the last
+ * latency. Clicking it turns completions on or off.
+ */
+export class CodestralStatus extends Widget {
+  private _server: IServerStatus | null = null;
+  private _activity: IActivity = { state: 'idle' };
+  private _enabled = true;
+  private _unreachable: string | null = null;
+
+  constructor(private readonly onToggle: () => void) {
+    super({ node: document.createElement('div') });
+    this.addClass('jp-CodestralStatus');
+    this.node.setAttribute('role', 'button');
+    this.node.addEventListener('click', () => this.onToggle());
+    this.render();
+  }
+
+  set enabled(value: boolean) {
+    this._enabled = value;
+    this.render();
+  }
+
+  set server(status: IServerStatus | null) {
+    this._server = status;
+    this._unreachable = null;
+    this.render();
+  }
+
+  set unreachable(message: string) {
+    this._unreachable = message;
+    this.render();
+  }
+
+  set activity(activity: IActivity) {
+    this._activity = { ...this._activity, ...activity };
+    if (activity.state !== 'error') {
+      this._activity.message = undefined;
+    }
+    this.render();
+  }
+
+  /** The one-line state shown in the bar, and the reason shown on hover. */
+  describe(): { label: string; state: string; detail: string } {
+    const server = this._server;
+    if (!this._enabled) {
+      return { label: 'Codestral: off', state: 'off', detail: 'Completions are off. Click to turn them on.' };
+    }
+    if (this._unreachable) {
+      return { label: 'Codestral: error', state: 'error', detail: this._unreachable };
+    }
+    if (!server) {
+      return { label: 'Codestral', state: 'starting', detail: 'Asking the server for its state…' };
+    }
+    const who = `${server.backend} · ${server.model}`;
+    const until = server.rate_limited_until ? server.rate_limited_until * 1000 : 0;
+    if (until > Date.now()) {
+      const when = new Date(until).toLocaleTimeString();
+      return { label: `Codestral: rate limited until ${when}`, state: 'error', detail: `${who}: rate limited until ${when}` };
+    }
+    if (server.config_error) {
+      return { label: 'Codestral: error', state: 'error', detail: server.config_error };
+    }
+    if (this._activity.state === 'error' && this._activity.message) {
+      return { label: 'Codestral: error', state: 'error', detail: `${who}: ${this._activity.message}` };
+    }
+    if (!server.ready) {
+      const progress = typeof server.progress === 'number' ? ` ${Math.round(server.progress * 100)}%` : '';
+      return {
+        label: `Codestral: loading model${progress}`,
+        state: 'loading',
+        detail: `${who}: ${server.state}${progress}`
+      };
+    }
+    const latency = this._activity.firstTokenMs ?? server.latency?.first_token_ms.last ?? null;
+    const ms = latency === null || latency === undefined ? '' : ` ${Math.round(latency)} ms`;
+    if (this._activity.state === 'working') {
+      return { label: `Codestral: working…${ms}`, state: 'working', detail: `${who}: completing` };
+    }
+    return { label: `Codestral: ready${ms}`, state: 'ready', detail: `${who}: ready. Click to turn completions off.` };
+  }
+
+  private render(): void {
+    const { label, state, detail } = this.describe();
+    this.node.textContent = label;
+    this.node.title = detail;
+    this.node.dataset.state = state;
+  }
+}

@@ -1,0 +1,119 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import {
+  ErrorGate,
+  LatestRequest,
+  NdjsonDecoder,
+  codePointOffset,
+  failureFromReply,
+  fileBody,
+  languageOf,
+  notebookBody
+} from '../src/protocol';
+
+test('a notebook body carries every cell source, the cell index and the cursor', () => {
+  const cells = [
+    { cell_type: 'markdown' as const, source: '# Title' },
+    { cell_type: 'code' as const, source: 'import pandas as pd' },
+    { cell_type: 'code' as const, source: 'df.' }
+  ];
+  const body = notebookBody(cells, 2, 3, {
+    path: 'a.ipynb',
+    language: 'python',
+    maxTokens: 64,
+    kernelId: 'k1'
+  });
+  assert.deepEqual(body, {
+    cells,
+    cell_index: 2,
+    cursor: 3,
+    stream: true,
+    path: 'a.ipynb',
+    language: 'python',
+    max_tokens: 64,
+    kernel_id: 'k1'
+  });
+});
+
+test('a prefetch body asks for no stream; single-line mode is passed on', () => {
+  const body = fileBody('x = 1', 5, { prefetch: true, singleLine: true });
+  assert.equal(body.stream, false);
+  assert.equal(body.prefetch, true);
+  assert.equal(body.single_line, true);
+  assert.equal(body.text, 'x = 1');
+});
+
+test('cursor offsets are converted from UTF-16 units to code points', () => {
+  const text = 'a = "😀"\nb';
+  const utf16 = text.indexOf('\n');
+  assert.equal(utf16, 8); // the emoji is two UTF-16 units
+  assert.equal(codePointOffset(text, utf16), 7);
+  assert.equal(codePointOffset('plain', 3), 3);
+});
+
+test('editor MIME types map to language names', () => {
+  assert.equal(languageOf('text/x-ipython'), 'python');
+  assert.equal(languageOf('text/x-markdown'), 'markdown');
+  assert.equal(languageOf('text/x-unknown', 'text'), 'text');
+  assert.equal(languageOf(undefined), 'python');
+});
+
+test('NDJSON lines split across chunks are reassembled', () => {
+  const decoder = new NdjsonDecoder();
+  const encoder = new TextEncoder();
+  assert.deepEqual(decoder.push(encoder.encode('{"delta": "df')), []);
+  assert.deepEqual(decoder.push(encoder.encode('."}\n{"delta": "head()"}\n{"done"')), [
+    { delta: 'df.' },
+    { delta: 'head()' }
+  ]);
+  assert.deepEqual(decoder.push(': true, "completion": "df.head()"}'), []);
+  assert.deepEqual(decoder.flush(), [{ done: true, completion: 'df.head()' }]);
+});
+
+test('a multi-byte character split across chunks survives', () => {
+  const decoder = new NdjsonDecoder();
+  const bytes = new TextEncoder().encode('{"delta": "é"}\n');
+  const cut = bytes.indexOf(0xc3) + 1;
+  assert.deepEqual(decoder.push(bytes.slice(0, cut)), []);
+  assert.deepEqual(decoder.push(bytes.slice(cut)), [{ delta: 'é' }]);
+});
+
+test('a line that is not JSON becomes a readable error event', () => {
+  const [event] = new NdjsonDecoder().push('oops\n');
+  assert.equal(event.error?.kind, 'bad_reply');
+});
+
+test('error replies keep the server message, kind and retry-after', () => {
+  const failure = failureFromReply(
+    429,
+    'Too Many Requests',
+    '{"error": {"kind": "rate_limited", "message": "wait", "retry_after": 3}}'
+  );
+  assert.equal(failure.kind, 'rate_limited');
+  assert.equal(failure.message, 'wait');
+  assert.equal(failure.retryAfter, 3);
+  assert.match(failureFromReply(502, 'Bad Gateway', '<html>').message, /502 Bad Gateway/);
+});
+
+test('the same kind of error is shown once, again after a success or a quiet spell', () => {
+  const gate = new ErrorGate(1000);
+  const error = { kind: 'auth', message: 'bad key' };
+  assert.equal(gate.shouldShow(error, 0), true);
+  assert.equal(gate.shouldShow(error, 100), false);
+  assert.equal(gate.shouldShow({ ...error, message: 'bad key (again)' }, 200), false);
+  assert.equal(gate.shouldShow(error, 5000), true);
+  gate.reset();
+  assert.equal(gate.shouldShow(error, 5001), true);
+});
+
+test('a new request aborts the previous one', () => {
+  const latest = new LatestRequest();
+  const first = latest.begin();
+  assert.equal(first.signal.aborted, false);
+  const second = latest.begin();
+  assert.equal(first.signal.aborted, true);
+  assert.equal(second.signal.aborted, false);
+  assert.equal(latest.isLatest(first.ticket), false);
+  assert.equal(latest.isLatest(second.ticket), true);
+});

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import platformdirs
+import pytest
+
+from fake_backends import FAKE_KEY, FakeFimServer
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+# The tests give each server a temporary HOME; share one model cache between
+# them so the bundled model is assembled once, as on a user's machine.
+MODEL_CACHE = os.environ.get("JUPYTER_CODESTRAL_CACHE_DIR") or platformdirs.user_cache_dir("jupyter-codestral")
+
+
+@pytest.fixture
+def fake_backend(jp_asyncio_loop: Any) -> Iterator[FakeFimServer]:
+    fake = FakeFimServer()
+
+    async def start() -> None:
+        fake.start()
+
+    jp_asyncio_loop.run_until_complete(start())
+    yield fake
+    jp_asyncio_loop.run_until_complete(fake.stop())
+
+
+@pytest.fixture
+def codestral_config() -> dict[str, Any]:
+    """Extra ``CodestralExtension`` settings for one test (edit before the server starts)."""
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(fake_backend: FakeFimServer, codestral_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    for name in ("CODESTRAL_API_KEY", "MISTRAL_API_KEY", "JUPYTER_CODESTRAL_BACKEND", "JUPYTER_CODESTRAL_URL",
+                 "JUPYTER_CODESTRAL_MODEL", "JUPYTER_CODESTRAL_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CODESTRAL_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("JUPYTER_CODESTRAL_CACHE_DIR", MODEL_CACHE)
+    return {
+        "ServerApp": {"jpserver_extensions": {"jupyter_codestral": True}, "allow_root": True},
+        "CodestralExtension": {
+            "backend": "mistral",
+            "url": fake_backend.url,
+            "retries": 1,
+            "timeout": 2.0,
+            **codestral_config,
+        },
+    }
+
+
+NOTEBOOK = [
+    {"cell_type": "markdown", "source": "# Sales analysis\nLoad the data first."},
+    {"cell_type": "code", "source": "import pandas as pd\n%matplotlib inline"},
+    {"cell_type": "code", "source": "df = pd.read_csv('sales.csv')\ndf."},
+    {"cell_type": "raw", "source": "RAW-CELL-TEXT"},
+    {"cell_type": "code", "source": "df.plot()"},
+    {"cell_type": "markdown", "source": "## Conclusion"},
+]
+
+
+def notebook_request(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"cells": NOTEBOOK, "cell_index": 2, "cursor": len(NOTEBOOK[2]["source"]), "path": "sales.ipynb"}
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def complete(jp_fetch: Callable[..., Any]) -> Callable[..., Any]:
+    """POST to codestral/complete; returns (status, parsed body or NDJSON lines)."""
+
+    async def _complete(body: Any, raw: bool = False) -> tuple[int, Any]:
+        data = body if raw else json.dumps(body)
+        response = await jp_fetch("codestral", "complete", method="POST", body=data, raise_error=False)
+        text = response.body.decode()
+        if response.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+            return response.code, [json.loads(line) for line in text.splitlines() if line.strip()]
+        return response.code, json.loads(text)
+
+    return _complete
+
+
+@pytest.fixture
+def server_url(jp_fetch: Any, jp_http_port: int, jp_base_url: str) -> str:
+    """The running test server's ``codestral`` base URL, for clients other than jp_fetch."""
+    return f"http://127.0.0.1:{jp_http_port}{jp_base_url}codestral"

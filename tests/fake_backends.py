@@ -1,0 +1,300 @@
+"""A loopback server that speaks the wire formats of the real FIM backends.
+
+One tornado app answers Mistral's ``/v1/fim/completions``, OpenAI-compatible
+``/v1/completions``, Ollama's ``/api/generate`` and llama.cpp's ``/infill``
+with their documented stream shapes and error bodies.  A :class:`Script`
+says what the next answers look like (text, status, delays, a cut-off or
+malformed stream), and every request and disconnect is recorded, so tests can
+check exactly what reached the backend.
+
+It is used by the tests and by the benchmarks, and can run on its own:
+``python tests/fake_backends.py --port 8089``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+FAKE_KEY = "sk-test-0123456789abcdef-SECRET"
+
+
+@dataclass
+class Script:
+    """What the next answers look like."""
+
+    chunks: list[str] = field(default_factory=lambda: ["df", ".head", "()"])
+    status: int = 200
+    error_body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_first: float = 0.0  # seconds before the response starts
+    delay_between: float = 0.0  # seconds between chunks
+    cut_after: int | None = None  # drop the connection after this many chunks
+    malformed_after: int | None = None  # send a broken event after this many chunks
+    omit_done: bool = False  # end the stream without its final marker
+    fail_times: int | None = None  # answer `status` this many times, then succeed
+
+
+@dataclass
+class Received:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+
+
+class FakeFimServer:
+    def __init__(self, key: str | None = FAKE_KEY) -> None:
+        self.key = key
+        self.script = Script()
+        self.requests: list[Received] = []
+        self.disconnects = 0
+        self.finished = 0
+        self.in_flight = 0
+        self._server: tornado.httpserver.HTTPServer | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, port: int = 0) -> None:
+        """Listen on loopback; call with an asyncio loop current."""
+        sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
+        self.port = sockets[0].getsockname()[1]
+        app = tornado.web.Application(
+            [
+                (r"/v1/fim/completions", MistralHandler, {"fake": self}),
+                (r"/v1/completions", OpenAIHandler, {"fake": self}),
+                (r"/api/generate", OllamaHandler, {"fake": self}),
+                (r"/infill", InfillHandler, {"fake": self}),
+            ]
+        )
+        self._server = tornado.httpserver.HTTPServer(app)
+        self._server.add_sockets(sockets)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            await self._server.close_all_connections()
+
+    def reset(self, **script: Any) -> None:
+        self.script = Script(**script)
+        self.requests.clear()
+        self.disconnects = self.finished = 0
+
+    @property
+    def last(self) -> Received:
+        return self.requests[-1]
+
+
+def apply_stop(text: str, stop: Any) -> str:
+    """Cut ``text`` at the first stop string, as real servers do."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+class FakeHandler(tornado.web.RequestHandler):
+    fake: FakeFimServer
+    auth_required = False
+    stop_field = "stop"
+
+    def initialize(self, fake: FakeFimServer) -> None:
+        self.fake = fake
+        self._closed = False
+
+    def on_connection_close(self) -> None:
+        self._closed = True
+        self.fake.disconnects += 1
+
+    # -- protocol specifics ----------------------------------------------
+    def validation_error(self, body: dict[str, Any]) -> Any | None:
+        return None
+
+    def event(self, text: str, last: bool) -> bytes:
+        raise NotImplementedError
+
+    def done(self) -> bytes:
+        return b""
+
+    def error_json(self, status: int) -> Any:
+        return {"object": "error", "message": f"status {status}", "type": "api_error", "param": None, "code": None}
+
+    def stop_of(self, body: dict[str, Any]) -> Any:
+        return body.get(self.stop_field)
+
+    content_type = "text/event-stream"
+
+    # -- the request -----------------------------------------------------
+    async def post(self) -> None:
+        fake, script = self.fake, self.fake.script
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            body = {"_raw": self.request.body.decode("utf-8", "replace")}
+        fake.requests.append(Received(self.request.path, body, dict(self.request.headers), time.time()))
+        fake.in_flight += 1
+        try:
+            await self._answer(body, script)
+        except StreamClosedError:
+            pass
+        finally:
+            fake.in_flight -= 1
+
+    async def _answer(self, body: dict[str, Any], script: Script) -> None:
+        fake = self.fake
+        if self.auth_required and fake.key is not None:
+            if self.request.headers.get("Authorization") != f"Bearer {fake.key}":
+                self.set_status(401)
+                self.finish({"message": "Unauthorized", "request_id": "fake"})
+                return
+        invalid = self.validation_error(body)
+        if invalid is not None:
+            self.set_status(422)
+            self.finish(invalid)
+            return
+        if script.delay_first:
+            await self._sleep(script.delay_first)
+            if self._closed:
+                return
+        if script.status != 200 and (script.fail_times is None or script.fail_times > 0):
+            if script.fail_times is not None:
+                script.fail_times -= 1
+            self.set_status(script.status)
+            for name, value in script.headers.items():
+                self.set_header(name, value)
+            self.finish(script.error_body if script.error_body is not None else self.error_json(script.status))
+            return
+
+        text = apply_stop("".join(script.chunks), self.stop_of(body))
+        pieces, used = [], 0
+        for chunk in script.chunks:  # the scripted chunking, cut where the stop was
+            if used >= len(text):
+                break
+            pieces.append(text[used : used + len(chunk)])
+            used += len(chunk)
+        self.set_header("Content-Type", self.content_type)
+        for i, piece in enumerate(pieces):
+            if script.cut_after is not None and i >= script.cut_after:
+                await self.flush()
+                self.request.connection.stream.close()  # type: ignore[attr-defined]
+                return
+            if script.malformed_after is not None and i >= script.malformed_after:
+                self.write(b"data: {this is not json\n\n")
+                await self.flush()
+                break
+            if i and script.delay_between:
+                await self._sleep(script.delay_between)
+            if self._closed:
+                return
+            self.write(self.event(piece, last=i == len(pieces) - 1))
+            await self.flush()
+        if not script.omit_done:
+            self.write(self.done())
+        self.finish()
+        fake.finished += 1
+
+    async def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._closed and time.monotonic() < end:
+            await asyncio.sleep(min(0.01, end - time.monotonic()))
+
+
+def _sse(payload: Any) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+class MistralHandler(FakeHandler):
+    auth_required = True
+
+    def validation_error(self, body: dict[str, Any]) -> Any | None:
+        problems = []
+        for name, kind in (("model", str), ("prompt", str)):
+            if not isinstance(body.get(name), kind):
+                problems.append({"type": "missing", "loc": ["body", name], "msg": "Field required", "input": None})
+        temperature = body.get("temperature", 0)
+        if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 1.5:
+            problems.append({"type": "less_than_equal", "loc": ["body", "temperature"], "msg": "Input should be less than or equal to 1.5"})
+        return {"detail": problems} if problems else None
+
+    def event(self, text: str, last: bool) -> bytes:
+        return _sse(
+            {
+                "id": "cmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": "codestral-latest",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": "stop" if last else None}],
+            }
+        )
+
+    def done(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+
+class OpenAIHandler(FakeHandler):
+    auth_required = False
+
+    def event(self, text: str, last: bool) -> bytes:
+        return _sse({"id": "cmpl-fake", "object": "text_completion", "choices": [{"index": 0, "text": text, "finish_reason": "stop" if last else None}]})
+
+    def done(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+
+class OllamaHandler(FakeHandler):
+    content_type = "application/x-ndjson"
+
+    def stop_of(self, body: dict[str, Any]) -> Any:
+        return (body.get("options") or {}).get("stop")
+
+    def error_json(self, status: int) -> Any:
+        return {"error": f"status {status}"}
+
+    def event(self, text: str, last: bool) -> bytes:
+        return (json.dumps({"model": "fake", "response": text, "done": False}) + "\n").encode()
+
+    def done(self) -> bytes:
+        return (json.dumps({"model": "fake", "response": "", "done": True, "done_reason": "stop"}) + "\n").encode()
+
+
+class InfillHandler(FakeHandler):
+    def error_json(self, status: int) -> Any:
+        return {"error": {"code": status, "message": f"status {status}", "type": "server_error"}}
+
+    def event(self, text: str, last: bool) -> bytes:
+        return _sse({"content": text, "stop": False})
+
+    def done(self) -> bytes:
+        return _sse({"content": "", "stop": True, "tokens_cached": 0, "timings": {"prompt_ms": 1.0, "predicted_ms": 1.0}})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--text", default="df.head()", help="the completion to stream")
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        fake = FakeFimServer(key=None)
+        fake.script = Script(chunks=[args.text[i : i + 3] for i in range(0, len(args.text), 3)], delay_first=args.delay)
+        fake.start(args.port)
+        print(f"fake FIM backend on {fake.url}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

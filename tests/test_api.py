@@ -1,0 +1,182 @@
+"""The HTTP API end to end: Jupyter server → extension → loopback Mistral server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import NOTEBOOK, notebook_request
+from fake_backends import FAKE_KEY, FakeFimServer
+
+
+async def test_plain_completion_sends_earlier_cells_in_prompt_and_later_in_suffix(complete: Any, fake_backend: FakeFimServer) -> None:
+    status, body = await complete(notebook_request())
+    assert status == 200, body
+    assert body["completion"] == "df.head()"
+    assert body["backend"] == "mistral" and body["model"] == "codestral-latest"
+    assert {"context_ms", "first_token_ms", "total_ms"} <= set(body["timings"])
+    sent = fake_backend.last.body
+    prompt, suffix = sent["prompt"], sent["suffix"]
+    assert prompt.index("# Sales analysis") < prompt.index("import pandas") < prompt.index("df = pd.read_csv")
+    assert prompt.endswith("df = pd.read_csv('sales.csv')\ndf.")
+    assert "# # Sales analysis\n# Load the data first." in prompt  # markdown as comments
+    assert "%matplotlib inline" in prompt
+    assert suffix.index("df.plot()") < suffix.index("# ## Conclusion")
+    assert "RAW-CELL-TEXT" not in prompt + suffix
+    assert "df.plot()" not in prompt
+    assert sent["stream"] is True and sent["model"] == "codestral-latest"
+    assert "\n# %%" in sent["stop"]
+
+
+async def test_streamed_and_plain_replies_agree(complete: Any) -> None:
+    _, plain = await complete(notebook_request())
+    status, lines = await complete(notebook_request(stream=True))
+    assert status == 200
+    deltas = [line["delta"] for line in lines if "delta" in line]
+    assert len(deltas) >= 2  # it really streamed in pieces
+    assert lines[-1]["done"] is True
+    assert "".join(deltas) == lines[-1]["completion"] == plain["completion"]
+
+
+async def test_plain_file_request(complete: Any, fake_backend: FakeFimServer) -> None:
+    status, body = await complete({"text": "import pandas as pd\ndf.", "cursor": 23, "path": "x.py"})
+    assert status == 200 and body["completion"] == "df.head()"
+    assert fake_backend.last.body["prompt"] == "import pandas as pd\ndf." and "%%" not in fake_backend.last.body["prompt"]
+
+
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ("{not json", 400, "not valid JSON"),
+        ("[1, 2]", 400, "JSON object"),
+        ({"cells": NOTEBOOK, "cell_index": 99, "cursor": 0}, 400, "cell_index"),
+        ({"cells": NOTEBOOK, "cell_index": 2, "cursor": 10_000}, 400, "cursor"),
+        ({"cells": NOTEBOOK, "cell_index": 2, "cursor": -1}, 400, "cursor"),
+        ({"cells": NOTEBOOK, "cell_index": "2", "cursor": 0}, 400, "cell_index"),
+        ({"cells": NOTEBOOK, "cell_index": True, "cursor": 0}, 400, "cell_index"),
+        ({"cells": "abc", "cell_index": 0, "cursor": 0}, 400, "cells"),
+        ({"cells": [{"cell_type": "sql", "source": ""}], "cell_index": 0, "cursor": 0}, 400, "cell_type"),
+        ({"cells": NOTEBOOK, "cell_index": 3, "cursor": 0}, 400, "raw cells"),
+        ({"cells": NOTEBOOK, "cell_index": 2, "cursor": 0, "stream": "yes"}, 400, "stream"),
+        ({"cells": NOTEBOOK, "cell_index": 2, "cursor": 0, "max_tokens": 0}, 400, "max_tokens"),
+        ({"cursor": 0}, 400, "'cells'"),
+        ('{"text": "\\ud800", "cursor": 0}', 400, "surrogate"),
+    ],
+)
+async def test_bad_requests_get_a_clear_4xx(complete: Any, fake_backend: FakeFimServer, body: Any, status: int, fragment: str) -> None:
+    code, reply = await complete(body, raw=isinstance(body, str))
+    assert code == status
+    assert fragment in reply["error"]["message"]
+    assert "Traceback" not in json.dumps(reply)
+    assert fake_backend.requests == []
+
+
+@pytest.fixture
+def codestral_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return getattr(request, "param", {})
+
+
+@pytest.mark.parametrize("codestral_config", [{"max_body_bytes": 2000}], indirect=True)
+async def test_an_oversized_notebook_gets_413(complete: Any, codestral_config: Any) -> None:
+    big = notebook_request(cells=[{"cell_type": "code", "source": "x = 1\n" * 1000}], cell_index=0, cursor=0)
+    code, reply = await complete(big)
+    assert code == 413 and "limit" in reply["error"]["message"]
+
+
+async def test_requests_without_a_token_are_refused(server_url: str, fake_backend: FakeFimServer) -> None:
+    base = server_url
+    async with httpx.AsyncClient() as client:
+        post = await client.post(f"{base}/complete", json=notebook_request())
+        status = await client.get(f"{base}/status")
+        wrong = await client.get(f"{base}/status", headers={"Authorization": "token wrong"})
+    assert post.status_code == 403 and status.status_code == 403 and wrong.status_code == 403
+    assert fake_backend.requests == []
+
+
+async def test_status_reports_backend_and_latency_without_the_key(complete: Any, jp_fetch: Any) -> None:
+    await complete(notebook_request())
+    reply = json.loads((await jp_fetch("codestral", "status")).body)
+    assert reply["backend"] == "mistral" and reply["ready"] is True and reply["state"] == "ready"
+    assert reply["latency"]["served"] == 1 and reply["latency"]["total_ms"]["median"] is not None
+    assert reply["base_url"].startswith("http://127.0.0.1:")
+    assert FAKE_KEY not in json.dumps(reply)
+
+
+async def test_the_key_is_sent_only_to_the_backend_and_never_leaks(
+    complete: Any, jp_fetch: Any, fake_backend: FakeFimServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    replies = [await complete(notebook_request())]
+    fake_backend.reset(status=401, error_body={"message": f"Unauthorized: {FAKE_KEY}"})
+    replies.append(await complete(notebook_request()))
+    replies.append(await complete(notebook_request(stream=True)))
+    fake_backend.reset(status=422, error_body={"detail": [{"loc": ["body", "prompt"], "msg": f"bad {FAKE_KEY}"}]})
+    replies.append(await complete(notebook_request()))
+    status = (await jp_fetch("codestral", "status")).body.decode()
+    assert fake_backend.last.headers["Authorization"] == f"Bearer {FAKE_KEY}"
+    everything = json.dumps(replies) + status + "\n".join(r.getMessage() for r in caplog.records)
+    assert FAKE_KEY not in everything
+    assert "[key hidden]" in everything
+
+
+async def test_a_401_says_which_key_and_host_were_used(complete: Any, fake_backend: FakeFimServer) -> None:
+    fake_backend.reset(status=401, error_body={"message": "Unauthorized", "request_id": "x"})
+    code, reply = await complete(notebook_request())
+    assert code == 502
+    message = reply["error"]["message"]
+    assert reply["error"]["kind"] == "auth"
+    assert "CODESTRAL_API_KEY" in message and fake_backend.url in message and "not interchangeable" in message
+
+
+async def test_a_429_passes_the_retry_after_on_and_is_honoured(complete: Any, fake_backend: FakeFimServer, jp_fetch: Any) -> None:
+    fake_backend.reset(status=429, headers={"Retry-After": "30"}, error_body={"message": "Requests rate limit exceeded"})
+    code, reply = await complete(notebook_request())
+    assert code == 429 and reply["error"]["kind"] == "rate_limited"
+    assert 29 <= reply["error"]["retry_after"] <= 30
+    assert "rate limit exceeded" in reply["error"]["message"]
+    # Until the wait is over, nothing is sent to the backend.
+    fake_backend.reset()
+    code, reply = await complete(notebook_request())
+    assert code == 429 and fake_backend.requests == []
+    status = json.loads((await jp_fetch("codestral", "status")).body)
+    assert status["rate_limited_until"] is not None and status["last_error"]["kind"] == "rate_limited"
+
+
+async def test_a_disconnect_cancels_the_backend_request(jp_serverapp: Any, server_url: str, jp_auth_header: dict[str, str],
+                                                       fake_backend: FakeFimServer) -> None:
+    fake_backend.reset(chunks=["a"] * 200, delay_between=0.05)
+    url = f"{server_url}/complete"
+    async with httpx.AsyncClient(headers=jp_auth_header) as client:
+        async with client.stream("POST", url, json=notebook_request(stream=True, cell_index=0, cursor=0)) as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            first = json.loads(await anext(lines))
+            assert "delta" in first
+        # leaving the block closes our connection mid-stream
+    for _ in range(100):
+        if fake_backend.disconnects:
+            break
+        await asyncio.sleep(0.01)
+    assert fake_backend.disconnects == 1 and fake_backend.finished == 0
+    (app,) = jp_serverapp.extension_manager.extension_apps["jupyter_codestral"]
+    assert app.stats.cancelled == 1
+
+
+async def test_a_plain_request_aborted_before_any_token_cancels_the_backend(
+    server_url: str, jp_auth_header: dict[str, str], fake_backend: FakeFimServer
+) -> None:
+    fake_backend.reset(delay_first=5.0)
+    url = f"{server_url}/complete"
+    async with httpx.AsyncClient(headers=jp_auth_header) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(url, json=notebook_request(), timeout=0.3)
+    for _ in range(100):
+        if fake_backend.disconnects:
+            break
+        await asyncio.sleep(0.01)
+    assert fake_backend.disconnects == 1 and fake_backend.finished == 0

@@ -1,0 +1,210 @@
+"""Each backend over real HTTP against the loopback server, errors included."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from fake_backends import FAKE_KEY, FakeFimServer
+from jupyter_codestral.backends import create_backend
+from jupyter_codestral.backends.base import Backend, BackendSettings, FimRequest
+from jupyter_codestral.context import ContextBudget, build_context
+from jupyter_codestral.errors import BackendError
+from jupyter_codestral.request import Cell, CompletionRequest
+
+CELLS = (Cell("code", "import numpy as np"), Cell("code", "x = np."), Cell("code", "print(x)"))
+
+
+def fim_request(**kw: Any) -> FimRequest:
+    req = CompletionRequest(CELLS, 1, len(CELLS[1].source))
+    return FimRequest(build_context(req, ContextBudget()), max_tokens=kw.pop("max_tokens", 32), **kw)
+
+
+def make(fake: FakeFimServer, name: str, **kw: Any) -> Backend:
+    settings = BackendSettings(
+        backend=name, url=fake.url, model=kw.pop("model", "qwen2.5-coder"),
+        api_key=FAKE_KEY if name == "mistral" else None, key_name="CODESTRAL_API_KEY",
+        timeout=kw.pop("timeout", 2.0), retries=kw.pop("retries", 2), retry_backoff=0.01, **kw,
+    )
+    return create_backend(settings)
+
+
+async def collect(backend: Backend, request: FimRequest | None = None, close: bool = True) -> str:
+    try:
+        return "".join([piece async for piece in backend.stream(request or fim_request())])
+    finally:
+        if close:
+            await backend.aclose()
+
+
+@pytest.fixture
+def fake(fake_backend: FakeFimServer) -> FakeFimServer:
+    return fake_backend
+
+
+ALL = ["mistral", "openai", "ollama", "llamacpp"]
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_each_backend_streams_a_completion(fake: FakeFimServer, name: str) -> None:
+    assert await collect(make(fake, name)) == "df.head()"
+    assert len(fake.requests) == 1
+
+
+async def test_mistral_wire_format(fake: FakeFimServer) -> None:
+    await collect(make(fake, "mistral", model="codestral-latest", temperature=0.2), fim_request(stop=("\n# %%",)))
+    sent = fake.last
+    assert sent.path == "/v1/fim/completions"
+    assert sent.headers["Authorization"] == f"Bearer {FAKE_KEY}"
+    assert sent.body["prompt"].endswith("x = np.") and sent.body["suffix"].lstrip().startswith("# %%\nprint(x)")
+    assert sent.body | {"prompt": "", "suffix": ""} == {
+        "model": "codestral-latest", "prompt": "", "suffix": "", "max_tokens": 32,
+        "temperature": 0.2, "stream": True, "stop": ["\n# %%"],
+    }
+
+
+async def test_openai_sends_a_raw_fim_prompt_in_the_model_template(fake: FakeFimServer) -> None:
+    await collect(make(fake, "openai", model="Qwen/Qwen2.5-Coder-1.5B"))
+    prompt = fake.last.body["prompt"]
+    assert prompt.startswith("<|fim_prefix|>") and "<|fim_suffix|>" in prompt and prompt.endswith("<|fim_middle|>")
+    assert "<|endoftext|>" in fake.last.body["stop"] and "suffix" not in fake.last.body
+
+
+async def test_openai_with_suffix_support_sends_prefix_and_suffix(fake: FakeFimServer) -> None:
+    await collect(make(fake, "openai", openai_suffix=True))
+    assert fake.last.body["prompt"].endswith("x = np.") and "print(x)" in fake.last.body["suffix"]
+
+
+async def test_openai_template_follows_the_model_name(fake: FakeFimServer) -> None:
+    await collect(make(fake, "openai", model="bigcode/starcoder2-3b"))
+    assert fake.last.body["prompt"].startswith("<fim_prefix>")
+
+
+async def test_ollama_wire_format(fake: FakeFimServer) -> None:
+    await collect(make(fake, "ollama", model="qwen2.5-coder:1.5b"))
+    body = fake.last.body
+    assert fake.last.path == "/api/generate"
+    assert body["prompt"].endswith("x = np.") and "print(x)" in body["suffix"]
+    assert body["options"]["num_predict"] == 32 and body["stream"] is True
+
+
+async def test_llamacpp_split_layout_sends_later_cells_as_input_extra(fake: FakeFimServer) -> None:
+    await collect(make(fake, "llamacpp", layout="split"))
+    body = fake.last.body
+    assert fake.last.path == "/infill" and body["cache_prompt"] is True and body["n_predict"] == 32
+    assert body["input_prefix"].endswith("x = np.") and "print(x)" not in body["input_suffix"]
+    assert body["input_extra"] == [{"filename": "later_cells.py", "text": "# %%\nprint(x)\n"}]
+
+
+async def test_llamacpp_inline_layout_keeps_later_cells_in_the_suffix(fake: FakeFimServer) -> None:
+    await collect(make(fake, "llamacpp", layout="inline"))
+    assert "print(x)" in fake.last.body["input_suffix"] and fake.last.body["input_extra"] == []
+
+
+# -- failures ---------------------------------------------------------------
+
+
+async def expect_error(backend: Backend, kind: str, *fragments: str, close: bool = True) -> BackendError:
+    with pytest.raises(BackendError) as caught:
+        await collect(backend, close=close)
+    assert caught.value.kind == kind, caught.value
+    for fragment in fragments:
+        assert fragment in caught.value.message, caught.value.message
+    return caught.value
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_connection_refused(fake: FakeFimServer, name: str) -> None:
+    await fake.stop()
+    backend = make(fake, name)
+    await expect_error(backend, "unreachable", fake.url)
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_timeout_before_the_first_token(fake: FakeFimServer, name: str) -> None:
+    fake.reset(delay_first=3.0)
+    await expect_error(make(fake, name, timeout=0.3), "timeout", "0.3 s")
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_a_stream_that_stalls_midway_times_out(fake: FakeFimServer, name: str) -> None:
+    fake.reset(chunks=["a", "b", "c"], delay_between=3.0)
+    await expect_error(make(fake, name, timeout=0.3), "timeout")
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_a_stream_cut_off_midway(fake: FakeFimServer, name: str) -> None:
+    fake.reset(chunks=["a", "b", "c", "d"], cut_after=2)
+    await expect_error(make(fake, name), "bad_reply")
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_a_stream_that_ends_without_its_final_marker(fake: FakeFimServer, name: str) -> None:
+    fake.reset(omit_done=True)
+    await expect_error(make(fake, name), "bad_reply", "ended the stream")
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_malformed_events(fake: FakeFimServer, name: str) -> None:
+    fake.reset(chunks=["a", "b"], malformed_after=1)
+    await expect_error(make(fake, name), "bad_reply", "malformed")
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_server_errors_are_retried_with_backoff_then_succeed(fake: FakeFimServer, name: str) -> None:
+    fake.reset(status=503, fail_times=2)
+    assert await collect(make(fake, name, retries=2)) == "df.head()"
+    assert len(fake.requests) == 3
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_retries_are_bounded(fake: FakeFimServer, name: str) -> None:
+    fake.reset(status=500)
+    await expect_error(make(fake, name, retries=2), "server_error", "500")
+    assert len(fake.requests) == 3
+
+
+async def test_no_retry_once_text_has_streamed(fake: FakeFimServer) -> None:
+    fake.reset(chunks=["a", "b", "c"], cut_after=1)
+    await expect_error(make(fake, "mistral", retries=3), "bad_reply")
+    assert len(fake.requests) == 1
+
+
+async def test_mistral_422_reports_the_validation_detail(fake: FakeFimServer) -> None:
+    backend = make(fake, "mistral", temperature=3.0)
+    await expect_error(backend, "rejected", "422", "temperature")
+
+
+async def test_mistral_401_names_key_and_host(fake: FakeFimServer) -> None:
+    fake.key = "another-key"
+    error = await expect_error(make(fake, "mistral"), "auth", "CODESTRAL_API_KEY", fake.url, "not interchangeable")
+    assert error.status == 502
+
+
+async def test_429_retry_after_blocks_requests_until_it_passes(fake: FakeFimServer) -> None:
+    fake.reset(status=429, headers={"Retry-After": "1"})
+    backend = make(fake, "mistral")
+    error = await expect_error(backend, "rate_limited", close=False)
+    assert error.retry_after == pytest.approx(1.0, abs=0.1)
+    fake.reset()
+    await expect_error(backend, "rate_limited", "next request may be sent", close=False)
+    assert fake.requests == []
+    await asyncio.sleep(1.05)
+    assert await collect(backend) == "df.head()"
+
+
+async def test_429_with_an_http_date(fake: FakeFimServer) -> None:
+    import email.utils
+
+    fake.reset(status=429, headers={"Retry-After": email.utils.formatdate(time.time() + 120, usegmt=True)})
+    error = await expect_error(make(fake, "mistral"), "rate_limited")
+    assert 100 < (error.retry_after or 0) <= 120
+
+
+async def test_backend_404_suggests_the_wrong_kind_of_server(fake: FakeFimServer) -> None:
+    backend = make(fake, "openai")
+    backend.path = "/nothing-here"  # type: ignore[misc]
+    await expect_error(backend, "rejected", "404")

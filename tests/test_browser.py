@@ -1,0 +1,258 @@
+"""JupyterLab in a real browser: ghost text streams in while typing, Tab accepts it.
+
+JupyterLab is started by the test with the extension installed; Debian's
+Chromium is driven by Playwright.  The first case uses a loopback
+Mistral-protocol backend (so the test can check what reached it), the second
+the embedded model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from conftest import MODEL_CACHE
+from fake_backends import FAKE_KEY, FakeFimServer, Script
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "ghost-text.png"
+
+CELLS = [
+    ("markdown", "# Sales\nTotal revenue per order."),
+    ("code", "import pandas as pd\ndf = pd.DataFrame({'price': [1.0, 2.5], 'qty': [3, 4]})"),
+    ("code", "total = (df['price'] * df['qty'])"),
+    ("code", "print(total)"),
+]
+
+
+def write_notebook(path: Path) -> None:
+    cells = [
+        {"cell_type": t, "metadata": {}, "source": s, **({"outputs": [], "execution_count": None} if t == "code" else {})}
+        for t, s in CELLS
+    ]
+    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                                       "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb))
+
+
+class ThreadedFake:
+    """The loopback backend on its own event loop, so the synchronous browser test can run."""
+
+    def __init__(self) -> None:
+        self.fake = FakeFimServer()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self._start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    async def _start(self) -> None:
+        self.fake.start()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str]) -> Iterator[str]:
+    port, token = free_port(), secrets.token_hex(12)
+    root = tmp_path / "root"
+    root.mkdir()
+    write_notebook(root / "sales.ipynb")
+    home = tmp_path / "home"
+    home.mkdir()
+    child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("JUPYTER_CODESTRAL")}
+    child_env |= {"HOME": str(home), "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_CODESTRAL_CACHE_DIR": MODEL_CACHE, **env}
+    cmd = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        f"--LabApp.user_settings_dir={home / 'settings'}", f"--LabApp.workspaces_dir={home / 'workspaces'}", *extra,
+    ]
+    log = (tmp_path / "lab.log").open("w")
+    proc = subprocess.Popen(cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/api/status", headers={"Authorization": f"token {token}"}, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "lab.log").read_text()
+            time.sleep(0.2)
+        yield f"{base}/lab/tree/sales.ipynb?token={token}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def lab_with_backend(tmp_path: Path, fake: FakeFimServer) -> Iterator[str]:
+    """JupyterLab configured for the loopback Mistral-protocol backend."""
+    return start_lab(
+        tmp_path,
+        ["--CodestralExtension.backend=mistral", f"--CodestralExtension.url={fake.url}"],
+        {"CODESTRAL_API_KEY": FAKE_KEY},
+    )
+
+
+@pytest.fixture
+def fake_backend_threaded() -> Iterator[FakeFimServer]:
+    threaded = ThreadedFake()
+    yield threaded.fake
+    threaded.close()
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Page]:
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        yield page
+        browser.close()
+
+
+def open_notebook(page: Page, url: str) -> None:
+    page.goto(url, timeout=90_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=90_000)
+    page.wait_for_selector(".jp-CodestralStatus", timeout=30_000)
+    news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's "get news?" toast
+    if news.count():
+        news.first.click()
+
+
+def type_at_end_of_cell(page: Page, index: int, text: str) -> None:
+    editor = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-content")
+    editor.click()
+    page.keyboard.press("Control+End")
+    page.keyboard.type(text, delay=60)
+
+
+def cell_text(page: Page, index: int) -> str:
+    lines = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-content .cm-line").all_inner_texts()
+    return "\n".join(lines)
+
+
+def ghost_texts_while_streaming(page: Page, timeout: float) -> list[str]:
+    """Poll the ghost text until it stops changing; return every distinct state seen."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    stable_since = None
+    while time.monotonic() < deadline:
+        ghost = page.locator(".jp-GhostText")
+        text = ghost.first.inner_text() if ghost.count() else ""
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+            stable_since = time.monotonic()
+        if seen and stable_since and time.monotonic() - stable_since > 1.5:
+            break
+        time.sleep(0.03)
+    return seen
+
+
+def test_ghost_text_streams_in_and_tab_accepts_it(tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page) -> None:
+    fake = fake_backend_threaded
+    fake.script = Script(chunks=["s", "um", "()"], delay_between=0.4)
+    lab = lab_with_backend(tmp_path, fake)
+    url = next(lab)
+    try:
+        page = browser_page
+        open_notebook(page, url)
+        type_at_end_of_cell(page, 2, ".")
+        states = ghost_texts_while_streaming(page, timeout=20)
+        assert states and states[-1] == "sum()", states
+        assert len(states) >= 2, f"the text should arrive in pieces, saw {states}"  # it streamed
+        page.wait_for_timeout(200)
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+        page.keyboard.press("Tab")
+        page.wait_for_function(
+            "() => document.querySelectorAll('.jp-GhostText').length === 0", timeout=10_000
+        )
+        assert cell_text(page, 2) == "total = (df['price'] * df['qty']).sum()"
+        # What reached the backend: earlier cells in the prompt, later ones in the suffix.
+        sent = fake.last.body
+        assert "import pandas as pd" in sent["prompt"] and "# # Sales" in sent["prompt"]
+        assert sent["prompt"].endswith("total = (df['price'] * df['qty']).")
+        assert "print(total)" in sent["suffix"] and "print(total)" not in sent["prompt"]
+        assert fake.last.headers["Authorization"] == f"Bearer {FAKE_KEY}"
+        status = page.locator(".jp-CodestralStatus").inner_text()
+        assert "Codestral" in status and "error" not in status, status
+    finally:
+        next(lab, None)
+
+
+def test_a_backend_error_is_shown_once_with_its_reason(tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page) -> None:
+    fake = fake_backend_threaded
+    fake.key = "some-other-key"  # our key is refused: 401
+    lab = lab_with_backend(tmp_path, fake)
+    url = next(lab)
+    try:
+        page = browser_page
+        open_notebook(page, url)
+        type_at_end_of_cell(page, 2, ".")
+        status = page.locator(".jp-CodestralStatus")
+        page.wait_for_function(
+            "() => document.querySelector('.jp-CodestralStatus')?.dataset.state === 'error'", timeout=20_000
+        )
+        assert "CODESTRAL_API_KEY" in (status.get_attribute("title") or "")
+        assert FAKE_KEY not in (status.get_attribute("title") or "")
+    finally:
+        next(lab, None)
+
+
+def test_the_embedded_model_completes_in_the_browser(tmp_path: Path, browser_page: Page) -> None:
+    lab = start_lab(tmp_path, ["--CodestralExtension.backend=local"], {})
+    url = next(lab)
+    try:
+        page = browser_page
+        open_notebook(page, url)
+        page.wait_for_function(
+            "() => document.querySelector('.jp-CodestralStatus')?.dataset.state === 'ready'", timeout=120_000
+        )
+        type_at_end_of_cell(page, 2, ".")
+        states = ghost_texts_while_streaming(page, timeout=60)
+        assert states, "no ghost text from the embedded model"
+        page.keyboard.press("Tab")
+        page.wait_for_function("() => document.querySelectorAll('.jp-GhostText').length === 0", timeout=10_000)
+        text = cell_text(page, 2)
+        assert text == "total = (df['price'] * df['qty'])." + states[-1], (text, states)
+    finally:
+        next(lab, None)

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from jupyter_codestral.context import ContextBudget, build_context, estimate_tokens
+from jupyter_codestral.request import Cell, CompletionRequest
+
+
+def request(cells: list[tuple[str, str]], index: int, cursor: int | None = None, **kw: object) -> CompletionRequest:
+    parsed = tuple(Cell(t, s) for t, s in cells)
+    return CompletionRequest(parsed, index, len(parsed[index].source) if cursor is None else cursor, **kw)  # type: ignore[arg-type]
+
+
+BIG = ContextBudget(prefix_tokens=10_000, suffix_tokens=10_000)
+
+
+def test_earlier_cells_in_prefix_and_later_in_suffix_in_order() -> None:
+    cells = [("code", "a = 1"), ("code", "b = 2"), ("code", "c = a + b"), ("code", "d = 4"), ("code", "e = 5")]
+    ctx = build_context(request(cells, 2, cursor=4), BIG)
+    assert ctx.prefix.index("a = 1") < ctx.prefix.index("b = 2") < ctx.prefix.index("c = ")
+    assert ctx.prefix.endswith("# %%\nc = ")
+    assert ctx.suffix.startswith("a + b")
+    assert ctx.suffix.index("d = 4") < ctx.suffix.index("e = 5")
+    assert "d = 4" not in ctx.prefix and "a = 1" not in ctx.suffix
+    assert (ctx.cells_before, ctx.cells_after) == (2, 2)
+
+
+def test_markdown_becomes_comments_in_the_cell_language_and_raw_is_dropped() -> None:
+    cells = [("markdown", "# Title\nSome *text*"), ("raw", "RAW"), ("code", "x = 1")]
+    ctx = build_context(request(cells, 2), BIG)
+    assert "# %% [markdown]\n# # Title\n# Some *text*" in ctx.prefix
+    assert "RAW" not in ctx.prefix
+    js = build_context(request([("markdown", "Intro"), ("code", "let x")], 1, language="javascript"), BIG)
+    assert "// Intro" in js.prefix and js.prefix.endswith("// %%\nlet x")
+
+
+def test_magics_and_shell_lines_are_kept_verbatim() -> None:
+    cells = [("code", "%matplotlib inline\n!pip install pandas\n%%time"), ("code", "x")]
+    ctx = build_context(request(cells, 1), BIG)
+    assert "%matplotlib inline\n!pip install pandas" in ctx.prefix
+
+
+def test_budget_trims_the_farthest_cells_first_at_line_boundaries() -> None:
+    far = "\n".join(f"far_{i} = {i}" for i in range(200))
+    near = "near = 1"
+    cells = [("code", far), ("code", near), ("code", "current = ")]
+    ctx = build_context(request(cells, 2), ContextBudget(prefix_tokens=300, suffix_tokens=100, trim_step_tokens=1))
+    assert "near = 1" in ctx.prefix
+    assert "far_199 = 199" in ctx.prefix  # the end of the far cell is nearest the cursor
+    assert "far_0 = 0" not in ctx.prefix
+    first_line = ctx.prefix.split("\n", 1)[0]
+    assert first_line.startswith("far_")  # cut at a line start, never mid-line
+    assert estimate_tokens(ctx.prefix) <= 300 + 5
+
+
+def test_suffix_budget_trims_far_later_cells_first() -> None:
+    cells = [("code", "x = "), ("code", "y = 1"), ("code", "\n".join(f"late_{i}()" for i in range(300)))]
+    ctx = build_context(request(cells, 0), ContextBudget(prefix_tokens=100, suffix_tokens=60))
+    assert "y = 1" in ctx.suffix
+    assert "late_0()" in ctx.suffix and "late_299()" not in ctx.suffix
+    assert ctx.suffix.rstrip().split("\n")[-1].startswith("late_")
+
+
+def test_the_current_line_is_never_cut() -> None:
+    long_line = "value = " + " + ".join(f"term_{i}" for i in range(400))
+    cells = [("code", "earlier = 1"), ("code", "above = 2\n" + long_line)]
+    ctx = build_context(request(cells, 1), ContextBudget(prefix_tokens=50, suffix_tokens=50))
+    assert ctx.cell_prefix.endswith(long_line)
+    assert ctx.line_prefix == long_line
+
+
+def test_mid_line_and_line_pieces() -> None:
+    ctx = build_context(request([("code", "print(x)\nnext_line()")], 0, cursor=6), BIG)
+    assert ctx.line_prefix == "print(" and ctx.line_suffix == "x)" and ctx.mid_line
+
+
+def test_plain_file_has_no_cell_markers() -> None:
+    req = CompletionRequest((Cell("code", "def f():\n    return 1\n"),), 0, 9, is_notebook=False)
+    ctx = build_context(req, BIG)
+    assert ctx.prefix == "def f():\n" and ctx.suffix == "    return 1\n" and "%%" not in ctx.prefix
+
+
+def test_typing_in_the_current_cell_keeps_the_start_of_the_prompt_stable() -> None:
+    """Trimming earlier cells in steps keeps a KV cache valid while the user types."""
+    earlier = [("code", f"step_{i} = {i} * 2") for i in range(300)]
+    budget = ContextBudget(prefix_tokens=1024, suffix_tokens=128, trim_step_tokens=256)
+    typed = "result = compute(step_1, step_2"
+    starts = set()
+    for n in range(1, len(typed)):
+        ctx = build_context(request([*earlier, ("code", typed[:n])], len(earlier)), budget)
+        starts.add(ctx.before)
+    assert len(starts) == 1

@@ -1,0 +1,211 @@
+"""The embedded model, for real: the bundled GGUF in a llama.cpp worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jupyter_codestral.local import model_files
+from jupyter_codestral.local.model_files import BUNDLED, ModelFileError, ModelSpec, assemble, ensure_model
+
+NOTEBOOK = [
+    {"cell_type": "markdown", "source": "# Arrays\nCreate an array and compute its mean."},
+    {"cell_type": "code", "source": "import numpy as np"},
+    {"cell_type": "code", "source": "values = np.array([1, 2, 3, 4])\nmean = values."},
+    {"cell_type": "code", "source": "print(mean)"},
+]
+
+
+@pytest.fixture
+def codestral_config() -> dict[str, Any]:
+    return {"backend": "local"}
+
+
+def the_app(jp_serverapp: Any) -> Any:
+    (app,) = jp_serverapp.extension_manager.extension_apps["jupyter_codestral"]
+    return app
+
+
+async def wait_ready(jp_fetch: Any, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    states = set()
+    while time.monotonic() < deadline:
+        status = json.loads((await jp_fetch("codestral", "status")).body)
+        states.add(status["state"])
+        if status["ready"]:
+            return status
+        assert status["state"] != "error", status
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the local model did not become ready; states seen: {states}")
+
+
+def body(**kw: Any) -> dict[str, Any]:
+    return {"cells": NOTEBOOK, "cell_index": 2, "cursor": len(NOTEBOOK[2]["source"]), "path": "arrays.ipynb", **kw}
+
+
+async def test_the_bundled_model_completes_a_notebook_cell(jp_fetch: Any, complete: Any) -> None:
+    status = await wait_ready(jp_fetch)
+    assert status["backend"] == "local" and status["model"] == BUNDLED.name
+    code, reply = await complete(body())
+    assert code == 200, reply
+    assert reply["completion"].startswith("mean()"), reply
+    code, lines = await complete(body(stream=True))
+    assert code == 200 and lines[-1]["done"]
+    assert "".join(line.get("delta", "") for line in lines[:-1]) == lines[-1]["completion"] == reply["completion"]
+
+
+async def test_a_mid_line_completion_stops_at_the_end_of_the_line(jp_fetch: Any, complete: Any) -> None:
+    await wait_ready(jp_fetch)
+    cells = [{"cell_type": "code", "source": "import numpy as np\nx = np.zeros((3, 3))\nprint(x.sh)"}]
+    cursor = cells[0]["source"].index("sh)") + 2
+    code, reply = await complete({"cells": cells, "cell_index": 0, "cursor": cursor})
+    assert code == 200 and "\n" not in reply["completion"]
+    assert reply["completion"].startswith("ape"), reply
+
+
+async def worker_timings(backend: Any, seen: int) -> dict[str, Any]:
+    """The worker's figures for its next finished request (it may finish after the reply, once cut short)."""
+    for _ in range(300):
+        if backend.timings_seen > seen:
+            return dict(backend.last_timings)
+        await asyncio.sleep(0.01)
+    raise AssertionError("the worker reported no timings")
+
+
+async def test_typing_reuses_the_kv_cache(jp_fetch: Any, complete: Any, jp_serverapp: Any) -> None:
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).completion_backend
+    await complete(body(cursor=len("values = np.array([1, 2, 3, 4])\nmean = val")))
+    await worker_timings(backend, 0)
+    await complete(body())
+    cache = await worker_timings(backend, 1)
+    # Only the few characters typed since the last request are new to the model.
+    assert cache["prompt_tokens"] - cache["cached_tokens"] <= 12, cache
+
+
+async def test_prefetch_warms_the_cache_without_a_completion(jp_fetch: Any, complete: Any, jp_serverapp: Any) -> None:
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).completion_backend
+    code, reply = await complete(body(prefetch=True))
+    assert code == 200 and reply["completion"] == ""
+    await worker_timings(backend, 0)
+    await complete(body())
+    cache = await worker_timings(backend, 1)
+    assert cache["prompt_tokens"] - cache["cached_tokens"] <= 1, cache
+
+
+async def test_a_newer_request_for_the_same_notebook_aborts_the_one_in_flight(
+    jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str]
+) -> None:
+    await wait_ready(jp_fetch)
+    long_one = body(cells=[{"cell_type": "code", "source": "# a long list of numbers\nnumbers = ["}], cell_index=0,
+                    cursor=len("# a long list of numbers\nnumbers = ["), max_tokens=400)
+    async with httpx.AsyncClient(headers=jp_auth_header, timeout=60) as client:
+        first = asyncio.create_task(client.post(f"{server_url}/complete", json=long_one))
+        await asyncio.sleep(1.5)  # it is generating now
+        started = time.monotonic()
+        second = await client.post(f"{server_url}/complete", json=body(path=long_one["path"]))
+        first_reply = await first
+    assert first_reply.status_code == 409 and first_reply.json()["error"]["kind"] == "cancelled"
+    assert second.status_code == 200 and second.json()["completion"].startswith("mean()")
+    # 400 tokens take ~13 s here; the abort let the second finish long before that.
+    assert time.monotonic() - started < 6
+
+
+async def test_a_crashed_worker_gives_a_readable_error_and_restarts(
+    jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str], jp_serverapp: Any, complete: Any
+) -> None:
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).completion_backend
+    pid = backend.describe()["worker_pid"]
+    slow = body(cells=[{"cell_type": "code", "source": "numbers = ["}], cell_index=0, cursor=len("numbers = ["), max_tokens=400)
+    async with httpx.AsyncClient(headers=jp_auth_header, timeout=60) as client:
+        pending = asyncio.create_task(client.post(f"{server_url}/complete", json=slow))
+        await asyncio.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)
+        reply = await pending
+    assert reply.status_code == 503
+    error = reply.json()["error"]
+    assert error["kind"] == "worker_crashed" and "restarted" in error["message"]
+    status = await wait_ready(jp_fetch)  # the server kept serving and the worker came back
+    assert status["restarts"] == 1 and status["worker_pid"] != pid
+    code, again = await complete(body())
+    assert code == 200 and again["completion"].startswith("mean()")
+
+
+# -- model files -----------------------------------------------------------------
+
+
+def fake_parts(tmp_path: Path, chunks: list[bytes]) -> list[Path]:
+    parts = []
+    for i, chunk in enumerate(chunks, 1):
+        path = tmp_path / f"part{i:02d}.bin"
+        path.write_bytes(chunk)
+        parts.append(path)
+    return parts
+
+
+def small_spec(chunks: list[bytes], sha: str | None = None) -> ModelSpec:
+    whole = b"".join(chunks)
+    return ModelSpec("tiny", ("a", "b"), len(whole), sha or hashlib.sha256(whole).hexdigest())
+
+
+def test_assembly_is_atomic_and_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chunks = [b"GGUF" + b"a" * 1000, b"b" * 500]
+    monkeypatch.setattr(model_files, "part_files", lambda spec: fake_parts(tmp_path, chunks))
+    out = tmp_path / "cache"
+    seen: list[tuple[int, int]] = []
+    path = assemble(small_spec(chunks), out, progress=lambda d, t: seen.append((d, t)))
+    assert path.read_bytes() == b"".join(chunks) and seen[-1] == (1504, 1504)
+    assert [p.name for p in out.iterdir()] == ["tiny.gguf"]
+
+
+def test_a_hash_mismatch_is_refused_and_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chunks = [b"GGUF" + b"a" * 1000, b"b" * 500]
+    monkeypatch.setattr(model_files, "part_files", lambda spec: fake_parts(tmp_path, chunks))
+    out = tmp_path / "cache"
+    with pytest.raises(ModelFileError, match="expected"):
+        assemble(small_spec(chunks, sha="0" * 64), out)
+    assert list(out.iterdir()) == []
+
+
+def test_a_damaged_cached_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chunks = [b"GGUF" + b"a" * 1000, b"b" * 500]
+    spec = small_spec(chunks)
+    (tmp_path / spec.filename).write_bytes(b"GGUF" + b"X" * 1500)  # same size, other bytes
+    with pytest.raises(ModelFileError, match="will not be loaded"):
+        ensure_model(spec, tmp_path)
+
+
+def test_the_worker_refuses_a_model_file_with_the_wrong_hash(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 100)
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter_codestral.local.worker", "--model-path", str(bad), "--sha256", "1" * 64],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert events[-1]["event"] == "fatal" and "will not be loaded" in events[-1]["message"]
+
+
+def test_missing_part_packages_are_explained() -> None:
+    spec = ModelSpec("x", ("no_such_package_for_codestral",), 1, "0" * 64, extra="strong")
+    with pytest.raises(ModelFileError, match=r"jupyter-codestral\[strong\]"):
+        model_files.part_files(spec)
+
+
+def test_the_bundled_model_parts_are_installed_and_add_up() -> None:
+    parts = model_files.part_files(BUNDLED)
+    assert len(parts) == 6 and sum(p.stat().st_size for p in parts) == BUNDLED.size
