@@ -20,7 +20,7 @@ from .request import RequestLimits
 CONFIG_TRAITS = (
     "backend", "url", "model", "api_key", "fim_template", "prompt_layout", "prefix_tokens",
     "suffix_tokens", "max_tokens", "temperature", "timeout", "connect_timeout", "retries",
-    "openai_suffix", "model_path", "threads",
+    "openai_suffix", "model_path", "threads", "kv_cache",
 )
 
 
@@ -71,6 +71,9 @@ class CodestralExtension(ExtensionApp):
         help="'local' backend: a GGUF file to use instead of the bundled model. Env: JUPYTER_CODESTRAL_MODEL_PATH.",
     ).tag(config=True)
     threads = Int(0, help="'local' backend: CPU threads (0: all cores).").tag(config=True)
+    kv_cache = Bool(
+        True, help="'local' backend: reuse the model's prompt cache between requests (off only to measure its worth)."
+    ).tag(config=True)
     max_body_bytes = Int(16 * 1024 * 1024, help="Largest accepted request body; larger ones get 413.").tag(config=True)
     max_cells = Int(5000, help="Most cells accepted in one request.").tag(config=True)
     log_prompts = Bool(

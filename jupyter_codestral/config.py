@@ -94,6 +94,7 @@ def resolve(traits: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Back
         openai_suffix=bool(traits.get("openai_suffix", False)),
         model_path=pick("JUPYTER_CODESTRAL_MODEL_PATH", "model_path") or None,
         threads=traits.get("threads") or None,
+        kv_cache=bool(traits.get("kv_cache", True)),
     )
     budget = ContextBudget(
         prefix_tokens=int(traits.get("prefix_tokens") or defaults.prefix_tokens),

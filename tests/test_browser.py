@@ -151,7 +151,7 @@ def browser_page() -> Iterator[Page]:
 
 def open_notebook(page: Page, url: str) -> None:
     page.goto(url, timeout=90_000)
-    page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook .jp-CodeCell .cm-content", timeout=90_000)
     page.wait_for_selector(".jp-CodestralStatus", timeout=30_000)
     news = page.locator(".jp-toast-button", has_text="No")  # JupyterLab's "get news?" toast
     if news.count():

@@ -39,6 +39,7 @@ class BackendSettings:
     openai_suffix: bool = False  # the OpenAI-compatible server accepts "suffix"
     model_path: str | None = None  # local backend: a GGUF file instead of the bundled model
     threads: int | None = None  # local backend
+    kv_cache: bool = True  # local backend: reuse the prompt cache across requests
 
     def redact(self, text: str) -> str:
         """Remove the key from any text that might reach a user or a log."""

@@ -34,13 +34,12 @@ class LocalBackend(Backend):
     name = "local"
     supports_prefetch = True
 
-    def __init__(self, settings: BackendSettings, use_cache: bool = True) -> None:
+    def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
         self.state = "starting"
         self.progress: float | None = None
         self.fatal: str | None = None
         self.restarts = 0
-        self.use_cache = use_cache
         spec = MODELS.get(settings.model)
         if settings.model_path is None and spec is None:
             self.state, self.fatal = "error", (
@@ -67,7 +66,7 @@ class LocalBackend(Backend):
             cmd += ["--model", self.settings.model]
         if self.settings.threads:
             cmd += ["--threads", str(self.settings.threads)]
-        if not self.use_cache:
+        if not self.settings.kv_cache:
             cmd.append("--no-cache")
         for token in self.template.stop:
             cmd += ["--stop-token", token]
