@@ -17,7 +17,8 @@ import httpx
 from tqdm import tqdm
 
 from _common import BENCH_NOTEBOOKS, jupyter_server, summary
-from typing_replay import edit_similarity, pick_cases, timed_completion
+from jupyter_codestral.evaluation import pick_cases, score
+from typing_replay import timed_completion_with_timings
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
-    cases = pick_cases(args.cases, args.seed, BENCH_NOTEBOOKS)
+    cases = pick_cases(BENCH_NOTEBOOKS, args.cases, args.seed)
     rows = []
     for budget in [int(b) for b in args.budgets.split(",")]:
         flags = ["--CodestralExtension.backend=local", f"--CodestralExtension.prefix_tokens={budget}",
@@ -37,14 +38,13 @@ def main() -> None:
             while not client.get(f"{base}/status").json()["ready"]:
                 time.sleep(0.2)
             for case in tqdm(cases, desc=f"budget {budget}", unit="case"):
-                body = case.request(case.stop_at)
-                ms, completion = timed_completion(client, f"{base}/complete", body)
-                plain = client.post(f"{base}/complete", json={**body, "stream": False, "max_tokens": 1}).json()
-                tokens.append(plain["timings"]["prompt_tokens_estimate"])
-                got = completion.split("\n")[0].strip()
+                body = case.request()
+                ms, completion, timings = timed_completion_with_timings(client, f"{base}/complete", body)
+                tokens.append(timings["prompt_tokens_estimate"])
+                hit, sim = score(completion, case.target)
                 ttft.append(ms)
-                exact.append(got == case.target)
-                similarity.append(edit_similarity(got, case.target))
+                exact.append(hit)
+                similarity.append(sim)
         rows.append((budget, summary(tokens)["median"], summary(ttft), sum(exact) / len(exact),
                      sum(similarity) / len(similarity)))
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,8 @@ import httpx
 import psutil
 from tqdm import tqdm
 
-from _common import BENCH_NOTEBOOKS, jupyter_server, load_cells, summary
+from _common import BENCH_NOTEBOOKS, jupyter_server, summary
+from jupyter_codestral.evaluation import Case, pick_cases, score
 
 CONFIGS: dict[str, list[str]] = {
     "naive": ["--CodestralExtension.prompt_layout=inline", "--CodestralExtension.kv_cache=False"],
@@ -45,75 +45,10 @@ PREFETCH = {"split"}
 
 
 @dataclass
-class Case:
-    notebook: str
-    cells: list[dict[str, str]]
-    cell_index: int
-    line_index: int
-    typed_from: int  # column where typing starts (the line's indentation)
-    stop_at: int  # column of the last request: the rest of the line is the target
-
-    @property
-    def line(self) -> str:
-        return self.cells[self.cell_index]["source"].split("\n")[self.line_index]
-
-    @property
-    def target(self) -> str:
-        return self.line[self.stop_at :].strip()
-
-    def request(self, column: int, **extra: Any) -> dict[str, Any]:
-        """The notebook with the line typed up to ``column`` and the rest of the line not yet written."""
-        lines = self.cells[self.cell_index]["source"].split("\n")
-        head = "\n".join(lines[: self.line_index] + [self.line[:column]])
-        tail = "\n".join(lines[self.line_index + 1 :])
-        source = head + ("\n" + tail if tail else "")
-        cells = [dict(c) for c in self.cells]
-        cells[self.cell_index]["source"] = source
-        return {"cells": cells, "cell_index": self.cell_index, "cursor": len(head), "path": self.notebook,
-                "stream": True, "single_line": True, **extra}
-
-
-def pick_cases(count: int, seed: int, folder: Path) -> list[Case]:
-    """Deterministic cases: code lines long enough to type, in cells that are not the first."""
-    rng = random.Random(seed)
-    names = sorted(p.name for p in folder.glob("*.ipynb"))
-    notebooks = load_cells(folder)
-    candidates = []
-    for name, cells in zip(names, notebooks):
-        for ci, cell in enumerate(cells):
-            if cell["cell_type"] != "code" or ci < 3 or cell["source"].lstrip().startswith("%%"):
-                continue
-            for li, line in enumerate(cell["source"].split("\n")):
-                body = line.strip()
-                if 16 <= len(body) <= 90 and not body.startswith(("#", "!", "%")):
-                    candidates.append((name, cells, ci, li, line))
-    chosen = rng.sample(candidates, count)
-    cases = []
-    for name, cells, ci, li, line in chosen:
-        indent = len(line) - len(line.lstrip())
-        body = len(line) - indent
-        stop = indent + rng.randint(max(4, body // 3), max(5, (2 * body) // 3))
-        cases.append(Case(name, cells, ci, li, indent, stop))
-    return cases
-
-
-def edit_similarity(a: str, b: str) -> float:
-    """1 - Levenshtein distance / length of the longer string."""
-    if not a and not b:
-        return 1.0
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return 1 - previous[-1] / max(len(a), len(b))
-
-
-@dataclass
 class Results:
     warm_ttft: list[float] = field(default_factory=list)
     cold_ttft: list[float] = field(default_factory=list)
+    prefetch_ms: list[float] = field(default_factory=list)  # reading the cell's whole prompt, unwarmed
     exact: list[bool] = field(default_factory=list)
     similarity: list[float] = field(default_factory=list)
     errors: int = 0
@@ -122,6 +57,13 @@ class Results:
 
 def timed_completion(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, str]:
     """(ms to the first streamed text or the end, full completion)."""
+    ttft, completion, _ = timed_completion_with_timings(client, url, body)
+    return ttft, completion
+
+
+def timed_completion_with_timings(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, str, dict[str, Any]]:
+    """Also the server's timings for the request."""
+    timings: dict[str, Any] = {}
     start = time.perf_counter()
     first = None
     completion = ""
@@ -136,10 +78,11 @@ def timed_completion(client: httpx.Client, url: str, body: dict[str, Any]) -> tu
                 first = time.perf_counter()
             if event.get("done"):
                 completion = event["completion"]
+                timings = event["timings"]
             if "error" in event:
                 raise RuntimeError(event["error"]["message"])
     end = time.perf_counter()
-    return ((first or end) - start) * 1000, completion
+    return ((first or end) - start) * 1000, completion, timings
 
 
 def server_memory_mb(proc: Any) -> float:
@@ -162,7 +105,9 @@ def run_config(name: str, cases: list[Case], every: int, max_requests: int) -> R
                 columns = columns[-max_requests:]
                 if name in PREFETCH:
                     # The frontend warms the cache when the cursor enters the cell.
+                    started = time.perf_counter()
                     client.post(url, json=case.request(columns[0] - every, prefetch=True, stream=False))
+                    results.prefetch_ms.append((time.perf_counter() - started) * 1000)
                 for n, column in enumerate(columns):
                     try:
                         ttft, completion = timed_completion(client, url, case.request(column))
@@ -172,9 +117,9 @@ def run_config(name: str, cases: list[Case], every: int, max_requests: int) -> R
                         continue
                     (results.cold_ttft if n == 0 else results.warm_ttft).append(ttft)
                     if column == case.stop_at:
-                        got = completion.split("\n")[0].strip()
-                        results.exact.append(got == case.target)
-                        results.similarity.append(edit_similarity(got, case.target))
+                        exact, similarity = score(completion, case.target)
+                        results.exact.append(exact)
+                        results.similarity.append(similarity)
             results.memory_mb = server_memory_mb(proc)
     return results
 
@@ -189,7 +134,7 @@ def main() -> None:
     parser.add_argument("--notebooks", type=Path, default=BENCH_NOTEBOOKS)
     args = parser.parse_args()
 
-    cases = pick_cases(args.cases, args.seed, args.notebooks)
+    cases = pick_cases(args.notebooks, args.cases, args.seed)
     table = {}
     for name in args.configs.split(","):
         table[name] = run_config(name, cases, args.every, args.max_requests)
@@ -204,6 +149,11 @@ def main() -> None:
         sim = sum(r.similarity) / max(1, len(r.similarity))
         print(f"{name:<8}{warm['median']:>14.0f}{warm['p95']:>8.0f}{cold['median']:>14.0f}{cold['p95']:>8.0f}"
               f"{exact:>7.2f}{sim:>9.3f}{r.errors:>7}{r.memory_mb:>10.0f}")
+    for name, r in table.items():
+        if r.prefetch_ms:
+            p = summary(r.prefetch_ms)
+            print(f"{name}: the prefetch on entering a cell (the whole prompt read cold) took median {p['median']:.0f} ms, "
+                  f"p95 {p['p95']:.0f} ms, while the user had not typed yet")
     print("TTFT in ms. 'cold' is each case's first request (after a prefetch where the config has one); "
           "memory is the Jupyter server plus the model worker (RSS).")
 

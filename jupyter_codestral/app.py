@@ -14,13 +14,15 @@ from .backends.base import BackendSettings
 from .config import BACKENDS, ConfigError, resolve
 from .context import ContextBudget
 from .handlers import CompleteHandler, StatusHandler
+from .kernel_summary import KernelNamespace
 from .pipeline import ServiceStats
+from .ratelimit import UserRateLimiter
 from .request import RequestLimits
 
 CONFIG_TRAITS = (
     "backend", "url", "model", "api_key", "fim_template", "prompt_layout", "prefix_tokens",
     "suffix_tokens", "max_tokens", "temperature", "timeout", "connect_timeout", "retries",
-    "openai_suffix", "model_path", "threads", "kv_cache",
+    "openai_suffix", "model_path", "threads", "kv_cache", "kernel_placement",
 )
 
 
@@ -76,6 +78,21 @@ class CodestralExtension(ExtensionApp):
     ).tag(config=True)
     max_body_bytes = Int(16 * 1024 * 1024, help="Largest accepted request body; larger ones get 413.").tag(config=True)
     max_cells = Int(5000, help="Most cells accepted in one request.").tag(config=True)
+    user_rate_limit = Float(
+        0.0, help="Completion requests per minute allowed to each user (0: no limit). For shared servers."
+    ).tag(config=True)
+    user_rate_burst = Int(30, help="Requests a user may send at once before user_rate_limit applies.").tag(config=True)
+    kernel_context = Bool(
+        True,
+        help="Add a summary of the notebook kernel's variables (names, types, DataFrame columns, signatures) "
+        "to the prompt. It is read silently from an idle IPython kernel after executions.",
+    ).tag(config=True)
+    kernel_placement = CaselessStrEnum(
+        ("comment", "file"), default_value="comment",
+        help="Where the kernel summary goes: 'comment' lines leading the notebook, or (split layout, raw-prompt "
+        "backends) a 'file' of its own before it.",
+    ).tag(config=True)
+    kernel_timeout = Float(1.0, help="Seconds to wait for the kernel's summary before going without.").tag(config=True)
     log_prompts = Bool(
         False, help="Log completions at INFO level (for debugging only; they contain the user's code)."
     ).tag(config=True)
@@ -85,6 +102,7 @@ class CodestralExtension(ExtensionApp):
     budget: ContextBudget
     stats: ServiceStats
     config_error: str | None = None
+    kernel_namespace: KernelNamespace | None = None
 
     @property
     def request_limits(self) -> RequestLimits:
@@ -100,6 +118,12 @@ class CodestralExtension(ExtensionApp):
             self.log.error("jupyter_codestral: %s", error)
             self.backend_settings, self.budget = resolve({**traits, "backend": "mistral"}, {})
         self.stats = ServiceStats()
+        self.rate_limiter = UserRateLimiter(self.user_rate_limit, self.user_rate_burst)
+        self.kernel_namespace = (
+            KernelNamespace(self.serverapp.kernel_manager, timeout=self.kernel_timeout)
+            if self.kernel_context and self.serverapp is not None
+            else None
+        )
         self.completion_backend = create_backend(self.backend_settings)
         # Load a local model in the background as soon as the loop runs, so
         # the first keystroke does not pay for it.

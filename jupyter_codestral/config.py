@@ -95,6 +95,7 @@ def resolve(traits: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Back
         model_path=pick("JUPYTER_CODESTRAL_MODEL_PATH", "model_path") or None,
         threads=traits.get("threads") or None,
         kv_cache=bool(traits.get("kv_cache", True)),
+        kernel_file=traits.get("kernel_placement", "comment") == "file",
     )
     budget = ContextBudget(
         prefix_tokens=int(traits.get("prefix_tokens") or defaults.prefix_tokens),

@@ -13,6 +13,7 @@ cache reuse rather than only as one prefix and one suffix.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -52,11 +53,13 @@ class ContextBudget:
     # in the current cell does not shift the start of the prompt (and spoil a
     # KV cache) on every keystroke.
     trim_step_tokens: int = 256
+    # The kernel's variables have a budget of their own.
+    namespace_tokens: int = 256
 
 
 @dataclass(frozen=True)
 class FimContext:
-    before: str  # earlier cells, ending with the current cell's marker
+    before: str  # earlier cells
     cell_prefix: str  # the current cell up to the cursor
     cell_suffix: str  # the current cell after the cursor
     after: str  # later cells, starting with a separator
@@ -64,10 +67,17 @@ class FimContext:
     is_notebook: bool
     cells_before: int  # how many earlier cells made it into the budget
     cells_after: int
+    namespace: str = ""  # the kernel's variables as a comment block, just before the current cell
+    header: str = ""  # the current cell's marker line
 
     @property
     def prefix(self) -> str:
-        return self.before + self.cell_prefix
+        return self.before + self.namespace + self.header + self.cell_prefix
+
+    @property
+    def code_prefix(self) -> str:
+        """The prefix without the kernel summary (for templates that give it as a file)."""
+        return self.before + self.header + self.cell_prefix
 
     @property
     def suffix(self) -> str:
@@ -95,6 +105,33 @@ def render_cell(cell: Cell, language: str) -> str:
         lines = [f"{mark} {line}".rstrip() for line in cell.source.rstrip("\n").split("\n")]
         return f"{marker} [markdown]\n" + "\n".join(lines)
     return f"{marker}\n{cell.source.rstrip()}"
+
+
+_NAME = re.compile(r"^(?:def |class )?([A-Za-z_]\w*)")
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+
+
+def relevant_first(summary: str, text: str) -> str:
+    """Summary lines about names used in ``text`` first, each group in its original order."""
+    used = set(_IDENTIFIER.findall(text))
+    lines = [line for line in summary.splitlines() if line.strip()]
+    named = [(m.group(1) if (m := _NAME.match(line)) else "", line) for line in lines]
+    return "\n".join([line for name, line in named if name in used] + [line for name, line in named if name not in used])
+
+
+def namespace_block(summary: str, language: str, budget: ContextBudget, cell_text: str = "") -> str:
+    """The kernel summary as comment lines, within its own budget.
+
+    Names the current cell already uses come first, so they survive the
+    budget.  Only the cell's text above the cursor's line decides the order:
+    typing on a line does not reorder the block (which would spoil a cache)."""
+    if not summary.strip():
+        return ""
+    mark = comment_prefix(language)
+    head = f"{mark} Variables in the running kernel:"
+    ordered = relevant_first(summary, cell_text)
+    lines = _head_lines(ordered, budget.namespace_tokens, budget.chars_per_token).split("\n")
+    return "\n".join([head, *(f"{mark} {line}" for line in lines if line)]) + "\n\n"
 
 
 def _tail_lines(text: str, budget: int, cpt: float) -> str:
@@ -173,15 +210,18 @@ def _pack(
     return parts
 
 
-def build_context(request: CompletionRequest, budget: ContextBudget) -> FimContext:
+def build_context(request: CompletionRequest, budget: ContextBudget, namespace: str = "") -> FimContext:
+    """``namespace``: a summary of the kernel's variables, one per line (may be empty)."""
     cpt = budget.chars_per_token
     language = request.language
     source = request.current_source
     cell_prefix = _trim_cell_prefix(source[: request.cursor], budget.prefix_tokens, cpt)
     cell_suffix = _trim_cell_suffix(source[request.cursor :], budget.suffix_tokens, cpt)
 
+    above_cursor_line = source[: request.cursor].rpartition("\n")[0]
+    block = namespace_block(namespace, language, budget, above_cursor_line)
     if not request.is_notebook:
-        return FimContext("", cell_prefix, cell_suffix, "", language, False, 0, 0)
+        return FimContext("", cell_prefix, cell_suffix, "", language, False, 0, 0, block)
 
     current = request.cells[request.cell_index]
     header = "" if current.cell_type == "markdown" else cell_marker(language) + "\n"
@@ -192,7 +232,7 @@ def build_context(request: CompletionRequest, budget: ContextBudget) -> FimConte
     left = (left // step) * step if left > step else max(left, 0)
     earlier = request.cells[: request.cell_index][::-1]
     before_parts = _pack(earlier, left, cpt, lambda c: render_cell(c, language) + CELL_SEPARATOR, _tail_lines)
-    before = "".join(reversed(before_parts)) + header
+    before = "".join(reversed(before_parts))
 
     left = budget.suffix_tokens - estimate_tokens(cell_suffix, cpt)
     later = request.cells[request.cell_index + 1 :]
@@ -210,4 +250,6 @@ def build_context(request: CompletionRequest, budget: ContextBudget) -> FimConte
         is_notebook=True,
         cells_before=len(before_parts),
         cells_after=len(after_parts),
+        namespace=block,
+        header=header,
     )

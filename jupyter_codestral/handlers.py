@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.auth.decorator import authorized
@@ -68,6 +69,14 @@ class CompleteHandler(CodestralHandler):
             request = parse_completion_request(body, app.request_limits)
             if app.config_error:
                 raise CompletionError("config", app.config_error, 503)
+            wait = app.rate_limiter.check(self.current_user.username)
+            if wait > 0:
+                raise CompletionError(
+                    "user_rate_limited",
+                    f"You have sent too many completion requests; try again in {math.ceil(wait)} s.",
+                    429,
+                    wait,
+                )
         except CompletionError as error:
             self.send_error_json(error)
             return
@@ -85,11 +94,15 @@ class CompleteHandler(CodestralHandler):
 
     async def _respond(self, request: CompletionRequest) -> None:
         app = self.codestral
+        namespace = ""
+        if request.kernel_id and app.kernel_namespace is not None:
+            namespace = await app.kernel_namespace.summary(request.kernel_id)
         events = run_completion(
             request,
             app.completion_backend,
             app.budget,
             max_tokens=app.backend_settings.max_tokens,
+            namespace=namespace,
         )
         started = False
         try:

@@ -47,9 +47,10 @@ async def run_completion(
     backend: Backend,
     budget: ContextBudget,
     max_tokens: int,
+    namespace: str = "",
 ) -> AsyncIterator[dict[str, Any]]:
     start = time.perf_counter()
-    context = build_context(request, budget)
+    context = build_context(request, budget, namespace)
     options = options_for(context, single_line=request.single_line)
     fim = FimRequest(
         context=context,
@@ -86,6 +87,7 @@ async def run_completion(
             "prompt_tokens_estimate": estimate_tokens(context.prefix + context.suffix, budget.chars_per_token),
             "cells_before": context.cells_before,
             "cells_after": context.cells_after,
+            "kernel_summary": bool(context.namespace),
         },
     }
 

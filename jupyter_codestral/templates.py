@@ -121,12 +121,41 @@ def template_for_model(model: str, override: str | None = None) -> FimTemplate:
     return TEMPLATES["qwen"]
 
 
-def render_prompt(template: FimTemplate, context: FimContext, layout: str = "inline") -> str:
-    """The raw prompt for ``context`` in the given layout (see :data:`LAYOUTS`)."""
-    if layout == "split" and context.after.strip() and template.supports_files:
-        later = context.after.lstrip("\n")
-        # Keep the next cell's marker line in the suffix: a few tokens that
-        # tell the model where the current cell ends.
-        boundary = context.after[: context.after.find("\n", len(CELL_SEPARATOR)) + 1]
-        return template.render(context.prefix, context.cell_suffix + boundary, files=[("later_cells.py", later)])
-    return template.fim(context.prefix, context.suffix)
+# In the split layout, how many lines after the cursor's line stay in the FIM
+# suffix.  The suffix comes after the prefix, so it is read again on every
+# keystroke; the rest of the cell goes to the cached file before the FIM part.
+NEAR_SUFFIX_LINES = 0
+
+
+def split_suffix(cell_suffix: str, lines: int = NEAR_SUFFIX_LINES) -> tuple[str, str]:
+    """(the rest of the cursor's line and the next ``lines`` lines, everything after them)."""
+    parts = cell_suffix.split("\n")
+    if len(parts) <= lines + 1:
+        return cell_suffix, ""
+    return "\n".join(parts[: lines + 1]) + "\n", "\n".join(parts[lines + 1 :])
+
+
+def render_prompt(template: FimTemplate, context: FimContext, layout: str = "inline", kernel_file: bool = False) -> str:
+    """The raw prompt for ``context`` in the given layout (see :data:`LAYOUTS`).
+
+    ``kernel_file``: in the split layout, give the kernel summary as a file of
+    its own rather than as comment lines leading the notebook."""
+    if layout != "split" or not template.supports_files:
+        return template.fim(context.prefix, context.suffix)
+    files: list[tuple[str, str]] = []
+    prefix = context.prefix
+    if kernel_file and context.namespace:
+        files.append(("kernel_namespace.py", context.namespace))
+        prefix = context.code_prefix
+    near, far = split_suffix(context.cell_suffix)
+    later = (far.strip("\n") + "\n" if far.strip() else "") + context.after.lstrip("\n")
+    if later.strip():
+        files.append(("later_cells.py", later))
+        suffix = near
+        if not far.strip() and context.after.strip():
+            # The cell ends here: keep the next cell's marker line, a few
+            # tokens that tell the model where the current cell stops.
+            suffix += context.after[: context.after.find("\n", len(CELL_SEPARATOR)) + 1]
+    else:
+        suffix = context.suffix
+    return template.render(prefix, suffix, files=files) if files else template.fim(prefix, suffix)

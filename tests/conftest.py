@@ -76,7 +76,9 @@ def complete(jp_fetch: Callable[..., Any]) -> Callable[..., Any]:
 
     async def _complete(body: Any, raw: bool = False) -> tuple[int, Any]:
         data = body if raw else json.dumps(body)
-        response = await jp_fetch("codestral", "complete", method="POST", body=data, raise_error=False)
+        # Generous: the embedded model reads a cold prompt slowly on a busy machine.
+        response = await jp_fetch("codestral", "complete", method="POST", body=data, raise_error=False,
+                                  request_timeout=120)
         text = response.body.decode()
         if response.headers.get("Content-Type", "").startswith("application/x-ndjson"):
             return response.code, [json.loads(line) for line in text.splitlines() if line.strip()]

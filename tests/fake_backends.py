@@ -53,8 +53,10 @@ class Received:
 
 
 class FakeFimServer:
-    def __init__(self, key: str | None = FAKE_KEY) -> None:
+    def __init__(self, key: str | None = FAKE_KEY, keep_requests: bool = True) -> None:
         self.key = key
+        self.keep_requests = keep_requests
+        self.request_count = 0
         self.script = Script()
         self.requests: list[Received] = []
         self.disconnects = 0
@@ -77,6 +79,7 @@ class FakeFimServer:
                 (r"/v1/completions", OpenAIHandler, {"fake": self}),
                 (r"/api/generate", OllamaHandler, {"fake": self}),
                 (r"/infill", InfillHandler, {"fake": self}),
+                (r"/_stats", StatsHandler, {"fake": self}),
             ]
         )
         self._server = tornado.httpserver.HTTPServer(app)
@@ -112,9 +115,11 @@ class FakeHandler(tornado.web.RequestHandler):
     def initialize(self, fake: FakeFimServer) -> None:
         self.fake = fake
         self._closed = False
+        self._gone = asyncio.Event()
 
     def on_connection_close(self) -> None:
         self._closed = True
+        self._gone.set()
         self.fake.disconnects += 1
 
     # -- protocol specifics ----------------------------------------------
@@ -142,7 +147,9 @@ class FakeHandler(tornado.web.RequestHandler):
             body = json.loads(self.request.body)
         except ValueError:
             body = {"_raw": self.request.body.decode("utf-8", "replace")}
-        fake.requests.append(Received(self.request.path, body, dict(self.request.headers), time.time()))
+        fake.request_count += 1
+        if fake.keep_requests:
+            fake.requests.append(Received(self.request.path, body, dict(self.request.headers), time.time()))
         fake.in_flight += 1
         try:
             await self._answer(body, script)
@@ -205,9 +212,23 @@ class FakeHandler(tornado.web.RequestHandler):
         fake.finished += 1
 
     async def _sleep(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self._closed and time.monotonic() < end:
-            await asyncio.sleep(min(0.01, end - time.monotonic()))
+        """Wait, but stop as soon as the client goes away (as a real server would)."""
+        try:
+            await asyncio.wait_for(self._gone.wait(), seconds)
+        except TimeoutError:
+            pass
+
+
+class StatsHandler(tornado.web.RequestHandler):
+    """What the server saw, for benchmarks that run it in another process."""
+
+    def initialize(self, fake: FakeFimServer) -> None:
+        self.fake = fake
+
+    def get(self) -> None:
+        fake = self.fake
+        self.finish({"requests": fake.request_count, "finished": fake.finished,
+                     "disconnects": fake.disconnects, "in_flight": fake.in_flight})
 
 
 def _sse(payload: Any) -> bytes:
@@ -287,7 +308,7 @@ def main() -> None:
     args = parser.parse_args()
 
     async def serve() -> None:
-        fake = FakeFimServer(key=None)
+        fake = FakeFimServer(key=None, keep_requests=False)
         fake.script = Script(chunks=[args.text[i : i + 3] for i in range(0, len(args.text), 3)], delay_first=args.delay)
         fake.start(args.port)
         print(f"fake FIM backend on {fake.url}", flush=True)

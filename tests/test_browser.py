@@ -86,7 +86,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str]) -> Iterator[str]:
+def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str], app: str = "jupyterlab",
+              page: str = "lab/tree") -> Iterator[str]:
+    """Start JupyterLab (or Notebook 7 with app="notebook", page="notebooks"); yield the notebook's URL."""
     port, token = free_port(), secrets.token_hex(12)
     root = tmp_path / "root"
     root.mkdir()
@@ -96,9 +98,9 @@ def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str]) -> Iterator
     child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("JUPYTER_CODESTRAL")}
     child_env |= {"HOME": str(home), "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_CODESTRAL_CACHE_DIR": MODEL_CACHE, **env}
     cmd = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        f"--LabApp.user_settings_dir={home / 'settings'}", f"--LabApp.workspaces_dir={home / 'workspaces'}", *extra,
+        # A fresh HOME and config folder: no user settings or workspaces carry over.
+        sys.executable, "-m", app, "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", *extra,
     ]
     log = (tmp_path / "lab.log").open("w")
     proc = subprocess.Popen(cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT)
@@ -113,7 +115,7 @@ def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str]) -> Iterator
                 pass
             assert proc.poll() is None, (tmp_path / "lab.log").read_text()
             time.sleep(0.2)
-        yield f"{base}/lab/tree/sales.ipynb?token={token}"
+        yield f"{base}/{page}/sales.ipynb?token={token}"
     finally:
         proc.terminate()
         try:
@@ -123,12 +125,13 @@ def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str]) -> Iterator
         log.close()
 
 
-def lab_with_backend(tmp_path: Path, fake: FakeFimServer) -> Iterator[str]:
-    """JupyterLab configured for the loopback Mistral-protocol backend."""
+def lab_with_backend(tmp_path: Path, fake: FakeFimServer, **kw: str) -> Iterator[str]:
+    """JupyterLab (or Notebook 7) configured for the loopback Mistral-protocol backend."""
     return start_lab(
         tmp_path,
         ["--CodestralExtension.backend=mistral", f"--CodestralExtension.url={fake.url}"],
         {"CODESTRAL_API_KEY": FAKE_KEY},
+        **kw,
     )
 
 
@@ -254,5 +257,81 @@ def test_the_embedded_model_completes_in_the_browser(tmp_path: Path, browser_pag
         page.wait_for_function("() => document.querySelectorAll('.jp-GhostText').length === 0", timeout=10_000)
         text = cell_text(page, 2)
         assert text == "total = (df['price'] * df['qty'])." + states[-1], (text, states)
+    finally:
+        next(lab, None)
+
+
+def test_it_works_in_notebook_7(tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page) -> None:
+    fake = fake_backend_threaded
+    fake.script = Script(chunks=["s", "um", "()"], delay_between=0.2)
+    lab = lab_with_backend(tmp_path, fake, app="notebook", page="notebooks")
+    url = next(lab)
+    try:
+        page = browser_page
+        page.goto(url, timeout=90_000)
+        page.wait_for_selector(".jp-Notebook .jp-CodeCell .cm-content", timeout=90_000)
+        type_at_end_of_cell(page, 2, ".")
+        states = ghost_texts_while_streaming(page, timeout=20)
+        assert states and states[-1] == "sum()", states
+        page.keyboard.press("Tab")
+        page.wait_for_function("() => document.querySelectorAll('.jp-GhostText').length === 0", timeout=10_000)
+        assert cell_text(page, 2) == "total = (df['price'] * df['qty']).sum()"
+    finally:
+        next(lab, None)
+
+
+def test_the_status_item_turns_completions_off_and_tab_still_indents(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake = fake_backend_threaded
+    lab = lab_with_backend(tmp_path, fake)
+    url = next(lab)
+    try:
+        page = browser_page
+        open_notebook(page, url)
+        status = page.locator(".jp-CodestralStatus")
+        page.wait_for_function("() => document.querySelector('.jp-CodestralStatus')?.dataset.state === 'ready'",
+                               timeout=30_000)
+        status.click()
+        page.wait_for_function("() => document.querySelector('.jp-CodestralStatus')?.dataset.state === 'off'",
+                               timeout=10_000)
+        seen = len(fake.requests)
+        type_at_end_of_cell(page, 2, ".")
+        page.wait_for_timeout(1500)
+        assert page.locator(".jp-GhostText").count() == 0 and len(fake.requests) == seen
+        # With no suggestion shown, Tab does what it always does: indent by one level.
+        page.keyboard.press("Enter")
+        page.keyboard.type("x")
+        before = cell_text(page, 2)
+        page.keyboard.press("Home")
+        page.keyboard.press("Tab")
+        after = cell_text(page, 2)
+        assert after.rsplit("\n", 1)[1] == "    " + before.rsplit("\n", 1)[1]
+        status.click()  # and back on
+        page.wait_for_function("() => document.querySelector('.jp-CodestralStatus')?.dataset.state !== 'off'",
+                               timeout=10_000)
+    finally:
+        next(lab, None)
+
+
+def test_the_status_item_says_until_when_it_is_rate_limited(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake = fake_backend_threaded
+    fake.script = Script(status=429, headers={"Retry-After": "120"}, error_body={"message": "Requests rate limit exceeded"})
+    lab = lab_with_backend(tmp_path, fake)
+    url = next(lab)
+    try:
+        page = browser_page
+        open_notebook(page, url)
+        type_at_end_of_cell(page, 2, ".")
+        page.wait_for_function(
+            "() => document.querySelector('.jp-CodestralStatus')?.textContent.includes('rate limited until')",
+            timeout=20_000,
+        )
+        sent = len(fake.requests)
+        page.keyboard.type("s", delay=300)
+        page.wait_for_timeout(1000)
+        assert len(fake.requests) == sent  # nothing is sent before the retry-after passes
     finally:
         next(lab, None)

@@ -87,3 +87,27 @@ def test_split_layout_puts_later_cells_in_a_file_before_the_fim_part() -> None:
     assert inline.startswith("<|fim_prefix|>") and "print(b)" in inline.split("<|fim_suffix|>")[1]
     # A template without repository tokens falls back to the inline layout.
     assert render_prompt(TEMPLATES["deepseek"], ctx, "split") == render_prompt(TEMPLATES["deepseek"], ctx, "inline")
+
+
+def test_split_layout_keeps_only_the_near_suffix_in_the_fim_part() -> None:
+    source = "x = 1\ny = \nline_a()\nline_b()\nline_c()\nline_d()"
+    cells = (Cell("code", "import os"), Cell("code", source), Cell("code", "print(y)"))
+    ctx = build_context(CompletionRequest(cells, 1, source.index("\nline_a")), ContextBudget())
+    prompt = render_prompt(TEMPLATES["qwen"], ctx, "split")
+    later, fim = prompt.split("<|file_sep|>notebook.py\n")
+    # Re-read on every keystroke: only the rest of the cursor's line.
+    assert fim.split("<|fim_suffix|>")[1] == "\n<|fim_middle|>"
+    # The rest of the cell and the later cells are in the cached file before it.
+    assert "line_a()\nline_b()\nline_c()\nline_d()\n# %%\nprint(y)" in later
+
+
+def test_the_kernel_summary_sits_before_the_current_cell_or_is_a_file_of_its_own() -> None:
+    cells = (Cell("code", "df = load()"), Cell("code", "df["), Cell("code", "print(1)"))
+    ctx = build_context(CompletionRequest(cells, 1, 3), ContextBudget(), namespace="df: DataFrame, columns {'a': int64}")
+    assert ctx.prefix == ("# %%\ndf = load()\n\n# Variables in the running kernel:\n"
+                          "# df: DataFrame, columns {'a': int64}\n\n# %%\ndf[")
+    as_comment = render_prompt(TEMPLATES["qwen"], ctx, "split")
+    assert "<|fim_prefix|># %%\ndf = load()\n\n# Variables in the running kernel" in as_comment
+    as_file = render_prompt(TEMPLATES["qwen"], ctx, "split", kernel_file=True)
+    assert as_file.startswith("<|repo_name|>notebook\n<|file_sep|>kernel_namespace.py\n# Variables")
+    assert "<|fim_prefix|># %%\ndf = load()\n\n# %%\ndf[<|fim_suffix|>" in as_file

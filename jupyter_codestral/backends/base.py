@@ -40,6 +40,7 @@ class BackendSettings:
     model_path: str | None = None  # local backend: a GGUF file instead of the bundled model
     threads: int | None = None  # local backend
     kv_cache: bool = True  # local backend: reuse the prompt cache across requests
+    kernel_file: bool = False  # split layout: the kernel summary as a file of its own
 
     def redact(self, text: str) -> str:
         """Remove the key from any text that might reach a user or a log."""
@@ -148,7 +149,7 @@ class HttpBackend(Backend):
         await self.client.aclose()
 
     def raw_prompt(self, request: FimRequest) -> str:
-        return render_prompt(self.template, request.context, self.settings.layout)
+        return render_prompt(self.template, request.context, self.settings.layout, self.settings.kernel_file)
 
     def stop_sequences(self, request: FimRequest) -> list[str]:
         return list(dict.fromkeys([*self.template.stop, *request.stop]))

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from ..errors import backend_error
+from ..templates import split_suffix
 from .base import FimRequest, HttpBackend, drain
 
 
@@ -30,11 +31,13 @@ class LlamaCppBackend(HttpBackend):
             "stream": True,
             "stop": list(request.stop),
         }
-        if self.settings.layout == "split" and context.after.strip():
+        near, far = split_suffix(context.cell_suffix)
+        later = (far.strip("\n") + "\n" if far.strip() else "") + context.after.lstrip("\n")
+        if self.settings.layout == "split" and later.strip():
             payload |= {
                 "input_prefix": context.prefix,
-                "input_suffix": context.cell_suffix,
-                "input_extra": [{"filename": "later_cells.py", "text": context.after.lstrip("\n")}],
+                "input_suffix": near,
+                "input_extra": [{"filename": "later_cells.py", "text": later}],
             }
         else:
             payload |= {"input_prefix": context.prefix, "input_suffix": context.suffix, "input_extra": []}

@@ -199,7 +199,9 @@ class LocalBackend(Backend):
                 {
                     "op": "complete",
                     "id": req_id,
-                    "prompt": render_prompt(self.template, request.context, self.settings.layout),
+                    "prompt": render_prompt(
+                        self.template, request.context, self.settings.layout, self.settings.kernel_file
+                    ),
                     "max_tokens": request.max_tokens,
                     "stop": list(request.stop),
                 }

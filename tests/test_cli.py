@@ -1,0 +1,120 @@
+"""``jupyter codestral`` verbs, run as a user runs them, against loopback backends and the embedded model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import MODEL_CACHE, NOTEBOOK
+from fake_backends import FAKE_KEY, FakeFimServer
+
+JUPYTER = str(Path(sys.executable).parent / "jupyter")
+
+
+def write_notebook(path: Path, cells: list[dict[str, str]]) -> Path:
+    nb = {"cells": [{"cell_type": c["cell_type"], "metadata": {}, "source": c["source"],
+                     **({"outputs": [], "execution_count": None} if c["cell_type"] == "code" else {})} for c in cells],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb))
+    return path
+
+
+async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("JUPYTER_CODESTRAL")}
+    proc = await asyncio.create_subprocess_exec(
+        JUPYTER, "codestral", *args, env={**clean, "JUPYTER_CODESTRAL_CACHE_DIR": MODEL_CACHE, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def mistral_env(fake: FakeFimServer) -> dict[str, str]:
+    return {"CODESTRAL_API_KEY": FAKE_KEY, "JUPYTER_CODESTRAL_URL": fake.url}
+
+
+@pytest.mark.parametrize("verb", [[], ["complete"], ["doctor"], ["bench"]])
+async def test_every_verb_has_help(verb: list[str]) -> None:
+    code, out, _ = await cli(*verb, "--help")
+    assert code == 0 and "usage: jupyter codestral" in out
+    if verb == ["complete"]:
+        assert "--cell" in out and "--line" in out and "--backend" in out
+
+
+async def test_complete_prints_what_the_server_would_give(tmp_path: Path, fake_backend: FakeFimServer) -> None:
+    notebook = write_notebook(tmp_path / "sales.ipynb", NOTEBOOK)
+    code, out, err = await cli("complete", str(notebook), "--cell", "2", env=mistral_env(fake_backend))
+    assert code == 0, err
+    assert out.strip() == "df.head()" and "mistral" in err
+    assert "import pandas" in fake_backend.last.body["prompt"] and "df.plot()" in fake_backend.last.body["suffix"]
+
+
+async def test_complete_at_a_line_and_column(tmp_path: Path, fake_backend: FakeFimServer) -> None:
+    notebook = write_notebook(tmp_path / "sales.ipynb", NOTEBOOK)
+    code, out, err = await cli("complete", str(notebook), "--cell", "2", "--line", "1", "--column", "5", "--json",
+                               env=mistral_env(fake_backend))
+    assert code == 0, err
+    assert json.loads(out)["backend"] == "mistral"
+    assert fake_backend.last.body["prompt"].endswith("df = ")
+
+
+async def test_complete_with_overrides_uses_another_backend(tmp_path: Path, fake_backend: FakeFimServer) -> None:
+    script = tmp_path / "x.py"
+    script.write_text("import numpy as np\nx = np.")
+    code, out, err = await cli("complete", str(script), "--backend", "ollama", "--url", fake_backend.url,
+                               "--model", "qwen2.5-coder:1.5b")
+    assert code == 0, err
+    assert fake_backend.last.path == "/api/generate" and fake_backend.last.body["model"] == "qwen2.5-coder:1.5b"
+
+
+async def test_complete_reports_a_backend_failure_readably(tmp_path: Path, fake_backend: FakeFimServer) -> None:
+    fake_backend.key = "another-key"
+    notebook = write_notebook(tmp_path / "sales.ipynb", NOTEBOOK)
+    code, _, err = await cli("complete", str(notebook), "--cell", "2", env=mistral_env(fake_backend))
+    assert code == 2 and "CODESTRAL_API_KEY" in err and "not interchangeable" in err
+    assert FAKE_KEY not in err
+
+
+async def test_doctor_passes_on_a_working_setup(fake_backend: FakeFimServer) -> None:
+    code, out, err = await cli("doctor", env=mistral_env(fake_backend))
+    assert code == 0, out + err
+    assert "a key is set (CODESTRAL_API_KEY)" in out and "test completion came back" in out
+    assert "labextension is installed and enabled" in out and "All good." in out
+    assert FAKE_KEY not in out + err
+
+
+async def test_doctor_names_each_problem_and_its_fix(fake_backend: FakeFimServer) -> None:
+    fake_backend.key = "another-key"
+    code, out, _ = await cli("doctor", env=mistral_env(fake_backend))
+    assert code == 1 and "✗ auth" in out and "right kind for the host" in out
+    await fake_backend.stop()
+    code, out, _ = await cli("doctor", env=mistral_env(fake_backend))
+    assert code == 1 and "✗ unreachable" in out and "start the server" in out
+    code, out, _ = await cli("doctor", env={"JUPYTER_CODESTRAL_BACKEND": "mistral"})
+    assert code == 1 and "no Mistral key is set" in out
+
+
+async def test_bench_compares_two_configurations(tmp_path: Path, fake_backend: FakeFimServer) -> None:
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    cells = [{"cell_type": "code", "source": f"value_{i} = compute_something({i}, scale=2.5)\nprint(value_{i})"}
+             for i in range(6)]
+    write_notebook(folder / "a.ipynb", cells)
+    code, out, err = await cli("bench", str(folder), "--cases", "3", "--backend", "openai", "--url", fake_backend.url,
+                               "--compare", "layout=inline", "layout=split")
+    assert code == 0, err
+    assert "3 masked lines" in out and "layout=inline" in out and "layout=split" in out
+    assert len(fake_backend.requests) == 6
+
+
+async def test_complete_with_the_embedded_model(tmp_path: Path) -> None:
+    cells = [{"cell_type": "code", "source": "import numpy as np\nvalues = np.array([1, 2, 3])\nmean = values."}]
+    notebook = write_notebook(tmp_path / "arrays.ipynb", cells)
+    code, out, err = await cli("complete", str(notebook), "--backend", "local", "--single-line")
+    assert code == 0, err
+    assert out.strip().startswith("mean()"), out
