@@ -58,11 +58,14 @@ async def main() -> None:
             task = asyncio.create_task(run_old())
             await asyncio.sleep(rng.uniform(0.05, 1.5))
             started = time.perf_counter()
-            new = backend.stream(fim("x = 1\ny = x +", 8))
+
+            async def run_new() -> None:
+                async for _ in backend.stream(fim("x = 1\ny = x +", 8)):
+                    pass
+
+            newer = asyncio.create_task(run_new())
             outcome, at = await ended
-            async for _ in new:
-                pass
-            await task
+            await asyncio.gather(task, newer)
             if outcome == "cancelled":
                 stops.append((at - started) * 1000)
             while backend.timings_seen < (trial + 1) * 2:

@@ -13,7 +13,6 @@ cache reuse rather than only as one prefix and one suffix.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -67,12 +66,12 @@ class FimContext:
     is_notebook: bool
     cells_before: int  # how many earlier cells made it into the budget
     cells_after: int
-    namespace: str = ""  # the kernel's variables as a comment block, just before the current cell
+    namespace: str = ""  # the kernel's variables as a comment block, leading the prompt
     header: str = ""  # the current cell's marker line
 
     @property
     def prefix(self) -> str:
-        return self.before + self.namespace + self.header + self.cell_prefix
+        return self.namespace + self.before + self.header + self.cell_prefix
 
     @property
     def code_prefix(self) -> str:
@@ -107,30 +106,17 @@ def render_cell(cell: Cell, language: str) -> str:
     return f"{marker}\n{cell.source.rstrip()}"
 
 
-_NAME = re.compile(r"^(?:def |class )?([A-Za-z_]\w*)")
-_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+def namespace_block(summary: str, language: str, budget: ContextBudget) -> str:
+    """The kernel summary as comment lines leading the prompt, within its own budget.
 
-
-def relevant_first(summary: str, text: str) -> str:
-    """Summary lines about names used in ``text`` first, each group in its original order."""
-    used = set(_IDENTIFIER.findall(text))
-    lines = [line for line in summary.splitlines() if line.strip()]
-    named = [(m.group(1) if (m := _NAME.match(line)) else "", line) for line in lines]
-    return "\n".join([line for name, line in named if name in used] + [line for name, line in named if name not in used])
-
-
-def namespace_block(summary: str, language: str, budget: ContextBudget, cell_text: str = "") -> str:
-    """The kernel summary as comment lines, within its own budget.
-
-    Names the current cell already uses come first, so they survive the
-    budget.  Only the cell's text above the cursor's line decides the order:
-    typing on a line does not reorder the block (which would spoil a cache)."""
+    It goes first: measured against placing it just before the current cell,
+    the model used it better there (benchmarks/RESULTS.md), and it changes
+    only when the user runs code, so the prompt after it stays cacheable."""
     if not summary.strip():
         return ""
     mark = comment_prefix(language)
-    head = f"{mark} Variables in the running kernel:"
-    ordered = relevant_first(summary, cell_text)
-    lines = _head_lines(ordered, budget.namespace_tokens, budget.chars_per_token).split("\n")
+    head = f"{mark} Variables in the running kernel (most recent first):"
+    lines = _head_lines(summary, budget.namespace_tokens, budget.chars_per_token).split("\n")
     return "\n".join([head, *(f"{mark} {line}" for line in lines if line)]) + "\n\n"
 
 
@@ -218,8 +204,7 @@ def build_context(request: CompletionRequest, budget: ContextBudget, namespace: 
     cell_prefix = _trim_cell_prefix(source[: request.cursor], budget.prefix_tokens, cpt)
     cell_suffix = _trim_cell_suffix(source[request.cursor :], budget.suffix_tokens, cpt)
 
-    above_cursor_line = source[: request.cursor].rpartition("\n")[0]
-    block = namespace_block(namespace, language, budget, above_cursor_line)
+    block = namespace_block(namespace, language, budget)
     if not request.is_notebook:
         return FimContext("", cell_prefix, cell_suffix, "", language, False, 0, 0, block)
 

@@ -89,13 +89,3 @@ def test_typing_in_the_current_cell_keeps_the_start_of_the_prompt_stable() -> No
         starts.add(ctx.before)
     assert len(starts) == 1
 
-
-def test_kernel_names_the_cell_uses_come_first_and_typing_does_not_reorder() -> None:
-    summary = "recent: int = 1\ncars: DataFrame, columns {'Miles_per_Gallon': float64}\ndef helper(x)"
-    cells = [("code", "import os"), ("code", "subset = cars[cars.Year > 1970]\nsubset.")]
-    budget = ContextBudget(namespace_tokens=20)  # room for about one line
-    ctx = build_context(request(cells, 1), budget, namespace=summary)
-    assert "# cars: DataFrame" in ctx.namespace and "recent" not in ctx.namespace
-    # Typing a name on the cursor's line does not change the block.
-    typing = build_context(request([("code", "import os"), ("code", "subset = 1\nhelper")], 1), budget, namespace=summary)
-    assert "recent: int" in typing.namespace and "helper" not in typing.namespace

