@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
 def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str], app: str = "jupyterlab",
               page: str = "lab/tree") -> Iterator[str]:
     """Start JupyterLab (or Notebook 7 with app="notebook", page="notebooks"); yield the notebook's URL."""
@@ -125,7 +127,7 @@ def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str], app: str = 
         log.close()
 
 
-def lab_with_backend(tmp_path: Path, fake: FakeFimServer, **kw: str) -> Iterator[str]:
+def lab_with_backend(tmp_path: Path, fake: FakeFimServer, **kw: str) -> AbstractContextManager[str]:
     """JupyterLab (or Notebook 7) configured for the loopback Mistral-protocol backend."""
     return start_lab(
         tmp_path,
@@ -193,9 +195,7 @@ def ghost_texts_while_streaming(page: Page, timeout: float) -> list[str]:
 def test_ghost_text_streams_in_and_tab_accepts_it(tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page) -> None:
     fake = fake_backend_threaded
     fake.script = Script(chunks=["s", "um", "()"], delay_between=0.4)
-    lab = lab_with_backend(tmp_path, fake)
-    url = next(lab)
-    try:
+    with lab_with_backend(tmp_path, fake) as url:
         page = browser_page
         open_notebook(page, url)
         type_at_end_of_cell(page, 2, ".")
@@ -218,16 +218,12 @@ def test_ghost_text_streams_in_and_tab_accepts_it(tmp_path: Path, fake_backend_t
         assert fake.last.headers["Authorization"] == f"Bearer {FAKE_KEY}"
         status = page.locator(".jp-CodestralStatus").inner_text()
         assert "Codestral" in status and "error" not in status, status
-    finally:
-        next(lab, None)
 
 
 def test_a_backend_error_is_shown_once_with_its_reason(tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page) -> None:
     fake = fake_backend_threaded
     fake.key = "some-other-key"  # our key is refused: 401
-    lab = lab_with_backend(tmp_path, fake)
-    url = next(lab)
-    try:
+    with lab_with_backend(tmp_path, fake) as url:
         page = browser_page
         open_notebook(page, url)
         type_at_end_of_cell(page, 2, ".")
@@ -237,14 +233,10 @@ def test_a_backend_error_is_shown_once_with_its_reason(tmp_path: Path, fake_back
         )
         assert "CODESTRAL_API_KEY" in (status.get_attribute("title") or "")
         assert FAKE_KEY not in (status.get_attribute("title") or "")
-    finally:
-        next(lab, None)
 
 
 def test_the_embedded_model_completes_in_the_browser(tmp_path: Path, browser_page: Page) -> None:
-    lab = start_lab(tmp_path, ["--CodestralExtension.backend=local"], {})
-    url = next(lab)
-    try:
+    with start_lab(tmp_path, ["--CodestralExtension.backend=local"], {}) as url:
         page = browser_page
         open_notebook(page, url)
         page.wait_for_function(
@@ -257,16 +249,12 @@ def test_the_embedded_model_completes_in_the_browser(tmp_path: Path, browser_pag
         page.wait_for_function("() => document.querySelectorAll('.jp-GhostText').length === 0", timeout=10_000)
         text = cell_text(page, 2)
         assert text == "total = (df['price'] * df['qty'])." + states[-1], (text, states)
-    finally:
-        next(lab, None)
 
 
 def test_it_works_in_notebook_7(tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page) -> None:
     fake = fake_backend_threaded
     fake.script = Script(chunks=["s", "um", "()"], delay_between=0.2)
-    lab = lab_with_backend(tmp_path, fake, app="notebook", page="notebooks")
-    url = next(lab)
-    try:
+    with lab_with_backend(tmp_path, fake, app="notebook", page="notebooks") as url:
         page = browser_page
         page.goto(url, timeout=90_000)
         page.wait_for_selector(".jp-Notebook .jp-CodeCell .cm-content", timeout=90_000)
@@ -276,17 +264,13 @@ def test_it_works_in_notebook_7(tmp_path: Path, fake_backend_threaded: FakeFimSe
         page.keyboard.press("Tab")
         page.wait_for_function("() => document.querySelectorAll('.jp-GhostText').length === 0", timeout=10_000)
         assert cell_text(page, 2) == "total = (df['price'] * df['qty']).sum()"
-    finally:
-        next(lab, None)
 
 
 def test_the_status_item_turns_completions_off_and_tab_still_indents(
     tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
 ) -> None:
     fake = fake_backend_threaded
-    lab = lab_with_backend(tmp_path, fake)
-    url = next(lab)
-    try:
+    with lab_with_backend(tmp_path, fake) as url:
         page = browser_page
         open_notebook(page, url)
         status = page.locator(".jp-CodestralStatus")
@@ -310,8 +294,6 @@ def test_the_status_item_turns_completions_off_and_tab_still_indents(
         status.click()  # and back on
         page.wait_for_function("() => document.querySelector('.jp-CodestralStatus')?.dataset.state !== 'off'",
                                timeout=10_000)
-    finally:
-        next(lab, None)
 
 
 def test_the_status_item_says_until_when_it_is_rate_limited(
@@ -319,9 +301,7 @@ def test_the_status_item_says_until_when_it_is_rate_limited(
 ) -> None:
     fake = fake_backend_threaded
     fake.script = Script(status=429, headers={"Retry-After": "120"}, error_body={"message": "Requests rate limit exceeded"})
-    lab = lab_with_backend(tmp_path, fake)
-    url = next(lab)
-    try:
+    with lab_with_backend(tmp_path, fake) as url:
         page = browser_page
         open_notebook(page, url)
         type_at_end_of_cell(page, 2, ".")
@@ -333,5 +313,3 @@ def test_the_status_item_says_until_when_it_is_rate_limited(
         page.keyboard.type("s", delay=300)
         page.wait_for_timeout(1000)
         assert len(fake.requests) == sent  # nothing is sent before the retry-after passes
-    finally:
-        next(lab, None)
