@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -16,6 +15,9 @@ from pathlib import Path
 
 import httpx
 
+from jupyter_codestral.evaluation import read_cells
+from jupyter_codestral.pipeline import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_NOTEBOOKS = ROOT.parent / "shared" / "bench" / "notebooks"
 
@@ -28,14 +30,7 @@ def free_port() -> int:
 
 def load_cells(folder: Path = BENCH_NOTEBOOKS) -> list[list[dict[str, str]]]:
     """The benchmark notebooks as lists of ``{"cell_type", "source"}``, in file-name order."""
-    notebooks = []
-    for path in sorted(folder.glob("*.ipynb")):
-        nb = json.loads(path.read_text(encoding="utf-8"))
-        cells = []
-        for cell in nb["cells"]:
-            source = cell["source"]
-            cells.append({"cell_type": cell["cell_type"], "source": "".join(source) if isinstance(source, list) else source})
-        notebooks.append(cells)
+    notebooks = [read_cells(path) for path in sorted(folder.glob("*.ipynb"))]
     if not notebooks:
         raise SystemExit(f"No notebooks in {folder}; pass --notebooks DIR.")
     return notebooks
@@ -43,9 +38,17 @@ def load_cells(folder: Path = BENCH_NOTEBOOKS) -> list[list[dict[str, str]]]:
 
 def summary(values: Sequence[float]) -> dict[str, float]:
     ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return {"n": len(ordered), "median": statistics.median(ordered), "p95": p95, "p99": p99}
+    return {"n": len(ordered), "median": statistics.median(ordered), "p95": percentile(ordered, 0.95),
+            "p99": percentile(ordered, 0.99)}
+
+
+def wait_model_ready(client: httpx.Client, base: str, timeout: float = 300.0) -> None:
+    """Wait until ``codestral/status`` says the (embedded) model is ready."""
+    deadline = time.monotonic() + timeout
+    while not client.get(f"{base}/status").json()["ready"]:
+        if time.monotonic() > deadline:
+            raise SystemExit("the embedded model did not load")
+        time.sleep(0.2)
 
 
 def wait_for(url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:

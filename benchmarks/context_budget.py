@@ -11,12 +11,11 @@ time to first token, exact match and edit similarity of the first line.
 from __future__ import annotations
 
 import argparse
-import time
 
 import httpx
 from tqdm import tqdm
 
-from _common import BENCH_NOTEBOOKS, jupyter_server, summary
+from _common import BENCH_NOTEBOOKS, jupyter_server, summary, wait_model_ready
 from jupyter_codestral.evaluation import pick_cases, score
 from typing_replay import timed_completion_with_timings
 
@@ -35,8 +34,7 @@ def main() -> None:
                  f"--CodestralExtension.suffix_tokens={max(32, budget // 4)}", "--CodestralExtension.kv_cache=False"]
         ttft, tokens, exact, similarity = [], [], [], []
         with jupyter_server(*flags) as (base, headers, _), httpx.Client(headers=headers, timeout=180) as client:
-            while not client.get(f"{base}/status").json()["ready"]:
-                time.sleep(0.2)
+            wait_model_ready(client, base)
             for case in tqdm(cases, desc=f"budget {budget}", unit="case"):
                 body = case.request()
                 ms, completion, timings = timed_completion_with_timings(client, f"{base}/complete", body)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ import httpx
 import websocket
 from tqdm import tqdm
 
-from _common import BENCH_NOTEBOOKS, jupyter_server
+from _common import BENCH_NOTEBOOKS, jupyter_server, wait_model_ready
 from jupyter_codestral.evaluation import pick_cases, score
 from typing_replay import timed_completion
 
@@ -104,8 +103,7 @@ def main() -> None:
                         f"--CodestralExtension.kernel_placement={args.placement}") as (base, headers, _):
         root = base.rsplit("/codestral", 1)[0]
         with httpx.Client(headers=headers, timeout=180) as client:
-            while not client.get(f"{base}/status").json()["ready"]:
-                time.sleep(0.2)
+            wait_model_ready(client, base)
             kernel_id = client.post(f"{root}/api/kernels", json={"name": "python3"}).json()["id"]
             ws_url = root.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels"
             loaded = execute(ws_url, headers, "from vega_datasets import data\nimport json\n"

@@ -33,7 +33,7 @@ import httpx
 import psutil
 from tqdm import tqdm
 
-from _common import BENCH_NOTEBOOKS, jupyter_server, summary
+from _common import BENCH_NOTEBOOKS, jupyter_server, summary, wait_model_ready
 from jupyter_codestral.evaluation import Case, pick_cases, score
 
 CONFIGS: dict[str, list[str]] = {
@@ -94,11 +94,7 @@ def run_config(name: str, cases: list[Case], every: int, max_requests: int) -> R
     results = Results()
     with jupyter_server(*CONFIGS[name], "--CodestralExtension.backend=local") as (base, headers, proc):
         with httpx.Client(headers=headers, timeout=120) as client:
-            deadline = time.monotonic() + 300
-            while not client.get(f"{base}/status").json()["ready"]:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the embedded model did not load")
-                time.sleep(0.2)
+            wait_model_ready(client, base)
             url = f"{base}/complete"
             for case in tqdm(cases, desc=name, unit="case"):
                 columns = list(range(case.typed_from + every, case.stop_at, every)) + [case.stop_at]

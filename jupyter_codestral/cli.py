@@ -26,7 +26,7 @@ from .config import ConfigError, resolve
 from .context import ContextBudget
 from .errors import CompletionError
 from .evaluation import pick_cases, read_cells, score
-from .pipeline import run_completion
+from .pipeline import percentile, run_completion
 from .request import parse_completion_request
 
 
@@ -284,8 +284,7 @@ async def bench_one(args: argparse.Namespace, overrides: dict[str, str], cases: 
 
 
 def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return percentile(sorted(values), 0.95)
 
 
 async def bench_command(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +36,11 @@ def stop_sequences(context: FimContext, single_line: bool) -> tuple[str, ...]:
 async def _no_text() -> AsyncIterator[str]:
     return
     yield  # makes this an async generator
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    """The value at ``fraction`` (0..1) of already sorted values (nearest rank)."""
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def _ms(seconds: float) -> float:
@@ -121,7 +126,7 @@ class ServiceStats:
         if not values:
             return {"median": None, "p95": None, "last": None}
         ordered = sorted(values)
-        p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+        p95 = percentile(ordered, 0.95)
         return {"median": round(statistics.median(ordered), 1), "p95": round(p95, 1), "last": values[-1]}
 
     def to_json(self) -> dict[str, Any]:

@@ -135,6 +135,13 @@ def split_suffix(cell_suffix: str, lines: int = NEAR_SUFFIX_LINES) -> tuple[str,
     return "\n".join(parts[: lines + 1]) + "\n", "\n".join(parts[lines + 1 :])
 
 
+def split_layout_parts(context: FimContext) -> tuple[str, str, str]:
+    """(near suffix, far part of the cell, the later file) of the split layout."""
+    near, far = split_suffix(context.cell_suffix)
+    later = (far.strip("\n") + "\n" if far.strip() else "") + context.after.lstrip("\n")
+    return near, far, later
+
+
 def render_prompt(template: FimTemplate, context: FimContext, layout: str = "inline", kernel_file: bool = False) -> str:
     """The raw prompt for ``context`` in the given layout (see :data:`LAYOUTS`).
 
@@ -147,8 +154,7 @@ def render_prompt(template: FimTemplate, context: FimContext, layout: str = "inl
     if kernel_file and context.namespace:
         files.append(("kernel_namespace.py", context.namespace))
         prefix = context.code_prefix
-    near, far = split_suffix(context.cell_suffix)
-    later = (far.strip("\n") + "\n" if far.strip() else "") + context.after.lstrip("\n")
+    near, far, later = split_layout_parts(context)
     if later.strip():
         files.append(("later_cells.py", later))
         suffix = near

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import platformdirs
@@ -52,6 +53,20 @@ def jp_server_config(fake_backend: FakeFimServer, codestral_config: dict[str, An
             **codestral_config,
         },
     }
+
+
+def the_app(jp_serverapp: Any) -> Any:
+    """The running CodestralExtension of a test server."""
+    (app,) = jp_serverapp.extension_manager.extension_apps["jupyter_codestral"]
+    return app
+
+
+def write_notebook(path: Path, cells: list[dict[str, str]], metadata: dict[str, Any] | None = None) -> Path:
+    """An nbformat 4 notebook file with these cells."""
+    nb_cells = [{"cell_type": c["cell_type"], "metadata": {}, "source": c["source"],
+                 **({"outputs": [], "execution_count": None} if c["cell_type"] == "code" else {})} for c in cells]
+    path.write_text(json.dumps({"cells": nb_cells, "metadata": metadata or {}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
 
 
 NOTEBOOK = [

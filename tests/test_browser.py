@@ -9,7 +9,6 @@ the embedded model.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import socket
@@ -26,7 +25,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from conftest import MODEL_CACHE
+from conftest import MODEL_CACHE, write_notebook
 from fake_backends import FAKE_KEY, FakeFimServer, Script
 
 CHROMIUM = "/usr/bin/chromium"
@@ -44,14 +43,8 @@ CELLS = [
 ]
 
 
-def write_notebook(path: Path) -> None:
-    cells = [
-        {"cell_type": t, "metadata": {}, "source": s, **({"outputs": [], "execution_count": None} if t == "code" else {})}
-        for t, s in CELLS
-    ]
-    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                                       "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
-    path.write_text(json.dumps(nb))
+PYTHON_NOTEBOOK = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                   "language_info": {"name": "python"}}
 
 
 class ThreadedFake:
@@ -94,7 +87,7 @@ def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str], app: str = 
     port, token = free_port(), secrets.token_hex(12)
     root = tmp_path / "root"
     root.mkdir()
-    write_notebook(root / "sales.ipynb")
+    write_notebook(root / "sales.ipynb", [{"cell_type": t, "source": s} for t, s in CELLS], PYTHON_NOTEBOOK)
     home = tmp_path / "home"
     home.mkdir()
     child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("JUPYTER_CODESTRAL")}

@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MODEL_CACHE, NOTEBOOK
+from conftest import MODEL_CACHE, NOTEBOOK, write_notebook
 from fake_backends import FAKE_KEY, FakeFimServer
 
 JUPYTER = str(Path(sys.executable).parent / "jupyter")
-
-
-def write_notebook(path: Path, cells: list[dict[str, str]]) -> Path:
-    nb = {"cells": [{"cell_type": c["cell_type"], "metadata": {}, "source": c["source"],
-                     **({"outputs": [], "execution_count": None} if c["cell_type"] == "code" else {})} for c in cells],
-          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-    path.write_text(json.dumps(nb))
-    return path
 
 
 async def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, str, str]:

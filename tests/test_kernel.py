@@ -10,13 +10,8 @@ from typing import Any
 
 import pytest
 
-from conftest import notebook_request
+from conftest import notebook_request, the_app
 from fake_backends import FakeFimServer
-
-
-def the_app(jp_serverapp: Any) -> Any:
-    (app,) = jp_serverapp.extension_manager.extension_apps["jupyter_codestral"]
-    return app
 
 
 async def start(jp_serverapp: Any, name: str = "python3") -> tuple[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import the_app
 from jupyter_codestral.local import model_files
 from jupyter_codestral.local.model_files import BUNDLED, ModelFileError, ModelSpec, assemble, ensure_model
 
@@ -28,11 +29,6 @@ NOTEBOOK = [
 @pytest.fixture
 def codestral_config() -> dict[str, Any]:
     return {"backend": "local"}
-
-
-def the_app(jp_serverapp: Any) -> Any:
-    (app,) = jp_serverapp.extension_manager.extension_apps["jupyter_codestral"]
-    return app
 
 
 async def wait_ready(jp_fetch: Any, timeout: float = 120.0) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from ..errors import backend_error
-from ..templates import split_suffix
+from ..templates import split_layout_parts
 from .base import FimRequest, HttpBackend, drain
 
 
@@ -31,8 +31,7 @@ class LlamaCppBackend(HttpBackend):
             "stream": True,
             "stop": list(request.stop),
         }
-        near, far = split_suffix(context.cell_suffix)
-        later = (far.strip("\n") + "\n" if far.strip() else "") + context.after.lstrip("\n")
+        near, _, later = split_layout_parts(context)
         if self.settings.layout == "split" and later.strip():
             payload |= {
                 "input_prefix": context.prefix,
