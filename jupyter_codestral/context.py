@@ -13,6 +13,7 @@ cache reuse rather than only as one prefix and one suffix.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -106,17 +107,52 @@ def render_cell(cell: Cell, language: str) -> str:
     return f"{marker}\n{cell.source.rstrip()}"
 
 
-def namespace_block(summary: str, language: str, budget: ContextBudget) -> str:
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A summary line starts with the name it describes ("df: DataFrame ...",
+# "np = module numpy", "def load(path)", "class Model(...)").
+SUMMARY_NAME = re.compile(r"(?:class |def )?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def rank_namespace(summary: str, request: CompletionRequest) -> list[str]:
+    """The summary's lines, the names used in the cells nearest the cursor first.
+
+    Only the *other* cells count, nearest first: the order does not change
+    while the user types in the current cell, so the block leading the prompt
+    (and a local model's KV cache after it) stays put.  Names no other cell
+    mentions keep the kernel's order (most recently defined first) after them."""
+    lines = [line for line in summary.split("\n") if line.strip()]
+    if not request.is_notebook or len(request.cells) < 2:
+        return lines
+    here = request.cell_index
+    others = sorted((i for i in range(len(request.cells)) if i != here), key=lambda i: (abs(i - here), i > here))
+    distance: dict[str, int] = {}
+    for rank, index in enumerate(others):
+        for name in IDENTIFIER.findall(request.cells[index].source):
+            distance.setdefault(name, rank)
+    unmentioned = len(others)
+
+    def key(item: tuple[int, str]) -> tuple[int, int]:
+        position, line = item
+        match = SUMMARY_NAME.match(line)
+        return (distance.get(match.group(1), unmentioned) if match else unmentioned, position)
+
+    return [line for _, line in sorted(enumerate(lines), key=key)]
+
+
+def namespace_block(summary: str, request: CompletionRequest, budget: ContextBudget) -> str:
     """The kernel summary as comment lines leading the prompt, within its own budget.
 
     It goes first: measured against placing it just before the current cell,
     the model used it better there (benchmarks/RESULTS.md), and it changes
-    only when the user runs code, so the prompt after it stays cacheable."""
+    only when the user runs code or moves to another cell, so the prompt
+    after it stays cacheable.  The variables the nearby cells use come first,
+    so the budget is spent on the ones the user is working with."""
     if not summary.strip():
         return ""
-    mark = comment_prefix(language)
-    head = f"{mark} Variables in the running kernel (most recent first):"
-    lines = _head_lines(summary, budget.namespace_tokens, budget.chars_per_token).split("\n")
+    mark = comment_prefix(request.language)
+    head = f"{mark} Variables in the running kernel:"
+    ranked = "\n".join(rank_namespace(summary, request))
+    lines = _head_lines(ranked, budget.namespace_tokens, budget.chars_per_token).split("\n")
     return "\n".join([head, *(f"{mark} {line}" for line in lines if line)]) + "\n\n"
 
 
@@ -204,7 +240,7 @@ def build_context(request: CompletionRequest, budget: ContextBudget, namespace: 
     cell_prefix = _trim_cell_prefix(source[: request.cursor], budget.prefix_tokens, cpt)
     cell_suffix = _trim_cell_suffix(source[request.cursor :], budget.suffix_tokens, cpt)
 
-    block = namespace_block(namespace, language, budget)
+    block = namespace_block(namespace, request, budget)
     if not request.is_notebook:
         return FimContext("", cell_prefix, cell_suffix, "", language, False, 0, 0, block)
 

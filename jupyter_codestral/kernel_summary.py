@@ -100,7 +100,7 @@ class KernelNamespace:
     # Our own query shows up as kernel activity a moment after its reply.
     OWN_ACTIVITY_GRACE = 0.5
 
-    def __init__(self, kernel_manager: Any, timeout: float = 1.0, limit_chars: int = 1200) -> None:
+    def __init__(self, kernel_manager: Any, timeout: float = 1.0, limit_chars: int = 8000) -> None:
         self.kernel_manager = kernel_manager
         self.timeout = timeout
         self.limit_chars = limit_chars

@@ -104,7 +104,7 @@ def test_split_layout_keeps_only_the_near_suffix_in_the_fim_part() -> None:
 def test_the_kernel_summary_leads_the_prompt_or_is_a_file_of_its_own() -> None:
     cells = (Cell("code", "df = load()"), Cell("code", "df["), Cell("code", "print(1)"))
     ctx = build_context(CompletionRequest(cells, 1, 3), ContextBudget(), namespace="df: DataFrame, columns {'a': int64}")
-    assert ctx.prefix == ("# Variables in the running kernel (most recent first):\n"
+    assert ctx.prefix == ("# Variables in the running kernel:\n"
                           "# df: DataFrame, columns {'a': int64}\n\n# %%\ndf = load()\n\n# %%\ndf[")
     as_comment = render_prompt(TEMPLATES["qwen"], ctx, "split")
     assert "<|fim_prefix|># Variables in the running kernel" in as_comment

@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from jupyter_codestral.context import ContextBudget, build_context, estimate_tokens
+from jupyter_codestral.context import (
+    SUMMARY_NAME,
+    ContextBudget,
+    build_context,
+    estimate_tokens,
+    namespace_block,
+    rank_namespace,
+)
 from jupyter_codestral.request import Cell, CompletionRequest
 
 
@@ -89,3 +96,28 @@ def test_typing_in_the_current_cell_keeps_the_start_of_the_prompt_stable() -> No
         starts.add(ctx.before)
     assert len(starts) == 1
 
+
+
+def test_the_variables_nearby_cells_use_lead_the_kernel_summary() -> None:
+    # The kernel lists the most recently defined first; the user works with `cars`.
+    summary = "\n".join([
+        "wheat: DataFrame, 52 rows, columns {'year': int64, 'wheat': float64}",
+        "stocks: DataFrame, 560 rows, columns {'symbol': object}",
+        "def load(path)",
+        "cars: DataFrame, 406 rows, columns {'Name': object, 'Horsepower': float64}",
+        "np = module numpy",
+    ])
+    cells = (Cell("code", "import numpy as np\nstocks = load('s')"), Cell("code", "cars = load('c')\nwheat = load('w')"),
+             Cell("code", "cars.plot()"), Cell("code", "cars["), Cell("code", "print(wheat)"))
+    order = [SUMMARY_NAME.match(line).group(1) for line in rank_namespace(summary, CompletionRequest(cells, 3, 5))]  # type: ignore[union-attr]
+    # The nearest other cells first: above (`cars`), below (`wheat`), two up (`load`),
+    # then three up (`stocks`, `np`, in the kernel's order).
+    assert order == ["cars", "wheat", "load", "stocks", "np"]
+
+    # Typing in the current cell does not reorder (the prompt's start stays cacheable).
+    typed = (*cells[:3], Cell("code", "np.mean(stocks"), cells[4])
+    assert rank_namespace(summary, CompletionRequest(typed, 3, 14)) == rank_namespace(summary, CompletionRequest(cells, 3, 5))
+
+    # Within a small budget only the variables in use survive.
+    block = namespace_block(summary, CompletionRequest(cells, 3, 5), ContextBudget(namespace_tokens=40))
+    assert block.split("\n")[1].startswith("# cars: DataFrame") and "stocks" not in block

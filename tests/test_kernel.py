@@ -88,7 +88,9 @@ async def test_the_summary_reflects_a_dataframe_and_disturbs_nothing(
     assert "'unit_price': float64}" in head
     assert "# def total(price, qty=1)" in head and "# pd = module pandas" in head
     assert "# settings: dict, keys ['rate', 'currency']" in head
-    assert head.index("settings") < head.index("def total") < head.index("df:") < head.index("pd =")  # most recent first
+    # Names the nearest other cells use first (`pd` one cell up, `df` two cells down),
+    # then the rest as the kernel lists them, most recently defined first.
+    assert head.index("pd =") < head.index("df:") < head.index("settings") < head.index("def total")
     # Nothing changed for the user: no execution counted, no history, no output, no names left.
     # (The observing cell itself counts once.)
     after = (await run(client, observe))[0].split(" ", 3)
