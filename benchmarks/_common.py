@@ -88,16 +88,20 @@ def fake_backend(delay: float = 0.0, text: str = "df.head()") -> Iterator[str]:
 
 @contextmanager
 def jupyter_server(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[bytes]]]:
-    """A real ``jupyter server`` with the extension; yields (codestral base URL, auth headers, process)."""
+    """A real ``jupyter server`` with the extension; yields (codestral base URL, auth headers, process).
+
+    Its log goes to ``server.log`` in its root folder: a pipe nobody reads
+    would fill up under load and stop the server in the middle of a write."""
     port, token = free_port(), secrets.token_hex(16)
     root = Path(os.environ.get("TMPDIR", "/tmp")) / f"codestral-bench-{port}"
     root.mkdir(parents=True, exist_ok=True)
+    log = (root / "server.log").open("wb")
     cmd = [
         sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser", "--allow-root",
         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.log_level=WARN", *args,
     ]
     child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")} | (env or {})
-    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.DEVNULL, stderr=log)
     headers = {"Authorization": f"token {token}"}
     base = f"http://127.0.0.1:{port}"
     try:
@@ -109,3 +113,4 @@ def jupyter_server(*args: str, env: dict[str, str] | None = None) -> Iterator[tu
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()

@@ -1,13 +1,24 @@
 """Many users typing at once against one Jupyter server and a loopback backend.
 
 Each simulated user sends a streamed completion every ~150 ms (jittered) and
-abandons the previous request if it is still running, as the frontend does.
-The backend answers each request after 100 ms.  Runs are bounded in time.
+abandons the previous request if it is still running, as the frontend does:
+the abandoned request's connection is closed, like a browser's aborted
+fetch.  The backend answers each request after 100 ms.  Runs are bounded in
+time.
+
+The load generator is kept lean (h11 over asyncio streams, keep-alive
+connections per user like a browser, one login cookie per user) so that on a
+small machine it takes as little CPU as possible from the server it measures.
+The same users run first against the backend directly: that baseline is what
+the generator and the backend cost by themselves, in the same run.  Then
+against Jupyter's own status endpoint (no backend call): the floor any
+Jupyter server extension endpoint stands on, on the same machine.
 
 Reported per number of users: requests served, errors, requests abandoned and
-how many of those the backend saw cancelled, the server's overhead (total
-time minus the backend's 100 ms) at p50/p99, the server's memory after
-warm-up and at the end, and connections still open at the end.
+how many of those the backend saw cancelled, the overhead (time minus the
+backend's 100 ms) at p50/p95/p99, the server's memory after warm-up and at
+the end, its connections to the backend at the end, the server's CPU per
+request.
 
     python benchmarks/load_test.py [--users 10,50,100] [--duration 15]
 """
@@ -20,11 +31,30 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+import h11
 import httpx
 import psutil
 
 from _common import fake_backend, jupyter_server, load_cells, summary
+
+
+@dataclass
+class Target:
+    """Where the simulated users send their requests."""
+
+    name: str
+    url: str
+    headers: list[tuple[str, str]]
+    body_for: object  # (user number) -> bytes
+    method: str = "POST"
+    delay_ms: float | None = None  # what the target waits by design (default: the backend's delay)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        return parts.hostname or "127.0.0.1", parts.port or 80
 
 
 @dataclass
@@ -35,6 +65,51 @@ class Tally:
     overhead_ms: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
 
+    def fail(self, sample: str) -> None:
+        self.errors += 1
+        self.error_samples.append(sample[:160])
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection of a simulated browser."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.protocol = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def send(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, bytes]:
+        p = self.protocol
+        self.writer.write(
+            p.send(h11.Request(method=method, target=target, headers=[*headers, ("Content-Length", str(len(body)))]))
+            + p.send(h11.Data(data=body)) + p.send(h11.EndOfMessage())
+        )
+        status, chunks = 0, []
+        while True:
+            event = p.next_event()
+            if event is h11.NEED_DATA:
+                p.receive_data(await self.reader.read(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return status, b"".join(chunks)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("closed before the end of the reply")
+
+    def reusable(self) -> bool:
+        if self.protocol.our_state is h11.DONE and self.protocol.their_state is h11.DONE:
+            self.protocol.start_next_cycle()
+            return True
+        return False
+
+    def close(self) -> None:
+        self.writer.close()
+
 
 def notebook() -> dict:
     cells = [c for c in load_cells()[1] if c["cell_type"] != "raw"][:30]
@@ -42,37 +117,52 @@ def notebook() -> dict:
     return {"cells": cells, "cell_index": index, "cursor": len(cells[index]["source"]), "stream": True}
 
 
-async def one_request(client: httpx.AsyncClient, url: str, body: dict, tally: Tally, delay_ms: float) -> None:
+async def one_request(target: Target, path: str, body: bytes, pool: list[Connection], tally: Tally,
+                      delay_ms: float) -> None:
     start = time.perf_counter()
+    conn: Connection | None = None
     try:
-        async with client.stream("POST", url, json=body) as response:
-            if response.status_code != 200:
-                tally.errors += 1
-                tally.error_samples.append(f"{response.status_code} {(await response.aread())[:120]!r}")
-                return
-            async for line in response.aiter_lines():
-                if line and "error" in json.loads(line):
-                    tally.errors += 1
-                    tally.error_samples.append(line[:120])
-                    return
-        tally.served += 1
-        tally.overhead_ms.append((time.perf_counter() - start) * 1000 - delay_ms)
-    except httpx.HTTPError as error:
-        tally.errors += 1
-        tally.error_samples.append(repr(error)[:120])
+        conn = pool.pop() if pool else await Connection.open(*target.address)
+        status, reply = await conn.send(target.method, path, target.headers, body)
+    except asyncio.CancelledError:
+        if conn is not None:
+            conn.close()  # a newer keystroke: the browser aborts this fetch
+        raise
+    except (OSError, h11.ProtocolError) as error:
+        if conn is not None:
+            conn.close()
+        tally.fail(repr(error))
+        return
+    if conn.reusable():
+        pool.append(conn)
+    else:
+        conn.close()
+    if status != 200:
+        tally.fail(f"{status} {reply[:120]!r}")
+        return
+    if b'"error"' in reply:
+        tally.fail(next(line for line in reply.decode().splitlines() if '"error"' in line))
+        return
+    tally.served += 1
+    tally.overhead_ms.append((time.perf_counter() - start) * 1000 - delay_ms)
 
 
-async def user(client: httpx.AsyncClient, url: str, body: dict, tally: Tally, until: float, interval: float,
-               delay_ms: float, rng: random.Random) -> None:
+async def user(target: Target, number: int, tally: Tally, until: float, interval: float, delay_ms: float,
+               rng: random.Random) -> None:
+    path = urlsplit(target.url).path
+    body = target.body_for(number)  # type: ignore[operator]
+    pool: list[Connection] = []
     current: asyncio.Task[None] | None = None
     while time.monotonic() < until:
         if current is not None and not current.done():
-            current.cancel()  # a newer keystroke: abandon the request in flight
+            current.cancel()
             tally.abandoned += 1
-        current = asyncio.create_task(one_request(client, url, body, tally, delay_ms))
+        current = asyncio.create_task(one_request(target, path, body, pool, tally, delay_ms))
         await asyncio.sleep(interval * rng.uniform(0.7, 1.3))
     if current is not None:
         await asyncio.gather(current, return_exceptions=True)
+    for conn in pool:
+        conn.close()
 
 
 def rss_mb(pid: int) -> float:
@@ -84,38 +174,48 @@ def backend_connections(pid: int, port: int) -> int:
                and c.status == psutil.CONN_ESTABLISHED)
 
 
-async def run(users: int, duration: float, interval: float, delay: float, base: str, headers: dict[str, str],
-              backend: str, pid: int, body: dict) -> dict:
-    url = f"{base}/complete"
-    limits = httpx.Limits(max_connections=users * 3, max_keepalive_connections=users * 2)
-    async with httpx.AsyncClient(headers=headers, timeout=30, limits=limits) as client:
-        rng = random.Random(users)
-        warm = Tally()
-        await asyncio.gather(*(user(client, url, body, warm, time.monotonic() + 3, interval, delay * 1000, rng)
-                               for _ in range(users)))
-        await asyncio.sleep(1)
-        memory_warm = rss_mb(pid)
-        before = httpx.get(f"{backend}/_stats").json()
-        cpu_before = sum(psutil.Process(pid).cpu_times()[:2])
-        tally = Tally()
-        until = time.monotonic() + duration
-        await asyncio.gather(*(user(client, url, body, tally, until, interval, delay * 1000, rng) for _ in range(users)))
-    cpu_used = sum(psutil.Process(pid).cpu_times()[:2]) - cpu_before
+def cpu_seconds(pid: int) -> float:
+    return sum(psutil.Process(pid).cpu_times()[:2])
+
+
+async def run(target: Target, users: int, duration: float, interval: float, delay: float, backend: str,
+              server_pid: int | None) -> dict:
+    rng = random.Random(users)
+    delay_ms = delay * 1000 if target.delay_ms is None else target.delay_ms
+    # Warm-up: connections, the server's pools, first-request costs.
+    await asyncio.gather(*(user(target, n, Tally(), time.monotonic() + 3, interval, delay_ms, rng) for n in range(users)))
+    await asyncio.sleep(1)
+    memory_warm = rss_mb(server_pid) if server_pid else 0.0
+    before = httpx.get(f"{backend}/_stats").json()
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
+    own_cpu_before = cpu_seconds(psutil.Process().pid)
+    tally = Tally()
+    until = time.monotonic() + duration
+    await asyncio.gather(*(user(target, n, tally, until, interval, delay_ms, rng) for n in range(users)))
+    sent = max(1, tally.served + tally.abandoned + tally.errors)
+    server_cpu = (cpu_seconds(server_pid) - cpu_before) if server_pid else 0.0
+    own_cpu = cpu_seconds(psutil.Process().pid) - own_cpu_before
     await asyncio.sleep(2)  # let cancellations and pools settle
     after = httpx.get(f"{backend}/_stats").json()
-    reached = after["requests"] - before["requests"]
     return {
         "tally": tally,
-        "backend_requests": reached,
+        "backend_requests": after["requests"] - before["requests"],
         "backend_cancelled": after["disconnects"] - before["disconnects"],
         "backend_finished": after["finished"] - before["finished"],
         "backend_in_flight": after["in_flight"],
         "memory_warm": memory_warm,
-        "memory_end": rss_mb(pid),
-        "connections_end": backend_connections(pid, int(backend.rsplit(":", 1)[1])),
-        "server_cpu_ms_per_request": cpu_used * 1000 / max(1, tally.served + tally.abandoned + tally.errors),
-        "duration": duration,
+        "memory_end": rss_mb(server_pid) if server_pid else 0.0,
+        "connections_end": backend_connections(server_pid, int(backend.rsplit(":", 1)[1])) if server_pid else 0,
+        "server_cpu_ms_per_request": server_cpu * 1000 / sent,
+        "client_cpu_ms_per_request": own_cpu * 1000 / sent,
     }
+
+
+def login_cookie(base: str, token_headers: dict[str, str]) -> str:
+    """One user's login cookie, as a browser holds it after logging in."""
+    response = httpx.get(f"{base}/status", headers=token_headers)
+    response.raise_for_status()
+    return "; ".join(f"{k}={v}" for k, v in response.cookies.items())
 
 
 def main() -> None:
@@ -126,33 +226,57 @@ def main() -> None:
     parser.add_argument("--backend-delay", type=float, default=0.1)
     args = parser.parse_args()
 
-    body = notebook()
+    nb = notebook()
+    fim_body = json.dumps({"model": "codestral-latest", "prompt": "x = 1\n" * 200, "suffix": "", "stream": True,
+                           "max_tokens": 64}).encode()
     rows = []
     with fake_backend(delay=args.backend_delay) as backend, jupyter_server(
         "--CodestralExtension.backend=mistral", f"--CodestralExtension.url={backend}",
         env={"CODESTRAL_API_KEY": "load-test-key"},
-    ) as (base, headers, proc):
+    ) as (base, token_headers, proc):
+        host = urlsplit(base).netloc
+        cookie = login_cookie(base, token_headers)
+        direct = Target("backend directly (baseline)", f"{backend}/v1/fim/completions",
+                        [("Host", urlsplit(backend).netloc), ("Authorization", "Bearer load-test-key"),
+                         ("Content-Type", "application/json")], lambda n: fim_body)
+        # Each user edits a notebook of their own (newest wins per user and document).
+        server = Target("through codestral/complete", f"{base}/complete",
+                        [("Host", host), *token_headers.items(), ("Cookie", cookie), ("Content-Type", "application/json")],
+                        lambda n: json.dumps(nb | {"path": f"student-{n}/exercises.ipynb"}).encode())
+        # Jupyter's own floor: its cheapest authenticated endpoint, same users, same pace.
+        floor = Target("jupyter GET api/status (floor)", base.replace("/codestral", "/api/status"),
+                       [("Host", host), *token_headers.items(), ("Cookie", cookie)], lambda n: b"", "GET", 0.0)
         for users in [int(u) for u in args.users.split(",")]:
-            rows.append((users, asyncio.run(run(users, args.duration, args.interval, args.backend_delay, base, headers,
-                                                backend, proc.pid, body))))
+            for target in (direct, floor, server):
+                pid = proc.pid if target is not direct else None
+                rows.append((target, users, asyncio.run(run(target, users, args.duration, args.interval,
+                                                            args.backend_delay, backend, pid))))
 
     print(f"\n{args.duration:.0f} s per run; a request every ~{args.interval * 1000:.0f} ms per user; "
           f"backend answers after {args.backend_delay * 1000:.0f} ms; 30-cell notebook")
-    print(f"{'users':>5}{'served':>8}{'errors':>8}{'abandoned':>10}{'at backend':>11}{'cancelled':>10}"
-          f"{'overhead p50':>13}{'p99':>8}{'MB warm':>9}{'MB end':>8}{'conns end':>10}{'CPU ms/req':>11}")
-    for users, r in rows:
+    print(f"{'target':<31}{'users':>5}{'served':>8}{'errors':>7}{'abandoned':>10}{'at backend':>11}{'cancelled':>10}"
+          f"{'p50':>7}{'p95':>7}{'p99':>7}{'MB warm':>8}{'MB end':>7}{'conns end':>10}{'in flight':>10}"
+          f"{'server CPU':>11}{'client CPU':>11}")
+    for target, users, r in rows:
         t: Tally = r["tally"]
         s = summary(t.overhead_ms or [0])
         abandoned_at_backend = r["backend_requests"] - r["backend_finished"]
-        print(f"{users:>5}{t.served:>8}{t.errors:>8}{t.abandoned:>10}{abandoned_at_backend:>11}{r['backend_cancelled']:>10}"
-              f"{s['median']:>13.1f}{s['p99']:>8.1f}{r['memory_warm']:>9.0f}{r['memory_end']:>8.0f}{r['connections_end']:>10}"
-              f"{r['server_cpu_ms_per_request']:>11.2f}")
+        server_side = target is not direct
+        print(f"{target.name:<31}{users:>5}{t.served:>8}{t.errors:>7}{t.abandoned:>10}{abandoned_at_backend:>11}"
+              f"{r['backend_cancelled']:>10}{s['median']:>7.1f}{s['p95']:>7.1f}{s['p99']:>7.1f}"
+              + (f"{r['memory_warm']:>8.0f}{r['memory_end']:>7.0f}{r['connections_end']:>10}" if server_side else f"{'':>25}")
+              + f"{r['backend_in_flight']:>10}"
+              + (f"{r['server_cpu_ms_per_request']:>11.2f}" if server_side else f"{'':>11}")
+              + f"{r['client_cpu_ms_per_request']:>11.2f}")
         for sample in t.error_samples[:3]:
             print(f"      error: {sample}")
-    print("'at backend': abandoned requests that had reached the backend; 'cancelled': those the backend saw "
-          "disconnected before finishing (goal: equal). Overhead = client-observed time - backend delay (ms). "
-          "'conns end': the server's open connections to the backend (idle keep-alive pool) after the run. "
-          "'CPU ms/req': the Jupyter server's CPU time per request sent (served, abandoned or failed).")
+    print("p50/p95/p99: overhead in ms = time seen by the user - the backend's 100 ms (the baseline rows are what the "
+          "load generator and the backend add by themselves; the floor rows are the time of Jupyter's status endpoint, "
+          "which calls no backend). 'at backend': abandoned requests that had reached the "
+          "backend; 'cancelled': those the backend saw disconnected before finishing (goal: equal). 'conns end': the "
+          "server's idle keep-alive connections to the backend after the run; 'in flight': requests the backend was "
+          "still serving then (goal: 0). CPU: ms per request sent (served, abandoned or failed) of the Jupyter server "
+          "and of the load generator.")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from .request import RequestLimits
 CONFIG_TRAITS = (
     "backend", "url", "model", "api_key", "fim_template", "prompt_layout", "prefix_tokens",
     "suffix_tokens", "max_tokens", "temperature", "timeout", "connect_timeout", "retries",
-    "openai_suffix", "model_path", "threads", "kv_cache", "kernel_placement",
+    "openai_suffix", "model_path", "threads", "kv_cache", "kernel_placement", "backend_connections",
 )
 
 
@@ -65,6 +65,9 @@ class CodestralExtension(ExtensionApp):
     timeout = Float(10.0, help="Seconds to wait for the backend's first byte, or between chunks.").tag(config=True)
     connect_timeout = Float(3.0, help="Seconds to wait for a connection to the backend.").tag(config=True)
     retries = Int(2, help="Extra attempts after a 5xx from the backend, before any text arrived.").tag(config=True)
+    backend_connections = Int(
+        100, help="Most connections open to an HTTP backend at once (a shared inference server's fair share)."
+    ).tag(config=True)
     openai_suffix = Bool(
         False, help="The OpenAI-compatible server accepts 'suffix' (else a raw FIM prompt is sent)."
     ).tag(config=True)
@@ -119,6 +122,8 @@ class CodestralExtension(ExtensionApp):
             self.backend_settings, self.budget = resolve({**traits, "backend": "mistral"}, {})
         self.stats = ServiceStats()
         self.rate_limiter = UserRateLimiter(self.user_rate_limit, self.user_rate_burst)
+        # The completion request in flight per (user, document path), newest wins.
+        self.in_flight: dict[tuple[str, str], CompleteHandler] = {}
         self.kernel_namespace = (
             KernelNamespace(self.serverapp.kernel_manager, timeout=self.kernel_timeout)
             if self.kernel_context and self.serverapp is not None

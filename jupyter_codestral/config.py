@@ -91,6 +91,7 @@ def resolve(traits: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Back
         timeout=float(traits.get("timeout", 10.0)),
         connect_timeout=float(traits.get("connect_timeout", 3.0)),
         retries=int(traits.get("retries", 2)),
+        max_connections=max(1, int(traits.get("backend_connections", 100))),
         openai_suffix=bool(traits.get("openai_suffix", False)),
         model_path=pick("JUPYTER_CODESTRAL_MODEL_PATH", "model_path") or None,
         threads=traits.get("threads") or None,

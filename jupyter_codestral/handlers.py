@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.auth.decorator import authorized
@@ -52,6 +53,8 @@ class CodestralHandler(ExtensionHandlerMixin, APIHandler):
 
 class CompleteHandler(CodestralHandler):
     _work: asyncio.Task[None] | None = None
+    _superseded = False
+    _streaming = False
 
     @web.authenticated
     @authorized
@@ -80,23 +83,75 @@ class CompleteHandler(CodestralHandler):
         except CompletionError as error:
             self.send_error_json(error)
             return
+        if self._client_gone():
+            # Under load a request can wait until after its browser gave up on
+            # it: it must neither cost a backend call nor supersede the newer
+            # request that the server happened to take up first.
+            app.stats.cancelled += 1
+            return
+        # Newest wins per user and document: a keystroke supersedes the request
+        # in flight at once, even when the browser's abort of the old one is
+        # late or lost on the way (proxies do not always pass a closed
+        # connection on).  Prefetches only warm a cache and never supersede.
+        document = None if request.prefetch or request.path is None else (self.current_user.username, request.path)
+        if document is not None:
+            older = app.in_flight.get(document)
+            if older is not None:
+                older.supersede()
+            app.in_flight[document] = self
         self._work = asyncio.ensure_future(self._respond(request))
         try:
             await self._work
         except asyncio.CancelledError:
             app.stats.cancelled += 1
-            self.log.debug("codestral: the client went away; backend request cancelled")
+            if self._superseded:
+                self._answer_superseded()
+            else:
+                self.log.debug("codestral: the client went away; backend request cancelled")
+        finally:
+            if document is not None and app.in_flight.get(document) is self:
+                del app.in_flight[document]
+
+    def supersede(self) -> None:
+        self._superseded = True
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    def _answer_superseded(self) -> None:
+        error = CompletionError("cancelled", "A newer request for this document replaced this one.", 409)
+        if self.request.connection is None or self.request.connection.stream.closed():  # type: ignore[attr-defined]
+            return
+        if self._streaming:
+            self.finish(json.dumps(error.to_json()) + "\n")
+        else:
+            self.send_error_json(error)
 
     def on_connection_close(self) -> None:
         # The browser aborted (a newer keystroke) or closed: stop paying for tokens.
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
+    def _client_gone(self) -> bool:
+        """Whether the browser has already hung up, checked without waiting."""
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is None:
+            return False
+        if stream.closed():
+            return True
+        try:
+            return bool(stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"")
+        except BlockingIOError:
+            return False  # open, nothing more sent yet
+        except OSError:
+            return True
+
     async def _respond(self, request: CompletionRequest) -> None:
         app = self.codestral
         namespace = ""
         if request.kernel_id and app.kernel_namespace is not None:
             namespace = await app.kernel_namespace.summary(request.kernel_id)
+            if self._client_gone():  # it left while the kernel was asked
+                raise asyncio.CancelledError()
         events = run_completion(
             request,
             app.completion_backend,
@@ -121,7 +176,7 @@ class CompleteHandler(CodestralHandler):
                         self.set_header("Content-Type", NDJSON)
                         self.set_header("Cache-Control", "no-store")
                         self.set_header("X-Accel-Buffering", "no")  # proxies must not buffer the stream
-                        started = True
+                        started = self._streaming = True
                     self.write(json.dumps(event) + "\n")
                     await self.flush()
             if request.stream:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import NOTEBOOK, notebook_request
+from conftest import NOTEBOOK, notebook_request, the_app
 from fake_backends import FAKE_KEY, FakeFimServer
 
 
@@ -180,3 +180,96 @@ async def test_a_plain_request_aborted_before_any_token_cancels_the_backend(
             break
         await asyncio.sleep(0.01)
     assert fake_backend.disconnects == 1 and fake_backend.finished == 0
+
+
+async def test_a_newer_request_for_the_same_document_supersedes_the_one_in_flight(
+    jp_serverapp: Any, server_url: str, jp_auth_header: dict[str, str], fake_backend: FakeFimServer
+) -> None:
+    # The old request's connection stays open (its abort was lost, say, in a
+    # proxy): the server still stops it as soon as the newer keystroke arrives.
+    fake_backend.reset(chunks=["a"] * 100, delay_between=0.05)
+    url = f"{server_url}/complete"
+    async with httpx.AsyncClient(headers=jp_auth_header, timeout=10) as client:
+        # One user (the login cookie, as in a browser) and one document.
+        await client.get(f"{server_url}/status")
+        assert client.cookies
+        async with client.stream("POST", url, json=notebook_request(stream=True)) as old:
+            lines = old.aiter_lines()
+            assert json.loads(await anext(lines)).get("delta")
+            other_doc = asyncio.ensure_future(client.post(url, json=notebook_request(path="other.ipynb", stream=False)))
+            prefetch = asyncio.ensure_future(client.post(url, json=notebook_request(prefetch=True)))
+            await asyncio.sleep(0.2)
+            assert fake_backend.disconnects == 0  # another document and a prefetch supersede nothing
+            fake_backend.reset(chunks=["df", ".head()"])
+            newer = await client.post(url, json=notebook_request(stream=False))
+            rest = [json.loads(line) async for line in lines if line]
+        assert rest[-1]["error"]["kind"] == "cancelled" and "newer request" in rest[-1]["error"]["message"]
+        assert newer.status_code == 200 and newer.json()["completion"].endswith("head()")
+        assert (await other_doc).status_code == 200 and (await prefetch).status_code == 200
+    assert fake_backend.disconnects == 1
+    assert the_app(jp_serverapp).in_flight == {}
+
+
+async def test_a_request_whose_browser_already_left_never_reaches_the_backend(
+    jp_serverapp: Any, jp_http_port: int, jp_base_url: str, jp_auth_header: dict[str, str], fake_backend: FakeFimServer,
+    complete: Any
+) -> None:
+    # Under load a request can wait until after its browser gave up on it.
+    body = json.dumps(notebook_request()).encode()
+    head = (f"POST {jp_base_url}codestral/complete HTTP/1.1\r\nHost: 127.0.0.1:{jp_http_port}\r\n"
+            f"Authorization: {jp_auth_header['Authorization']}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
+        writer.write(head + body)
+        writer.close()  # sent, then gone at once
+        await writer.wait_closed()
+    await asyncio.sleep(0.5)
+    assert fake_backend.request_count == 0 and the_app(jp_serverapp).stats.cancelled == 5
+    code, reply = await complete(notebook_request())  # and the server serves on
+    assert code == 200 and reply["completion"]
+
+
+@pytest.mark.parametrize("codestral_config", [{"backend_connections": 2, "timeout": 1.0}])
+async def test_abandoned_requests_under_pool_contention_leave_no_connection_behind(
+    jp_serverapp: Any, server_url: str, jp_auth_header: dict[str, str], fake_backend: FakeFimServer, complete: Any,
+    codestral_config: Any
+) -> None:
+    # More users than backend connections, each abandoning requests at any
+    # moment (waiting for a connection, connecting, waiting for the answer).
+    # httpcore 1.0.9 loses a pool slot for good when a request is cancelled
+    # while its new connection is being set up (encode/httpcore#1093); once
+    # the slots are gone every completion would time out.
+    fake_backend.reset(delay_first=0.05)
+    url = f"{server_url}/complete"
+    rng = __import__("random").Random(3)
+
+    async def typist(n: int, client: httpx.AsyncClient) -> None:
+        for _ in range(25):
+            task = asyncio.ensure_future(client.post(url, json=notebook_request(path=f"user-{n}.ipynb")))
+            await asyncio.sleep(rng.uniform(0.0, 0.08))
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    async with httpx.AsyncClient(headers=jp_auth_header, limits=limits, timeout=10) as client:
+        await asyncio.gather(*(typist(n, client) for n in range(12)))
+    await asyncio.sleep(0.5)
+    fake_backend.reset()
+    for _ in range(4):  # more requests than the pool has slots, one after the other
+        code, reply = await complete(notebook_request())
+        assert code == 200, reply
+    assert fake_backend.in_flight == 0
+
+
+@pytest.mark.parametrize("codestral_config", [{"backend_connections": 1, "timeout": 1.0}])
+async def test_when_every_backend_connection_stays_busy_the_user_is_told_so(
+    complete: Any, fake_backend: FakeFimServer, codestral_config: Any
+) -> None:
+    fake_backend.reset(chunks=["a"] * 5, delay_between=0.5)  # 2.5 s, but never 1 s without a byte
+    first = asyncio.ensure_future(complete(notebook_request(path="a.ipynb")))
+    await asyncio.sleep(0.2)
+    code, reply = await complete(notebook_request(path="b.ipynb"))
+    assert code == 504 and "All 1 connections" in reply["error"]["message"]
+    assert "backend_connections" in reply["error"]["message"]
+    assert (await first)[0] == 200

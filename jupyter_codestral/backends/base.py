@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import email.utils
 import json
 import time
@@ -36,6 +37,7 @@ class BackendSettings:
     connect_timeout: float = 3.0
     retries: int = 2  # extra attempts on 5xx before any text arrived
     retry_backoff: float = 0.2
+    max_connections: int = 100  # HTTP backends: the connection pool's size
     openai_suffix: bool = False  # the OpenAI-compatible server accepts "suffix"
     model_path: str | None = None  # local backend: a GGUF file instead of the bundled model
     threads: int | None = None  # local backend
@@ -140,9 +142,10 @@ class HttpBackend(Backend):
             base_url=settings.url.rstrip("/"),
             headers=headers,
             timeout=timeout,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
+            limits=httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=20),
             trust_env=False,  # the backend URL comes from configuration only, never a proxy variable
         )
+        self.connection_slots = asyncio.Semaphore(settings.max_connections)
         self.template: FimTemplate = template_for_model(settings.model, settings.template)
 
     async def aclose(self) -> None:
@@ -200,7 +203,7 @@ class HttpBackend(Backend):
                 )
             self.rate_limited_until = None
 
-    async def _open(self, payload: dict[str, Any]) -> httpx.Response:
+    async def _open(self, payload: dict[str, Any], slot: _PoolSlot) -> httpx.Response:
         """POST and return the streaming response, retrying 5xx before any text."""
         self._check_rate_limit()
 
@@ -217,7 +220,7 @@ class HttpBackend(Backend):
             async for attempt in retrying:
                 with attempt:
                     request = self.client.build_request("POST", self.path, json=payload)
-                    response = await self.client.send(request, stream=True)
+                    response = await self._send(request, slot)
                     if response.status_code >= 400:
                         body = await response.aread()
                         await response.aclose()
@@ -234,19 +237,64 @@ class HttpBackend(Backend):
             raise self.transport_error(exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _send(self, request: httpx.Request, slot: _PoolSlot) -> httpx.Response:
+        """``client.send``, but a cancellation only lands once the request is on the wire.
+
+        httpcore 1.0.9 leaks a pool slot for good when a request is cancelled
+        while it waits for, or sets up, a connection (encode/httpcore#1093);
+        keystrokes cancel requests all the time, and once the slots are gone
+        every completion times out.  So requests queue in our own semaphore
+        (``slot``), never in httpcore's pool, and the send runs in a task of
+        its own: a cancellation that arrives before the request was sent is
+        held back until httpcore starts waiting for the answer, where
+        cancelling just closes the connection (which tells the backend to
+        stop).  The slot stays taken until then.
+        """
+        abandoned = on_the_wire = False
+        sending: asyncio.Task[httpx.Response]
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            nonlocal on_the_wire
+            if event == "http11.receive_response_headers.started":
+                on_the_wire = True
+                if abandoned:
+                    sending.cancel()
+
+        request.extensions["trace"] = trace
+        sending = asyncio.ensure_future(self.client.send(request, stream=True))
+        try:
+            return await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            abandoned = True
+            if on_the_wire:
+                sending.cancel()
+            release = slot.hand_over()
+            sending.add_done_callback(lambda task: _close_unwanted(task, release))
+            raise
+
     async def post_stream(
         self, payload: dict[str, Any], events: Callable[[httpx.Response], AsyncIterator[str]]
     ) -> AsyncIterator[str]:
-        response = await self._open(payload)
+        slot = _PoolSlot(self.connection_slots)
         try:
-            async for piece in events(response):
-                yield piece
-        except (httpx.HTTPError, SSEError) as exc:
-            raise self.transport_error(exc) from None
-        finally:
-            # Closing an unfinished response drops the connection, which is
-            # how the backend learns that nobody wants the rest.
-            await response.aclose()
+            async with asyncio.timeout(self.settings.timeout):
+                await slot.take()  # waiting here, unlike in httpcore's pool, is safe to cancel
+        except TimeoutError:
+            raise backend_error(
+                "timeout", f"All {self.settings.max_connections} connections to {self.settings.url} stayed busy "
+                f"for {self.settings.timeout:g} s (CodestralExtension.backend_connections)."
+            ) from None
+        async with slot:
+            response = await self._open(payload, slot)
+            try:
+                async for piece in events(response):
+                    yield piece
+            except (httpx.HTTPError, SSEError) as exc:
+                raise self.transport_error(exc) from None
+            finally:
+                # Closing an unfinished response drops the connection, which is
+                # how the backend learns that nobody wants the rest.
+                await response.aclose()
 
     def malformed(self, what: str) -> BackendError:
         return backend_error("bad_reply", f"{self.settings.url} sent a malformed event: {what[:200]}")
@@ -271,6 +319,46 @@ class HttpBackend(Backend):
             if "error" in payload:
                 raise backend_error("server_error", f"{self.host_label} reported: {error_detail(data.encode())}")
             yield payload
+
+
+class _PoolSlot:
+    """One of the backend's connections, held from the request until its reply is closed."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self.slots = slots
+        self.held = False
+
+    async def take(self) -> None:
+        await self.slots.acquire()
+        self.held = True
+
+    async def __aenter__(self) -> _PoolSlot:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()
+
+    def hand_over(self) -> Callable[[], None]:
+        """Leave the release to whoever finishes the request in the background."""
+        self.held = False
+        return self.slots.release
+
+
+def _close_unwanted(sending: asyncio.Task[httpx.Response], release: Callable[[], None]) -> None:
+    """A reply nobody waits for any more: close it, then free its slot."""
+    if sending.cancelled() or sending.exception() is not None:
+        release()
+        return
+
+    async def close() -> None:
+        try:
+            await sending.result().aclose()
+        finally:
+            release()
+
+    asyncio.ensure_future(close())
 
 
 async def drain(rest: AsyncIterator[Any]) -> None:
