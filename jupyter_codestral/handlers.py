@@ -24,6 +24,20 @@ if TYPE_CHECKING:
 NDJSON = "application/x-ndjson"
 
 
+def peer_closed(sock: socket.socket | None) -> bool:
+    """True if the other end has closed ``sock`` and sent nothing more (a non-blocking peek)."""
+    if sock is None:
+        return True
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # open, nothing more sent yet
+    except ValueError:
+        return False  # TLS sockets cannot peek at raw bytes: assume it is still there
+    except OSError:
+        return True
+
+
 class CodestralHandler(ExtensionHandlerMixin, APIHandler):
     auth_resource = "codestral"
 
@@ -136,14 +150,7 @@ class CompleteHandler(CodestralHandler):
         stream = getattr(self.request.connection, "stream", None)
         if stream is None:
             return False
-        if stream.closed():
-            return True
-        try:
-            return bool(stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"")
-        except BlockingIOError:
-            return False  # open, nothing more sent yet
-        except OSError:
-            return True
+        return bool(stream.closed()) or peer_closed(stream.socket)
 
     async def _respond(self, request: CompletionRequest) -> None:
         app = self.codestral

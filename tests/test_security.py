@@ -98,3 +98,27 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert bucket.take(0.0) == pytest.approx(1.0)
     assert bucket.take(0.5) == pytest.approx(0.5)
     assert bucket.take(1.6) == 0
+
+
+def test_the_hung_up_check_peeks_without_blocking_and_survives_tls() -> None:
+    import socket
+    import ssl
+
+    from jupyter_codestral.handlers import peer_closed
+
+    ours, theirs = socket.socketpair()
+    try:
+        assert not peer_closed(ours)  # open, nothing sent
+        theirs.sendall(b"GET")
+        assert not peer_closed(ours)  # data waiting: not gone (and not consumed)
+        assert ours.recv(3) == b"GET"
+        theirs.close()
+        assert peer_closed(ours)
+        # Jupyter served over HTTPS: TLS sockets refuse flags; the check must not fail the request.
+        left, right = socket.socketpair()
+        tls = ssl.create_default_context().wrap_socket(left, do_handshake_on_connect=False, server_hostname="x")
+        assert not peer_closed(tls)
+        tls.close()
+        right.close()
+    finally:
+        ours.close()
