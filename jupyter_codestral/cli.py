@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from .context import ContextBudget
 from .errors import CompletionError
 from .evaluation import pick_cases, read_cells, score
 from .pipeline import percentile, run_completion
-from .request import parse_completion_request
+from .request import CompletionRequest, parse_completion_request
 
 
 def _server_traits() -> dict[str, Any]:
@@ -99,6 +100,17 @@ async def ready_backend(settings: BackendSettings, timeout: float = 600) -> Back
     return backend
 
 
+async def final_event(
+    request: CompletionRequest, backend: Backend, budget: ContextBudget, max_tokens: int
+) -> dict[str, Any]:
+    """The ``done`` event of one completion (the command line does not stream)."""
+    async with aclosing(run_completion(request, backend, budget, max_tokens)) as events:
+        async for event in events:
+            if "done" in event:
+                return event
+    raise CompletionError("failed", "The completion ended without a result.", 502)
+
+
 # -- complete -------------------------------------------------------------------
 
 
@@ -132,15 +144,14 @@ async def complete_command(args: argparse.Namespace) -> int:
     request = parse_completion_request(json.dumps(body).encode())
     backend = await ready_backend(settings)
     try:
-        async for event in run_completion(request, backend, budget, settings.max_tokens):
-            if "done" in event:
-                if args.json:
-                    print(json.dumps({"completion": event["completion"], **backend.describe(), "timings": event["timings"]}))
-                else:
-                    print(event["completion"])
-                    t = event["timings"]
-                    print(f"[{settings.backend} · {settings.model}: first text {t['first_token_ms']:.0f} ms, "
-                          f"total {t['total_ms']:.0f} ms]", file=sys.stderr)
+        event = await final_event(request, backend, budget, settings.max_tokens)
+        if args.json:
+            print(json.dumps({"completion": event["completion"], **backend.describe(), "timings": event["timings"]}))
+        else:
+            print(event["completion"])
+            t = event["timings"]
+            print(f"[{settings.backend} · {settings.model}: first text {t['first_token_ms']:.0f} ms, "
+                  f"total {t['total_ms']:.0f} ms]", file=sys.stderr)
     finally:
         await backend.aclose()
     return 0
@@ -168,15 +179,14 @@ def labextension_state() -> tuple[bool, bool]:
     installed = any(Path(p, "jupyter-codestral", "package.json").exists() for p in jupyter_path("labextensions"))
     enabled = True
     for folder in jupyter_config_path():
-        for name in ("page_config.json",):
-            page = Path(folder, "labconfig", name)
-            if page.exists():
-                try:
-                    disabled = json.loads(page.read_text()).get("disabledExtensions", {})
-                except ValueError:
-                    continue
-                if any(key.startswith("jupyter-codestral") and value for key, value in disabled.items()):
-                    enabled = False
+        page = Path(folder, "labconfig", "page_config.json")
+        if page.exists():
+            try:
+                disabled = json.loads(page.read_text()).get("disabledExtensions", {})
+            except ValueError:
+                continue
+            if any(key.startswith("jupyter-codestral") and value for key, value in disabled.items()):
+                enabled = False
     return installed, enabled
 
 
@@ -212,10 +222,8 @@ async def doctor_command(args: argparse.Namespace) -> int:
                  "cell_index": 0, "cursor": 42, "max_tokens": 4}
         try:
             request = parse_completion_request(json.dumps(probe).encode())
-            async for event in run_completion(request, backend, budget, 4):
-                if "done" in event:
-                    report.ok(f"a test completion came back in {event['timings']['total_ms']:.0f} ms "
-                              f"({event['completion']!r})")
+            event = await final_event(request, backend, budget, 4)
+            report.ok(f"a test completion came back in {event['timings']['total_ms']:.0f} ms ({event['completion']!r})")
         except CompletionError as error:
             fixes = {
                 "auth": "check the key, and that it is the right kind for the host (Codestral keys: "
@@ -270,13 +278,12 @@ async def bench_one(args: argparse.Namespace, overrides: dict[str, str], cases: 
     try:
         for case in tqdm(cases, desc=f"{settings.backend} {settings.layout}", unit="case", file=sys.stderr):
             request = parse_completion_request(json.dumps(case.request(stream=False)).encode())
-            async for event in run_completion(request, backend, budget, settings.max_tokens):
-                if "done" in event:
-                    first.append(event["timings"]["first_token_ms"])
-                    total.append(event["timings"]["total_ms"])
-                    hit, sim = score(event["completion"], case.target)
-                    exact.append(hit)
-                    similarity.append(sim)
+            event = await final_event(request, backend, budget, settings.max_tokens)
+            first.append(event["timings"]["first_token_ms"])
+            total.append(event["timings"]["total_ms"])
+            hit, sim = score(event["completion"], case.target)
+            exact.append(hit)
+            similarity.append(sim)
     finally:
         await backend.aclose()
     return {"label": ", ".join(f"{k}={v}" for k, v in overrides.items()) or f"{settings.backend} (configured)",

@@ -128,22 +128,27 @@ class CompleteHandler(CodestralHandler):
 
     def supersede(self) -> None:
         self._superseded = True
+        self._stop_work()
+
+    def _answer_superseded(self) -> None:
+        if not self._client_gone():
+            replaced = "A newer request for this document replaced this one."
+            self._send_failure(CompletionError("cancelled", replaced, 409))
+
+    def on_connection_close(self) -> None:
+        # The browser aborted (a newer keystroke) or closed: stop paying for tokens.
+        self._stop_work()
+
+    def _stop_work(self) -> None:
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
-    def _answer_superseded(self) -> None:
-        error = CompletionError("cancelled", "A newer request for this document replaced this one.", 409)
-        if self.request.connection is None or self.request.connection.stream.closed():  # type: ignore[attr-defined]
-            return
+    def _send_failure(self, error: CompletionError) -> None:
+        """The error as the last line of a stream already under way, else as the whole reply."""
         if self._streaming:
             self.finish(json.dumps(error.to_json()) + "\n")
         else:
             self.send_error_json(error)
-
-    def on_connection_close(self) -> None:
-        # The browser aborted (a newer keystroke) or closed: stop paying for tokens.
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
 
     def _client_gone(self) -> bool:
         """Whether the browser has already hung up, checked without waiting."""
@@ -166,7 +171,6 @@ class CompleteHandler(CodestralHandler):
             max_tokens=app.backend_settings.max_tokens,
             namespace=namespace,
         )
-        started = False
         try:
             async for event in events:
                 if "done" in event:
@@ -179,11 +183,11 @@ class CompleteHandler(CodestralHandler):
                         )
                         return
                 if request.stream:
-                    if not started:
+                    if not self._streaming:
                         self.set_header("Content-Type", NDJSON)
                         self.set_header("Cache-Control", "no-store")
                         self.set_header("X-Accel-Buffering", "no")  # proxies must not buffer the stream
-                        started = self._streaming = True
+                        self._streaming = True
                     self.write(json.dumps(event) + "\n")
                     await self.flush()
             if request.stream:
@@ -196,10 +200,7 @@ class CompleteHandler(CodestralHandler):
             else:
                 app.stats.record_error(error)
                 self.log.warning("codestral: %s", app.backend_settings.redact(str(error)))
-            if started:
-                self.finish(json.dumps(error.to_json()) + "\n")
-            else:
-                self.send_error_json(error)
+            self._send_failure(error)
         finally:
             await events.aclose()
 
