@@ -123,20 +123,19 @@ def rank_namespace(summary: str, request: CompletionRequest) -> list[str]:
     lines = [line for line in summary.split("\n") if line.strip()]
     if not request.is_notebook or len(request.cells) < 2:
         return lines
+    named = [(match.group(1) if (match := SUMMARY_NAME.match(line)) else None, line) for line in lines]
+    wanted = {name for name, _ in named if name is not None}
     here = request.cell_index
     others = sorted((i for i in range(len(request.cells)) if i != here), key=lambda i: (abs(i - here), i > here))
     distance: dict[str, int] = {}
     for rank, index in enumerate(others):
-        for name in IDENTIFIER.findall(request.cells[index].source):
+        if len(distance) == len(wanted):
+            break  # every name has its place: the farther cells cannot change the order
+        for name in wanted.intersection(IDENTIFIER.findall(request.cells[index].source)):
             distance.setdefault(name, rank)
     unmentioned = len(others)
-
-    def key(item: tuple[int, str]) -> tuple[int, int]:
-        position, line = item
-        match = SUMMARY_NAME.match(line)
-        return (distance.get(match.group(1), unmentioned) if match else unmentioned, position)
-
-    return [line for _, line in sorted(enumerate(lines), key=key)]
+    order = sorted(range(len(named)), key=lambda i: (distance.get(named[i][0] or "", unmentioned), i))
+    return [named[i][1] for i in order]
 
 
 def namespace_block(summary: str, request: CompletionRequest, budget: ContextBudget) -> str:
