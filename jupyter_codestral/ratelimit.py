@@ -29,12 +29,17 @@ class TokenBucket:
             return 0.0
         return (1 - self.tokens) / per_second
 
+    def is_full(self, now: float) -> bool:
+        """Refilled to its burst: no different from a new bucket."""
+        return self.tokens + (now - self.updated) * self.rate_per_minute / 60 >= self.burst
+
 
 class UserRateLimiter:
     def __init__(self, rate_per_minute: float, burst: int) -> None:
         self.rate_per_minute = rate_per_minute
         self.burst = max(1, burst)
         self._buckets: dict[str, TokenBucket] = {}
+        self._prune_at = 1024
 
     @property
     def enabled(self) -> bool:
@@ -44,7 +49,16 @@ class UserRateLimiter:
         """0 when ``user`` may send a request now, else the seconds to wait."""
         if not self.enabled:
             return 0.0
+        now = time.monotonic() if now is None else now
         bucket = self._buckets.get(user)
         if bucket is None:
-            bucket = self._buckets[user] = TokenBucket(self.rate_per_minute, self.burst)
+            if len(self._buckets) >= self._prune_at:
+                self._forget_full_buckets(now)
+            bucket = self._buckets[user] = TokenBucket(self.rate_per_minute, self.burst, updated=now)
         return bucket.take(now)
+
+    def _forget_full_buckets(self, now: float) -> None:
+        # Users come and go (and token-authenticated API calls each get a new
+        # anonymous user): keep only the buckets that still hold something back.
+        self._buckets = {user: b for user, b in self._buckets.items() if not b.is_full(now)}
+        self._prune_at = max(1024, 2 * len(self._buckets))

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import notebook_request
 from fake_backends import FakeFimServer
-from jupyter_codestral.ratelimit import TokenBucket
+from jupyter_codestral.ratelimit import TokenBucket, UserRateLimiter
 
 
 @asynccontextmanager
@@ -122,3 +122,20 @@ def test_the_hung_up_check_peeks_without_blocking_and_survives_tls() -> None:
         right.close()
     finally:
         ours.close()
+
+
+def test_the_rate_limiter_forgets_users_whose_bucket_has_refilled() -> None:
+    # One request per 10 s, bursts of 2; 3,000 passers-by over 150 s, one request each.
+    limiter = UserRateLimiter(rate_per_minute=6, burst=2)
+    sizes = []
+    for n in range(3000):
+        now = n * 0.05
+        if n == 2600:  # a student empties their bucket at t = 130 s
+            assert limiter.check("student", now=now) == 0 and limiter.check("student", now=now) == 0
+        assert limiter.check(f"visitor-{n}", now=now) == 0
+        sizes.append(len(limiter._buckets))
+    assert max(sizes) <= 1024  # refilled buckets were forgotten, memory stays bounded
+    assert any(b < a for a, b in zip(sizes[2600:], sizes[2601:]))  # ... also after the student's requests
+    # The student's bucket was not refilled, so it was kept: still limited exactly as before.
+    assert "student" in limiter._buckets
+    assert limiter.check("student", now=131.0) == pytest.approx(9.0)
