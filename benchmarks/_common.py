@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from jupyter_codestral.evaluation import read_cells
-from jupyter_codestral.pipeline import percentile
+from jupyter_codestral.stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_NOTEBOOKS = ROOT.parent / "shared" / "bench" / "notebooks"

@@ -1,9 +1,10 @@
 """How fast a newer request for the same notebook stops the one in flight.
 
-The embedded model's worker is driven directly (no HTTP): a long generation
-is started, then, at a random moment (while the prompt is read, or while it
-generates), a new request for the same document arrives.  Measured: the time
-from the new request to the old one's end (its "cancelled" error).
+The completion service is driven directly (no HTTP) with the embedded model:
+a long generation is started, then, at a random moment (while the prompt is
+read, or while it generates), a new request for the same document arrives.
+Measured: the time from the new request to the old one's end in the worker
+(its "cancelled" error).
 
     python benchmarks/abort_latency.py [--trials 20]
 """
@@ -16,25 +17,25 @@ import random
 import time
 
 from _common import summary
-from jupyter_codestral.backends.base import FimRequest
 from jupyter_codestral.backends.local import LocalBackend
 from jupyter_codestral.config import resolve
-from jupyter_codestral.context import ContextBudget, build_context
-from jupyter_codestral.errors import BackendError
-from jupyter_codestral.request import Cell, CompletionRequest
+from jupyter_codestral.errors import CompletionError
+from jupyter_codestral.ratelimit import UserRateLimiter
+from jupyter_codestral.request import Cell, CompletionRequest, RequestLimits
+from jupyter_codestral.service import CompletionService, ServiceLimits
 
 
-def fim(source: str, max_tokens: int) -> FimRequest:
-    request = CompletionRequest((Cell("code", source),), 0, len(source), path="same.ipynb")
-    return FimRequest(build_context(request, ContextBudget()), max_tokens=max_tokens, document_id="same.ipynb")
+def request(source: str, max_tokens: int) -> CompletionRequest:
+    return CompletionRequest((Cell("code", source),), 0, len(source), path="same.ipynb", max_tokens=max_tokens)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     args = parser.parse_args()
-    settings, _ = resolve({"backend": "local"}, {})
+    settings, budget = resolve({"backend": "local"}, {})
     backend = LocalBackend(settings)
+    service = CompletionService(backend, budget, ServiceLimits(1 << 24, RequestLimits(), 128), UserRateLimiter(0, 1))
     await backend.wait_ready(300)
     rng = random.Random(1)
     stops, phases = [], []
@@ -42,36 +43,41 @@ async def main() -> None:
         for trial in range(args.trials):
             # A different long prompt each time, so part of the trials abort while it is read.
             filler = "\n".join(f"value_{trial}_{i} = compute({i}, {trial})" for i in range(rng.randint(10, 120)))
-            old = fim(f"{filler}\n# a long list of numbers\nnumbers = [", 400)
-            ended = asyncio.get_running_loop().create_future()
+            old = request(f"{filler}\n# a long list of numbers\nnumbers = [", 400)
+            old_ended = asyncio.get_running_loop().create_future()
 
             async def run_old() -> None:
                 try:
-                    async for _ in backend.stream(old):
+                    async for _ in service.serve(old, "user"):
                         pass
-                    ended.set_result(("finished", time.perf_counter()))
-                except BackendError as error:
-                    # The worker's figures for the stopped request: had it produced a token yet?
-                    phases.append("generating" if backend.last_timings.get("generated_tokens") else "reading")
-                    ended.set_result((error.kind, time.perf_counter()))
+                    old_ended.set_result("finished")
+                except CompletionError as error:
+                    old_ended.set_result(error.kind)
 
+            seen = backend.timings_seen
             task = asyncio.create_task(run_old())
             await asyncio.sleep(rng.uniform(0.05, 1.5))
             started = time.perf_counter()
 
             async def run_new() -> None:
-                async for _ in backend.stream(fim("x = 1\ny = x +", 8)):
+                async for _ in service.serve(request("x = 1\ny = x +", 8), "user"):
                     pass
 
             newer = asyncio.create_task(run_new())
-            outcome, at = await ended
+            # The worker reports the old request's end (its figures) before it starts the newer one.
+            while backend.timings_seen == seen:
+                await asyncio.sleep(0.001)
+            stopped_at = time.perf_counter()
+            phases.append("generating" if backend.last_timings.get("generated_tokens") else "reading")
             await asyncio.gather(task, newer)
-            if outcome == "cancelled":
-                stops.append((at - started) * 1000)
-            while backend.timings_seen < (trial + 1) * 2:
+            if await old_ended == "cancelled":
+                stops.append((stopped_at - started) * 1000)
+            else:
+                phases.pop()
+            while backend.timings_seen < seen + 2:
                 await asyncio.sleep(0.01)
     finally:
-        await backend.aclose()
+        await service.aclose()
     s = summary(stops)
     print(f"{len(stops)} of {args.trials} in-flight generations stopped by a newer request "
           f"(at random moments: {phases.count('reading')} while reading the prompt, "

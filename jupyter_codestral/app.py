@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
 
-from .backends import Backend, create_backend
-from .backends.base import BackendSettings
+from .backends import create_backend
 from .config import BACKENDS, ConfigError, resolve
-from .context import ContextBudget
 from .handlers import CompleteHandler, StatusHandler
 from .kernel_summary import KernelNamespace
-from .pipeline import ServiceStats
 from .ratelimit import UserRateLimiter
 from .request import RequestLimits
+from .service import CompletionService, ServiceLimits
 
 CONFIG_TRAITS = (
     "backend", "url", "model", "api_key", "fim_template", "prompt_layout", "prefix_tokens",
@@ -100,42 +96,44 @@ class CodestralExtension(ExtensionApp):
         False, help="Log completions at INFO level (for debugging only; they contain the user's code)."
     ).tag(config=True)
 
-    completion_backend: Backend
-    backend_settings: BackendSettings
-    budget: ContextBudget
-    stats: ServiceStats
-    config_error: str | None = None
-    kernel_namespace: KernelNamespace | None = None
-
-    @property
-    def request_limits(self) -> RequestLimits:
-        return RequestLimits(max_cells=self.max_cells, max_total_chars=self.max_body_bytes)
+    service: CompletionService
 
     def initialize_settings(self) -> None:
         traits = {name: getattr(self, name) for name in CONFIG_TRAITS}
+        config_error = None
         try:
-            self.backend_settings, self.budget = resolve(traits, os.environ)
+            backend_settings, budget = resolve(traits, os.environ)
         except ConfigError as error:
             # Serve a readable error instead of failing the whole Jupyter server.
-            self.config_error = str(error)
+            config_error = str(error)
             self.log.error("jupyter_codestral: %s", error)
-            self.backend_settings, self.budget = resolve({**traits, "backend": "mistral"}, {})
-        self.stats = ServiceStats()
-        self.rate_limiter = UserRateLimiter(self.user_rate_limit, self.user_rate_burst)
-        # The completion request in flight per (user, document path), newest wins.
-        self.in_flight: dict[tuple[str, str], CompleteHandler] = {}
-        self.kernel_namespace = (
+            backend_settings, budget = resolve({**traits, "backend": "mistral"}, {})
+        kernels = (
             KernelNamespace(self.serverapp.kernel_manager, timeout=self.kernel_timeout)
             if self.kernel_context and self.serverapp is not None
             else None
         )
-        self.completion_backend = create_backend(self.backend_settings)
+        self.service = CompletionService(
+            create_backend(backend_settings),
+            budget,
+            ServiceLimits(
+                max_body_bytes=self.max_body_bytes,
+                request=RequestLimits(max_cells=self.max_cells, max_total_chars=self.max_body_bytes),
+                max_tokens=backend_settings.max_tokens,
+            ),
+            UserRateLimiter(self.user_rate_limit, self.user_rate_burst),
+            kernels=kernels,
+            config_error=config_error,
+            log_prompts=self.log_prompts,
+            log=self.log,
+        )
+        self.settings["codestral_service"] = self.service
         # Load a local model in the background as soon as the loop runs, so
         # the first keystroke does not pay for it.
-        IOLoop.current().add_callback(self.completion_backend.start)
+        IOLoop.current().add_callback(self.service.start)
         self.log.info(
             "jupyter_codestral: backend %s, model %s, %s",
-            self.backend_settings.backend, self.backend_settings.model, self.backend_settings.url,
+            backend_settings.backend, backend_settings.model, backend_settings.url,
         )
 
     def initialize_handlers(self) -> None:
@@ -147,23 +145,6 @@ class CodestralExtension(ExtensionApp):
         )
 
     async def stop_extension(self) -> None:
-        backend = getattr(self, "completion_backend", None)
-        if backend is not None:
-            await backend.aclose()
-
-    def status(self) -> dict[str, Any]:
-        backend = self.completion_backend
-        state = backend.state
-        if self.config_error:
-            state = "error"
-        return {
-            **backend.describe(),
-            "state": state,
-            "ready": state == "ready",
-            "layout": self.backend_settings.layout,
-            "rate_limited_until": backend.rate_limited_until,
-            "config_error": self.config_error,
-            "last_error": self.stats.last_error,
-            "latency": self.stats.to_json(),
-            "budget": {"prefix_tokens": self.budget.prefix_tokens, "suffix_tokens": self.budget.suffix_tokens},
-        }
+        service = getattr(self, "service", None)
+        if service is not None:
+            await service.aclose()

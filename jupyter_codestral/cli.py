@@ -27,7 +27,8 @@ from .config import ConfigError, resolve
 from .context import ContextBudget
 from .errors import CompletionError
 from .evaluation import pick_cases, read_cells, score
-from .pipeline import percentile, run_completion
+from .pipeline import run_completion
+from .stats import percentile
 from .request import CompletionRequest, parse_completion_request
 
 

@@ -8,12 +8,9 @@ as :class:`~jupyter_codestral.errors.CompletionError`.
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import Backend, FimRequest
@@ -33,16 +30,6 @@ def stop_sequences(context: FimContext, single_line: bool) -> tuple[str, ...]:
     return tuple(stops)
 
 
-async def _no_text() -> AsyncIterator[str]:
-    return
-    yield  # makes this an async generator
-
-
-def percentile(ordered: Sequence[float], fraction: float) -> float:
-    """The value at ``fraction`` (0..1) of already sorted values (nearest rank)."""
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
@@ -59,17 +46,15 @@ async def run_completion(
     options = options_for(context, single_line=request.single_line)
     fim = FimRequest(
         context=context,
-        max_tokens=0 if request.prefetch else (request.max_tokens or max_tokens),
+        max_tokens=request.max_tokens or max_tokens,
         stop=stop_sequences(context, options.single_line),
-        document_id=request.document_id,
+        prefetch=request.prefetch,
     )
     completion = CompletionFilter(options)
     context_done = time.perf_counter()
     first_text: float | None = None
 
-    # A prefetch only makes sense where the backend keeps a prompt cache.
-    source = _no_text() if request.prefetch and not backend.supports_prefetch else backend.stream(fim)
-    async with aclosing(source) as pieces:
+    async with aclosing(backend.stream(fim)) as pieces:
         async for piece in pieces:
             delta = completion.feed(piece)
             if delta:
@@ -95,45 +80,3 @@ async def run_completion(
             "kernel_summary": bool(context.namespace),
         },
     }
-
-
-@dataclass
-class ServiceStats:
-    """Recent latencies and the last error, for ``codestral/status``."""
-
-    window: int = 200
-    total_ms: deque[float] = field(default_factory=deque)
-    first_token_ms: deque[float] = field(default_factory=deque)
-    served: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    last_error: dict[str, Any] | None = None
-
-    def record(self, timings: dict[str, float]) -> None:
-        self.served += 1
-        for name in ("total_ms", "first_token_ms"):
-            values: deque[float] = getattr(self, name)
-            values.append(timings[name])
-            while len(values) > self.window:
-                values.popleft()
-
-    def record_error(self, error: CompletionError) -> None:
-        self.failed += 1
-        self.last_error = {**error.to_json()["error"], "at": time.time()}
-
-    @staticmethod
-    def _summary(values: deque[float]) -> dict[str, float | None]:
-        if not values:
-            return {"median": None, "p95": None, "last": None}
-        ordered = sorted(values)
-        p95 = percentile(ordered, 0.95)
-        return {"median": round(statistics.median(ordered), 1), "p95": round(p95, 1), "last": values[-1]}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "served": self.served,
-            "failed": self.failed,
-            "cancelled": self.cancelled,
-            "total_ms": self._summary(self.total_ms),
-            "first_token_ms": self._summary(self.first_token_ms),
-        }

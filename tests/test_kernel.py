@@ -102,7 +102,7 @@ async def test_it_is_refreshed_after_executions_not_per_keystroke(
     jp_serverapp: Any, complete: Any, fake_backend: FakeFimServer, kernel: Any
 ) -> None:
     kernel_id, client = kernel
-    namespace = the_app(jp_serverapp).kernel_namespace
+    namespace = the_app(jp_serverapp).service.kernels
     await run(client, "alpha = 1")
     await settle(jp_serverapp, kernel_id)
     for _ in range(3):
@@ -141,7 +141,7 @@ async def test_a_non_python_kernel_gets_no_summary(
     code, reply = await complete(notebook_request(kernel_id=kernel_id))
     assert code == 200 and reply["timings"]["kernel_summary"] is False
     assert "Variables in the running kernel" not in fake_backend.last.body["prompt"]
-    assert the_app(jp_serverapp).kernel_namespace.queries == 0
+    assert the_app(jp_serverapp).service.kernels.queries == 0
 
 
 async def test_an_unknown_kernel_id_is_harmless(complete: Any, fake_backend: FakeFimServer) -> None:

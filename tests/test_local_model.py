@@ -26,6 +26,10 @@ NOTEBOOK = [
 ]
 
 
+# A completion that goes on for its whole budget (hundreds of numbers), however fast the machine.
+LONG_LIST = "numbers = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, "
+
+
 @pytest.fixture
 def codestral_config() -> dict[str, Any]:
     return {"backend": "local"}
@@ -79,7 +83,7 @@ async def worker_timings(backend: Any, seen: int) -> dict[str, Any]:
 
 async def test_typing_reuses_the_kv_cache(jp_fetch: Any, complete: Any, jp_serverapp: Any) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).completion_backend
+    backend = the_app(jp_serverapp).service.backend
     await complete(body(cursor=len("values = np.array([1, 2, 3, 4])\nmean = val")))
     await worker_timings(backend, 0)
     await complete(body())
@@ -90,7 +94,7 @@ async def test_typing_reuses_the_kv_cache(jp_fetch: Any, complete: Any, jp_serve
 
 async def test_prefetch_warms_the_cache_without_a_completion(jp_fetch: Any, complete: Any, jp_serverapp: Any) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).completion_backend
+    backend = the_app(jp_serverapp).service.backend
     code, reply = await complete(body(prefetch=True))
     assert code == 200 and reply["completion"] == ""
     await worker_timings(backend, 0)
@@ -103,9 +107,10 @@ async def test_a_newer_request_for_the_same_notebook_aborts_the_one_in_flight(
     jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str]
 ) -> None:
     await wait_ready(jp_fetch)
-    long_one = body(cells=[{"cell_type": "code", "source": "# a long list of numbers\nnumbers = ["}], cell_index=0,
-                    cursor=len("# a long list of numbers\nnumbers = ["), max_tokens=400)
+    long_one = body(cells=[{"cell_type": "code", "source": LONG_LIST}], cell_index=0, cursor=len(LONG_LIST),
+                    max_tokens=400)
     async with httpx.AsyncClient(headers=jp_auth_header, timeout=60) as client:
+        await client.get(f"{server_url}/status")  # one user (the login cookie, as in a browser)
         first = asyncio.create_task(client.post(f"{server_url}/complete", json=long_one))
         await asyncio.sleep(1.5)  # it is generating now
         second = await client.post(f"{server_url}/complete", json=body(path=long_one["path"]))
@@ -119,9 +124,9 @@ async def test_a_crashed_worker_gives_a_readable_error_and_restarts(
     jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str], jp_serverapp: Any, complete: Any
 ) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).completion_backend
+    backend = the_app(jp_serverapp).service.backend
     pid = backend.describe()["worker_pid"]
-    slow = body(cells=[{"cell_type": "code", "source": "numbers = ["}], cell_index=0, cursor=len("numbers = ["), max_tokens=400)
+    slow = body(cells=[{"cell_type": "code", "source": LONG_LIST}], cell_index=0, cursor=len(LONG_LIST), max_tokens=400)
     async with httpx.AsyncClient(headers=jp_auth_header, timeout=60) as client:
         pending = asyncio.create_task(client.post(f"{server_url}/complete", json=slow))
         await asyncio.sleep(1.0)
@@ -209,6 +214,7 @@ async def test_notebooks_share_the_worker_fairly(jp_fetch: Any, server_url: str,
     """Newest wins within a notebook; every notebook still gets its completion."""
     await wait_ready(jp_fetch)
     async with httpx.AsyncClient(headers=jp_auth_header, timeout=120) as client:
+        await client.get(f"{server_url}/status")  # one user (the login cookie, as in a browser)
 
         async def ask(path: str, **kw: Any) -> httpx.Response:
             return await client.post(f"{server_url}/complete", json=body(path=path, max_tokens=24, **kw))

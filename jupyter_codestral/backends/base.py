@@ -54,7 +54,7 @@ class FimRequest:
     context: FimContext
     max_tokens: int
     stop: tuple[str, ...] = ()
-    document_id: str = ""
+    prefetch: bool = False  # only read the prompt into the backend's cache; no text wanted
 
     @property
     def prefix(self) -> str:
@@ -69,7 +69,7 @@ class Backend(abc.ABC):
     """Streams the text a model writes between a prefix and a suffix."""
 
     name: str = ""
-    # Whether a request with max_tokens=0 warms a prompt cache (else prefetch is skipped).
+    # Whether a prefetch warms a prompt cache (else prefetches are answered at once, unsent).
     supports_prefetch = False
 
     def __init__(self, settings: BackendSettings) -> None:

@@ -25,7 +25,7 @@ class LlamaCppBackend(HttpBackend):
     async def stream(self, request: FimRequest) -> AsyncIterator[str]:
         context = request.context
         payload: dict[str, Any] = {
-            "n_predict": request.max_tokens,
+            "n_predict": 0 if request.prefetch else request.max_tokens,
             "temperature": self.settings.temperature,
             "cache_prompt": True,
             "stream": True,

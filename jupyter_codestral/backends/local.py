@@ -1,10 +1,9 @@
 """The embedded model: a llama.cpp worker process driven over JSON lines.
 
 The worker is started with the Jupyter server and loads the model in the
-background.  Requests are scheduled "newest wins" per document: a new
-request for a notebook cancels that notebook's request in flight (inside
-llama.cpp, within milliseconds), and since each notebook then has at most
-one request waiting, the worker's first-come queue serves notebooks in turn.
+background.  The completion service keeps at most one request per document
+in flight (a newer one stops the older, whose stream then sends the worker
+a ``cancel``), so the worker's first-come queue serves notebooks in turn.
 If the worker dies, waiting requests get a readable error and it restarts.
 """
 
@@ -52,7 +51,6 @@ class LocalBackend(Backend):
         self._proc: asyncio.subprocess.Process | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
-        self._latest: dict[str, int] = {}
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._supervisor: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -184,15 +182,9 @@ class LocalBackend(Backend):
         await self.start()
         if not self._ready.is_set():
             raise self._unavailable()
-        previous = self._latest.get(request.document_id)
-        if request.max_tokens == 0 and previous is not None:
-            return  # a prefetch never displaces a completion the user is waiting for
         req_id = next(self._ids)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[req_id] = queue
-        if previous is not None:
-            self._send({"op": "cancel", "id": previous})  # newest wins within a document
-        self._latest[request.document_id] = req_id
         finished = False
         try:
             self._send(
@@ -202,7 +194,7 @@ class LocalBackend(Backend):
                     "prompt": render_prompt(
                         self.template, request.context, self.settings.layout, self.settings.kernel_file
                     ),
-                    "max_tokens": request.max_tokens,
+                    "max_tokens": 0 if request.prefetch else request.max_tokens,
                     "stop": list(request.stop),
                 }
             )
@@ -218,10 +210,8 @@ class LocalBackend(Backend):
                     raise backend_error(event.get("kind", "failed"), event.get("message", "The local model failed."))
         finally:
             if not finished:
-                self._send({"op": "cancel", "id": req_id})  # the client went away
+                self._send({"op": "cancel", "id": req_id})  # replaced by a newer request, or the client left
             self._pending.pop(req_id, None)
-            if self._latest.get(request.document_id) == req_id:
-                del self._latest[request.document_id]
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

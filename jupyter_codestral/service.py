@@ -1,0 +1,235 @@
+"""The completion service: one per Jupyter server, owned by the extension app.
+
+It takes a parsed request and the user, and owns what is shared between
+requests: which request is the newest for a document (superseding, one key:
+the user and the document), prefetches, the kernel summary, statistics and
+the backend.  The HTTP handlers only adapt it to HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .backends import Backend
+from .context import ContextBudget
+from .errors import CompletionError, RequestError
+from .kernel_summary import KernelNamespace
+from .pipeline import run_completion
+from .ratelimit import UserRateLimiter
+from .request import CompletionRequest, RequestLimits, parse_completion_request
+from .stats import ServiceStats
+
+Event = dict[str, Any]
+DocumentKey = tuple[str, str]  # (user, document)
+
+SUPERSEDED = CompletionError("cancelled", "A newer request for this document replaced this one.", 409)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_body_bytes: int
+    request: RequestLimits
+    max_tokens: int  # a completion's length when the request does not say
+
+
+class Completion:
+    """One request being served: its events as an async iterator, and a way to stop it.
+
+    The work runs in a task of its own, so that a newer request can stop it
+    whoever is reading its events; the reader then gets the reason as a
+    :class:`CompletionError` (``cancelled``, 409)."""
+
+    def __init__(self, request: CompletionRequest, events: AsyncIterator[Event]) -> None:
+        self.request = request
+        self._events = events
+        self._queue: asyncio.Queue[Event | CompletionError | None] = asyncio.Queue()
+        self._stopped: CompletionError | None = None
+        self._task = asyncio.ensure_future(self._pump())
+        self._task.add_done_callback(self._finished)
+
+    def on_done(self, callback: Callable[[Completion], None]) -> None:
+        self._task.add_done_callback(lambda _: callback(self))
+
+    async def _pump(self) -> None:
+        try:
+            async for event in self._events:
+                self._queue.put_nowait(event)
+        except CompletionError as error:
+            self._queue.put_nowait(error)
+        else:
+            self._queue.put_nowait(None)
+        finally:
+            await self._events.aclose()  # type: ignore[attr-defined]
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():  # also when it was stopped before it began
+            self._queue.put_nowait(self._stopped or SUPERSEDED)
+
+    def stop(self, reason: CompletionError = SUPERSEDED) -> None:
+        """Stop the work (the backend call is cancelled at once); the reader gets ``reason``."""
+        if not self._task.done():
+            self._stopped = reason
+            self._task.cancel()
+
+    @property
+    def done(self) -> bool:
+        return self._task.done()
+
+    def __aiter__(self) -> Completion:
+        return self
+
+    async def __anext__(self) -> Event:
+        item = await self._queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, CompletionError):
+            raise item
+        return item
+
+
+async def _only(event: Event) -> AsyncIterator[Event]:
+    yield event
+
+
+class CompletionService:
+    def __init__(
+        self,
+        backend: Backend,
+        budget: ContextBudget,
+        limits: ServiceLimits,
+        rate_limiter: UserRateLimiter,
+        kernels: KernelNamespace | None = None,
+        config_error: str | None = None,
+        log_prompts: bool = False,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.backend = backend
+        self.budget = budget
+        self.limits = limits
+        self.rate_limiter = rate_limiter
+        self.kernels = kernels
+        self.config_error = config_error
+        self.log_prompts = log_prompts
+        self.log = log or logging.getLogger(__name__)
+        self.stats = ServiceStats()
+        self._latest: dict[DocumentKey, Completion] = {}
+
+    # -- lifetime ------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin slow preparation (the embedded model loads) without waiting for it."""
+        await self.backend.start()
+
+    async def aclose(self) -> None:
+        for completion in list(self._latest.values()):
+            completion.stop()
+        await self.backend.aclose()
+
+    # -- requests ------------------------------------------------------------
+    def parse(self, body: bytes, user: str) -> CompletionRequest:
+        """The request, or a :class:`CompletionError` saying why it cannot be served."""
+        limit = self.limits.max_body_bytes
+        if len(body) > limit:
+            raise RequestError(
+                "too_large",
+                f"The request is {len(body)} bytes; the limit is {limit} (CodestralExtension.max_body_bytes).",
+                413,
+            )
+        request = parse_completion_request(body, self.limits.request)
+        if self.config_error:
+            raise CompletionError("config", self.config_error, 503)
+        wait = self.rate_limiter.check(user)
+        if wait > 0:
+            raise CompletionError(
+                "user_rate_limited",
+                f"You have sent too many completion requests; try again in {math.ceil(wait)} s.",
+                429,
+                wait,
+            )
+        return request
+
+    def dropped(self) -> None:
+        """A request whose client left before it was served."""
+        self.stats.cancelled += 1
+
+    def serve(self, request: CompletionRequest, user: str) -> Completion:
+        """Start serving ``request``; the newest request per user and document wins.
+
+        A newer request stops the one in flight at once (its reader gets 409),
+        even when the browser's abort of the old one is late or lost on the way.
+        A prefetch only warms a cache: it never stops a completion the user
+        is waiting for, and where the backend keeps no prompt cache it costs
+        nothing."""
+        key = (user, request.document_id)
+        older = self._latest.get(key)
+        if request.prefetch and (
+            not self.backend.supports_prefetch or (older is not None and not older.done and not older.request.prefetch)
+        ):
+            return Completion(request, _only(self._done_event("", {"prefetch_skipped": True})))
+        if older is not None:
+            older.stop()
+        completion = Completion(request, self._run(request))
+        self._latest[key] = completion
+        completion.on_done(lambda done: self._forget(key, done))
+        return completion
+
+    def _forget(self, key: DocumentKey, completion: Completion) -> None:
+        if self._latest.get(key) is completion:
+            del self._latest[key]
+
+    async def _run(self, request: CompletionRequest) -> AsyncIterator[Event]:
+        try:
+            namespace = ""
+            if request.kernel_id and self.kernels is not None:
+                namespace = await self.kernels.summary(request.kernel_id)
+            events = run_completion(
+                request, self.backend, self.budget, max_tokens=self.limits.max_tokens, namespace=namespace
+            )
+            async for event in events:
+                if "done" in event:
+                    self.stats.record(event["timings"])
+                    if self.log_prompts:
+                        self.log.info("codestral completion: %r", event["completion"])
+                    event = {**event, **self._describe()}
+                yield event
+        except CompletionError as error:
+            if error.kind == "cancelled":
+                self.stats.cancelled += 1  # a newer request for the same document replaced it
+            else:
+                self.stats.record_error(error)
+                self.log.warning("codestral: %s", self.backend.settings.redact(str(error)))
+            raise
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+
+    def _describe(self) -> dict[str, Any]:
+        info = self.backend.describe()
+        return {"backend": info["backend"], "model": info["model"]}
+
+    def _done_event(self, completion: str, timings: dict[str, Any]) -> Event:
+        return {"done": True, "completion": completion, "timings": timings, **self._describe()}
+
+    def in_flight(self) -> int:
+        """Requests being served now (at most one per user and document)."""
+        return len(self._latest)
+
+    # -- status --------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        backend = self.backend
+        state = "error" if self.config_error else backend.state
+        return {
+            **backend.describe(),
+            "state": state,
+            "ready": state == "ready",
+            "layout": backend.settings.layout,
+            "rate_limited_until": backend.rate_limited_until,
+            "config_error": self.config_error,
+            "last_error": self.stats.last_error,
+            "latency": self.stats.to_json(),
+            "budget": {"prefix_tokens": self.budget.prefix_tokens, "suffix_tokens": self.budget.suffix_tokens},
+        }
