@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import httpx
+import websocket
 
 from jupyter_codestral.evaluation import read_cells
 from jupyter_codestral.stats import percentile
@@ -114,3 +121,49 @@ def jupyter_server(*args: str, env: dict[str, str] | None = None) -> Iterator[tu
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def execute(ws_url: str, headers: dict[str, str], code: str, raise_errors: bool = True,
+            timeout: float = 120) -> dict[str, Any]:
+    """Run code in the kernel like a notebook does (over the kernel's websocket).
+
+    Returns the cell's result data, with its execution number under ``"execution_count"``."""
+    ws = websocket.create_connection(ws_url, header=[f"{k}: {v}" for k, v in headers.items()], timeout=timeout)
+    msg_id = uuid.uuid4().hex
+    ws.send(json.dumps({
+        "header": {"msg_id": msg_id, "username": "bench", "session": uuid.uuid4().hex, "msg_type": "execute_request",
+                   "version": "5.3", "date": ""},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }))
+    result: dict[str, Any] = {}
+    try:
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "execute_input":
+                result["execution_count"] = msg["content"]["execution_count"]
+            if msg["msg_type"] == "execute_result":
+                result |= msg["content"]["data"]
+            if msg["msg_type"] == "error" and raise_errors:
+                raise RuntimeError(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return result
+    finally:
+        ws.close()
+
+
+@contextmanager
+def source_tree(revision: str | None) -> Iterator[dict[str, str]]:
+    """Environment for a server running ``revision``'s code (nothing for the working tree)."""
+    if revision is None:
+        yield {}
+        return
+    with tempfile.TemporaryDirectory(prefix="codestral-before-") as folder:
+        archive = subprocess.run(["git", "archive", revision, "jupyter_codestral"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        with tarfile.open(fileobj=BytesIO(archive)) as tar:
+            tar.extractall(folder, filter="data")
+        yield {"PYTHONPATH": folder + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -17,8 +17,10 @@ import random
 import time
 
 from _common import summary
-from jupyter_codestral.backends.local import LocalBackend
-from jupyter_codestral.config import resolve
+
+from jupyter_codestral.app import CodestralExtension
+from jupyter_codestral.backends.embedded import EmbeddedBackend
+from jupyter_codestral.config import backend_settings, context_budget
 from jupyter_codestral.errors import CompletionError
 from jupyter_codestral.ratelimit import UserRateLimiter
 from jupyter_codestral.request import Cell, CompletionRequest, RequestLimits
@@ -33,10 +35,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     args = parser.parse_args()
-    settings, budget = resolve({"backend": "local"}, {})
-    backend = LocalBackend(settings)
+    app = CodestralExtension(backend="local")
+    settings, budget = backend_settings(app), context_budget(app)
+    backend = EmbeddedBackend(settings)
     service = CompletionService(backend, budget, ServiceLimits(1 << 24, RequestLimits(), 128), UserRateLimiter(0, 1))
-    await backend.wait_ready(300)
+    async with asyncio.timeout(300):
+        await backend.wait_ready()
     rng = random.Random(1)
     stops, phases = [], []
     try:

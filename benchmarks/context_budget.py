@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 
 import httpx
-from tqdm import tqdm
-
 from _common import BENCH_NOTEBOOKS, jupyter_server, summary, wait_model_ready
-from jupyter_codestral.evaluation import pick_cases, score
+from tqdm import tqdm
 from typing_replay import timed_completion_with_timings
+
+from jupyter_codestral.evaluation import pick_cases, score
 
 
 def main() -> None:

@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import websocket
+from _common import BENCH_NOTEBOOKS, execute, jupyter_server, wait_model_ready
 from tqdm import tqdm
-
-from _common import BENCH_NOTEBOOKS, jupyter_server, wait_model_ready
-from jupyter_codestral.evaluation import pick_cases, score
 from typing_replay import timed_completion
+
+from jupyter_codestral.evaluation import pick_cases, score
 
 DATASETS = ["airports", "anscombe", "barley", "burtin", "cars", "crimea", "driving", "iowa_electricity", "iris",
             "la_riots", "ohlc", "seattle_temps", "seattle_weather", "sf_temps", "stocks", "us_employment", "wheat"]
@@ -45,33 +43,6 @@ class Task:
         body = {"cells": self.cells, "cell_index": len(self.cells) - 1, "cursor": len(self.cells[-1]["source"]),
                 "path": "runtime-facts.ipynb", "stream": True, "single_line": True, "max_tokens": 24}
         return body | ({"kernel_id": kernel_id} if kernel_id else {})
-
-
-def execute(ws_url: str, headers: dict[str, str], code: str) -> dict[str, Any]:
-    """Run code in the kernel like a notebook does (over the kernel's websocket)."""
-    ws = websocket.create_connection(ws_url, header=[f"{k}: {v}" for k, v in headers.items()], timeout=120)
-    msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "username": "bench", "session": uuid.uuid4().hex, "msg_type": "execute_request",
-                   "version": "5.3", "date": ""},
-        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
-    result: dict[str, Any] = {}
-    try:
-        while True:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "execute_result":
-                result = msg["content"]["data"]
-            if msg["msg_type"] == "error":
-                raise RuntimeError(f"{msg['content']['ename']}: {msg['content']['evalue']}")
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return result
-    finally:
-        ws.close()
 
 
 def make_tasks(columns: dict[str, list[str]]) -> list[Task]:

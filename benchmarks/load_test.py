@@ -36,7 +36,6 @@ from urllib.parse import urlsplit
 import h11
 import httpx
 import psutil
-
 from _common import fake_backend, jupyter_server, load_cells, summary
 
 

@@ -17,7 +17,6 @@ import json
 import time
 
 import httpx
-
 from _common import fake_backend, jupyter_server, load_cells, summary
 
 

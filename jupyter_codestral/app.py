@@ -1,61 +1,71 @@
-"""The Jupyter server extension: configuration, backend lifetime, routes."""
+"""The Jupyter server extension: its settings, the completion service's lifetime, the routes.
+
+The traitlets below are the only defaults.  Environment variables come in
+through ``@default`` methods (so a setting in ``jupyter_server_config.py``
+or on the command line wins over them, as with jupyter_server's own
+``JUPYTER_TOKEN``), and a value that cannot work is never fatal: it is
+recorded with the setting or variable it came from, and the status and
+every completion reply say what to fix.
+"""
 
 from __future__ import annotations
 
 import os
+from copy import deepcopy
+from typing import Any
+
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
-from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
+from traitlets.config import Config
+from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
-from .backends import create_backend
-from .config import BACKENDS, ConfigError, resolve
+from .backends import ALIASES, KINDS, BackendKind
+from .backends.mistral import mistral_url
+from .config import build_service
 from .handlers import CompleteHandler, StatusHandler
-from .kernel_summary import KernelNamespace
-from .ratelimit import UserRateLimiter
-from .request import RequestLimits
-from .service import CompletionService, ServiceLimits
-
-CONFIG_TRAITS = (
-    "backend", "url", "model", "api_key", "fim_template", "prompt_layout", "prefix_tokens",
-    "suffix_tokens", "max_tokens", "temperature", "timeout", "connect_timeout", "retries",
-    "openai_suffix", "model_path", "threads", "kv_cache", "kernel_placement", "backend_connections",
-)
+from .service import CompletionService
+from .templates import LAYOUTS, TEMPLATES
 
 
 class CodestralExtension(ExtensionApp):
     name = "jupyter_codestral"
     load_other_extensions = True
 
-    backend = CaselessStrEnum(
-        BACKENDS,
-        default_value=None,
-        allow_none=True,
-        help="Completion backend. Default: 'mistral' when CODESTRAL_API_KEY or MISTRAL_API_KEY "
-        "is set, else 'local' (the embedded model). Env: JUPYTER_CODESTRAL_BACKEND.",
+    backend = Unicode(
+        help="Completion backend: mistral, openai, ollama, llamacpp, or embedded (the bundled model, offline; "
+        "'local' is its former name). Default: $JUPYTER_CODESTRAL_BACKEND, else 'mistral' when CODESTRAL_API_KEY "
+        "or MISTRAL_API_KEY is set, else 'embedded'.",
     ).tag(config=True)
     url = Unicode(
-        None, allow_none=True,
-        help="Backend base URL, e.g. http://127.0.0.1:8080. For 'mistral' the host root; "
-        "'/v1/fim/completions' is added. Env: JUPYTER_CODESTRAL_URL.",
+        help="Backend base URL, e.g. http://127.0.0.1:8080 (for 'mistral' the host; '/v1/fim/completions' is "
+        "added). Default: $JUPYTER_CODESTRAL_URL, else the backend's usual address.",
     ).tag(config=True)
-    model = Unicode(None, allow_none=True, help="Model name. Env: JUPYTER_CODESTRAL_MODEL.").tag(config=True)
+    model = Unicode(help="Model name. Default: $JUPYTER_CODESTRAL_MODEL, else the backend's usual model.").tag(
+        config=True
+    )
     api_key = Unicode(
-        None, allow_none=True,
-        help="Key for an OpenAI-compatible server (prefer the JUPYTER_CODESTRAL_API_KEY variable). "
-        "Mistral keys come from CODESTRAL_API_KEY or MISTRAL_API_KEY.",
+        None,
+        allow_none=True,
+        help="Key for an OpenAI-compatible server. Default: $JUPYTER_CODESTRAL_API_KEY. Mistral keys come from "
+        "CODESTRAL_API_KEY (codestral.mistral.ai) or MISTRAL_API_KEY (api.mistral.ai).",
     ).tag(config=True)
     fim_template = Unicode(
-        None, allow_none=True,
-        help="FIM template for raw-prompt backends: codestral, qwen, starcoder2, deepseek, codellama. "
-        "Default: chosen from the model name.",
+        None,
+        allow_none=True,
+        help=f"FIM template for raw-prompt backends: {', '.join(TEMPLATES)}. Default: chosen from the model name.",
     ).tag(config=True)
-    prompt_layout = CaselessStrEnum(
-        ("inline", "split"), default_value=None, allow_none=True,
-        help="Where later cells go: 'inline' in the FIM suffix, or 'split' as a separate file before the "
-        "FIM part (cache-friendly; needs repo-level FIM tokens). Default per backend.",
+    prompt_layout = Unicode(
+        help="Where later cells go: 'inline' in the FIM suffix; 'split' as a separate file before the FIM part "
+        "(needs repo-level FIM tokens); 'stable' nowhere, so the prompt's start survives typing, cell moves and "
+        "executions (for a model whose prompt cache we keep). Default: the backend's.",
     ).tag(config=True)
-    prefix_tokens = Int(0, help="Token budget for the text before the cursor (0: the backend's default).").tag(config=True)
-    suffix_tokens = Int(0, help="Token budget for the text after the cursor (0: the backend's default).").tag(config=True)
+    prefix_tokens = Int(help="Token budget for the text before the cursor. Default: the backend's.").tag(config=True)
+    suffix_tokens = Int(help="Token budget for the text after the cursor. Default: the backend's.").tag(config=True)
+    trim_step_tokens = Int(
+        help="The earlier cells' window moves in steps of this many tokens, so its start stays put while the "
+        "notebook grows. Default: the backend's."
+    ).tag(config=True)
     max_tokens = Int(128, help="Most tokens generated per completion.").tag(config=True)
     temperature = Float(0.0, help="Sampling temperature.").tag(config=True)
     timeout = Float(10.0, help="Seconds to wait for the backend's first byte, or between chunks.").tag(config=True)
@@ -68,12 +78,21 @@ class CodestralExtension(ExtensionApp):
         False, help="The OpenAI-compatible server accepts 'suffix' (else a raw FIM prompt is sent)."
     ).tag(config=True)
     model_path = Unicode(
-        None, allow_none=True,
-        help="'local' backend: a GGUF file to use instead of the bundled model. Env: JUPYTER_CODESTRAL_MODEL_PATH.",
+        None,
+        allow_none=True,
+        help="embedded model: a GGUF file to use instead of the bundled model. Default: $JUPYTER_CODESTRAL_MODEL_PATH.",
     ).tag(config=True)
-    threads = Int(0, help="'local' backend: CPU threads (0: all cores).").tag(config=True)
+    model_sha256 = Unicode(
+        None, allow_none=True, help="embedded model: the sha256 that model_path must have (checked before loading)."
+    ).tag(config=True)
+    threads = Int(0, help="embedded model: CPU threads (0: all cores).").tag(config=True)
     kv_cache = Bool(
-        True, help="'local' backend: reuse the model's prompt cache between requests (off only to measure its worth)."
+        True, help="embedded model: reuse the model's prompt cache between requests (off only to measure its worth)."
+    ).tag(config=True)
+    kv_cache_mb = Int(
+        256,
+        help="embedded model: memory for copies of prompts the model has read (about 12 KB a token), so "
+        "returning to a cell or a notebook does not read it again.",
     ).tag(config=True)
     max_body_bytes = Int(16 * 1024 * 1024, help="Largest accepted request body; larger ones get 413.").tag(config=True)
     max_cells = Int(5000, help="Most cells accepted in one request.").tag(config=True)
@@ -83,13 +102,13 @@ class CodestralExtension(ExtensionApp):
     user_rate_burst = Int(30, help="Requests a user may send at once before user_rate_limit applies.").tag(config=True)
     kernel_context = Bool(
         True,
-        help="Add a summary of the notebook kernel's variables (names, types, DataFrame columns, signatures) "
-        "to the prompt. It is read silently from an idle IPython kernel after executions.",
+        help="Add what the notebook's kernel holds (names, types, DataFrame columns, signatures) to the prompt. "
+        "It is read silently from an idle IPython kernel after executions.",
     ).tag(config=True)
-    kernel_placement = CaselessStrEnum(
-        ("comment", "file"), default_value="comment",
-        help="Where the kernel summary goes: 'comment' lines leading the notebook, or (split layout, raw-prompt "
-        "backends) a 'file' of its own before it.",
+    kernel_placement = Unicode(
+        "comment",
+        help="Where the variables no visible cell explains go: 'comment' lines leading the notebook, or (raw-prompt "
+        "backends with repository tokens) a 'file' of its own before it.",
     ).tag(config=True)
     kernel_timeout = Float(1.0, help="Seconds to wait for the kernel's summary before going without.").tag(config=True)
     log_prompts = Bool(
@@ -98,51 +117,168 @@ class CodestralExtension(ExtensionApp):
 
     service: CompletionService
 
+    # -- where values came from, and what is wrong with them ------------------------
+    def __init__(self, **kwargs: Any) -> None:
+        self.config_problems: dict[str, str] = {}
+        self._from_env: dict[str, str] = {}  # trait -> the variable its value came from
+        super().__init__(**kwargs)
+
+    def _env(self, trait: str, variable: str) -> str | None:
+        value = os.environ.get(variable, "").strip()
+        if not value:
+            return None
+        self._from_env[trait] = variable
+        return value
+
+    def _where(self, trait: str) -> str:
+        variable = self._from_env.get(trait)
+        setting = f"CodestralExtension.{trait}"
+        return f"{variable} (or {setting})" if variable else setting
+
+    def _verdict(self, trait: str, problem: str | None) -> None:
+        """Record (or clear) what is wrong with ``trait``'s value, naming where it came from."""
+        if problem is None:
+            self.config_problems.pop(trait, None)
+        else:
+            self.config_problems[trait] = f"{problem} Fix {self._where(trait)}."
+
+    def _load_config(self, cfg: Config, section_names: list[str] | None = None, traits: Any = None) -> None:
+        """Load the configuration, setting aside values of the wrong type instead of failing."""
+        mine = self._find_my_config(cfg)
+        own = self.traits(config=True)
+        bad = []
+        for name, value in mine.items():
+            trait = own.get(name)
+            if trait is None or isinstance(value, LazyConfigValue):
+                continue
+            check = getattr(trait, "validate", None)  # the trait's type check (not our cross-checks)
+            try:
+                if check is not None:
+                    check(self, value.get_value(trait) if isinstance(value, DeferredConfig) else deepcopy(value))
+            except (TraitError, ValueError) as error:
+                bad.append(name)
+                self.config_problems[name] = f"CodestralExtension.{name} = {value!r} cannot be used: {error}"
+        if bad:
+            cfg = deepcopy(cfg)
+            for section in cfg.values():
+                if isinstance(section, Config):
+                    for name in bad:
+                        section.pop(name, None)
+        super()._load_config(cfg, section_names, traits)
+
+    @property
+    def kind(self) -> BackendKind:
+        """The backend's usual settings (the embedded model's when the backend is unknown)."""
+        return KINDS.get(self.backend, KINDS["embedded"])
+
+    # -- defaults from the environment, and checks --------------------------------
+    @default("backend")
+    def _default_backend(self) -> str:
+        named = self._env("backend", "JUPYTER_CODESTRAL_BACKEND")
+        if named is not None:
+            return self._check_backend(named)
+        keys = any(os.environ.get(k, "").strip() for k in ("CODESTRAL_API_KEY", "MISTRAL_API_KEY"))
+        return "mistral" if keys else "embedded"
+
+    @validate("backend")
+    def _validate_backend(self, proposal: Any) -> str:
+        return self._check_backend(proposal.value)
+
+    def _check_backend(self, value: str) -> str:
+        value = value.strip().lower()
+        value = ALIASES.get(value, value)
+        unknown = f"Unknown backend {value!r}; choose one of {', '.join(KINDS)}."
+        self._verdict("backend", None if value in KINDS else unknown)
+        return value
+
+    @default("url")
+    def _default_url(self) -> str:
+        named = self._env("url", "JUPYTER_CODESTRAL_URL")
+        if named is not None:
+            return self._check_url(named)
+        return mistral_url(os.environ) if self.backend == "mistral" else self.kind.url
+
+    @validate("url")
+    def _validate_url(self, proposal: Any) -> str:
+        return self._check_url(proposal.value)
+
+    def _check_url(self, value: str) -> str:
+        value = value.strip().rstrip("/")
+        bad = self.backend != "embedded" and not value.startswith(("http://", "https://"))
+        self._verdict("url", f"The backend URL must start with http:// or https://; it is {value!r}." if bad else None)
+        return value
+
+    @default("model")
+    def _default_model(self) -> str:
+        return self._env("model", "JUPYTER_CODESTRAL_MODEL") or self.kind.model
+
+    @default("api_key")
+    def _default_api_key(self) -> str | None:
+        return self._env("api_key", "JUPYTER_CODESTRAL_API_KEY")
+
+    @default("model_path")
+    def _default_model_path(self) -> str | None:
+        return self._env("model_path", "JUPYTER_CODESTRAL_MODEL_PATH")
+
+    @default("prompt_layout")
+    def _default_prompt_layout(self) -> str:
+        return self.kind.layout
+
+    @validate("prompt_layout")
+    def _validate_prompt_layout(self, proposal: Any) -> str:
+        value = str(proposal.value).strip().lower() or self.kind.layout
+        unknown = f"Unknown prompt layout {value!r}; choose one of {', '.join(LAYOUTS)}."
+        self._verdict("prompt_layout", None if value in LAYOUTS else unknown)
+        return value
+
+    @validate("fim_template")
+    def _validate_fim_template(self, proposal: Any) -> str | None:
+        value = (proposal.value or "").strip().lower() or None
+        unknown = f"Unknown FIM template {value!r}; known: {', '.join(TEMPLATES)}."
+        self._verdict("fim_template", None if value is None or value in TEMPLATES else unknown)
+        return value
+
+    @validate("kernel_placement")
+    def _validate_kernel_placement(self, proposal: Any) -> str:
+        value = str(proposal.value).strip().lower()
+        wrong = f"kernel_placement must be 'comment' or 'file'; it is {value!r}."
+        self._verdict("kernel_placement", None if value in ("comment", "file") else wrong)
+        return value
+
+    @default("prefix_tokens")
+    def _default_prefix_tokens(self) -> int:
+        return self.kind.prefix_tokens
+
+    @default("suffix_tokens")
+    def _default_suffix_tokens(self) -> int:
+        return self.kind.suffix_tokens
+
+    @default("trim_step_tokens")
+    def _default_trim_step_tokens(self) -> int:
+        return self.kind.trim_step_tokens
+
+    @validate("prefix_tokens", "suffix_tokens", "trim_step_tokens")
+    def _validate_budget(self, proposal: Any) -> int:
+        value = int(proposal.value)
+        if value <= 0:  # 0 used to mean "the backend's default": it still does
+            return int(getattr(self.kind, proposal.trait.name))
+        return value
+
+    # -- the server extension --------------------------------------------------------
     def initialize_settings(self) -> None:
-        traits = {name: getattr(self, name) for name in CONFIG_TRAITS}
-        config_error = None
-        try:
-            backend_settings, budget = resolve(traits, os.environ)
-        except ConfigError as error:
-            # Serve a readable error instead of failing the whole Jupyter server.
-            config_error = str(error)
-            self.log.error("jupyter_codestral: %s", error)
-            backend_settings, budget = resolve({**traits, "backend": "mistral"}, {})
-        kernels = (
-            KernelNamespace(self.serverapp.kernel_manager, timeout=self.kernel_timeout)
-            if self.kernel_context and self.serverapp is not None
-            else None
-        )
-        self.service = CompletionService(
-            create_backend(backend_settings),
-            budget,
-            ServiceLimits(
-                max_body_bytes=self.max_body_bytes,
-                request=RequestLimits(max_cells=self.max_cells, max_total_chars=self.max_body_bytes),
-                max_tokens=backend_settings.max_tokens,
-            ),
-            UserRateLimiter(self.user_rate_limit, self.user_rate_burst),
-            kernels=kernels,
-            config_error=config_error,
-            log_prompts=self.log_prompts,
-            log=self.log,
-        )
+        self.service = build_service(self)
         self.settings["codestral_service"] = self.service
+        if self.service.config_error:
+            # Served as a readable error instead of failing the whole Jupyter server.
+            self.log.error("jupyter_codestral: %s", self.service.config_error)
         # Load a local model in the background as soon as the loop runs, so
         # the first keystroke does not pay for it.
         IOLoop.current().add_callback(self.service.start)
-        self.log.info(
-            "jupyter_codestral: backend %s, model %s, %s",
-            backend_settings.backend, backend_settings.model, backend_settings.url,
-        )
+        settings = self.service.backend.settings
+        self.log.info("jupyter_codestral: backend %s, model %s, %s", settings.backend, settings.model, settings.url)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(
-            [
-                (r"/codestral/complete", CompleteHandler),
-                (r"/codestral/status", StatusHandler),
-            ]
-        )
+        self.handlers.extend([(r"/codestral/complete", CompleteHandler), (r"/codestral/status", StatusHandler)])
 
     async def stop_extension(self) -> None:
         service = getattr(self, "service", None)

@@ -10,52 +10,60 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from .backends import Backend, create_backend
 from .backends.base import BackendSettings
-from .config import ConfigError, resolve
+from .config import backend_settings, config_error, context_budget
 from .context import ContextBudget
 from .errors import CompletionError
 from .evaluation import pick_cases, read_cells, score
 from .pipeline import run_completion
-from .stats import percentile
 from .request import CompletionRequest, parse_completion_request
+from .stats import percentile
+from .templates import LAYOUTS
+
+if TYPE_CHECKING:
+    from .app import CodestralExtension
 
 
-def _server_traits() -> dict[str, Any]:
-    """``CodestralExtension`` settings from the user's jupyter_server config files."""
-    from .app import CONFIG_TRAITS, CodestralExtension
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says what to change."""
 
-    app = CodestralExtension()
-    try:
-        app.load_config_file()
-    except Exception:  # noqa: BLE001 - no or unreadable config: defaults apply
-        pass
-    return {name: getattr(app, name) for name in CONFIG_TRAITS}
+
+def configured_app(args: argparse.Namespace) -> CodestralExtension:
+    """The extension's settings as the server reads them (its config files, then the environment),
+    then the command line's own flags."""
+    from jupyter_server.serverapp import ServerApp
+
+    from .app import CodestralExtension
+
+    server = ServerApp()
+    server.load_config_file()  # jupyter_server_config.py / .json, from the Jupyter config path
+    app = CodestralExtension(serverapp=server)
+    app.load_config_file()  # jupyter_jupyter_codestral_config, as the server does when it links the extension
+    app.update_config(server.config)
+    for flag, trait in (("backend", "backend"), ("url", "url"), ("model", "model"), ("layout", "prompt_layout")):
+        value = getattr(args, flag, None)
+        if value:
+            setattr(app, trait, value)
+    return app
 
 
 def load_settings(args: argparse.Namespace) -> tuple[BackendSettings, ContextBudget]:
-    traits = _server_traits()
-    environ = dict(os.environ)
-    # Command-line overrides win over both.
-    for flag, variable in (("backend", "JUPYTER_CODESTRAL_BACKEND"), ("url", "JUPYTER_CODESTRAL_URL"),
-                           ("model", "JUPYTER_CODESTRAL_MODEL")):
-        value = getattr(args, flag, None)
-        if value:
-            environ[variable] = value
-    if getattr(args, "layout", None):
-        traits["prompt_layout"] = args.layout
-    return resolve(traits, environ)
+    app = configured_app(args)
+    problem = config_error(app)
+    if problem:
+        raise ConfigError(problem)
+    return backend_settings(app), context_budget(app)
 
 
 class ModelProgress:
@@ -125,8 +133,8 @@ def cursor_from_line_column(source: str, line: int, column: int) -> int:
     return sum(len(text) + 1 for text in lines[: line - 1]) + column
 
 
-async def complete_command(args: argparse.Namespace) -> int:
-    settings, budget = load_settings(args)
+def position_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The request body for the position the command line names (a notebook's cell, or a file)."""
     path = Path(args.file)
     if path.suffix == ".ipynb":
         cells = read_cells(path)
@@ -141,7 +149,12 @@ async def complete_command(args: argparse.Namespace) -> int:
         cursor = cursor_from_line_column(source, args.line, args.column or 0)
     else:
         cursor = len(source) if args.cursor is None else args.cursor
-    body |= {"cursor": cursor, "path": str(path), "single_line": args.single_line}
+    return body | {"cursor": cursor, "path": str(path), "single_line": args.single_line}
+
+
+async def complete_command(args: argparse.Namespace) -> int:
+    settings, budget = load_settings(args)
+    body = position_body(args)
     request = parse_completion_request(json.dumps(body).encode())
     backend = await ready_backend(settings)
     try:
@@ -151,8 +164,11 @@ async def complete_command(args: argparse.Namespace) -> int:
         else:
             print(event["completion"])
             t = event["timings"]
-            print(f"[{settings.backend} · {settings.model}: first text {t['first_token_ms']:.0f} ms, "
-                  f"total {t['total_ms']:.0f} ms]", file=sys.stderr)
+            print(
+                f"[{settings.backend} · {settings.model}: first text {t['first_token_ms']:.0f} ms, "
+                f"total {t['total_ms']:.0f} ms]",
+                file=sys.stderr,
+            )
     finally:
         await backend.aclose()
     return 0
@@ -191,6 +207,18 @@ def labextension_state() -> tuple[bool, bool]:
     return installed, enabled
 
 
+def model_verdict(settings: BackendSettings) -> str:
+    """What was checked of the embedded model's file before the worker loaded it."""
+    if settings.model_path is None:
+        return "the bundled model file is present and its sha256 verified; the worker loaded it"
+    if settings.model_sha256:
+        return f"{settings.model_path}: its sha256 verified; the worker loaded it"
+    return (
+        f"{settings.model_path}: loaded, but not verified (no sha256 given: set "
+        "CodestralExtension.model_sha256 to have it checked before every load)"
+    )
+
+
 async def doctor_command(args: argparse.Namespace) -> int:
     report = Report()
     print("Configuration")
@@ -199,7 +227,7 @@ async def doctor_command(args: argparse.Namespace) -> int:
     except ConfigError as error:
         report.fail(str(error), "correct the setting or environment variable named above")
         return 1
-    where = settings.url if settings.backend != "local" else (settings.model_path or settings.model)
+    where = settings.url if settings.backend != "embedded" else (settings.model_path or settings.model)
     report.ok(f"backend {settings.backend}, model {settings.model}, {where}")
     report.ok(f"context budget: {budget.prefix_tokens} tokens before the cursor, {budget.suffix_tokens} after")
 
@@ -207,8 +235,10 @@ async def doctor_command(args: argparse.Namespace) -> int:
         if settings.api_key:
             report.ok(f"a key is set ({settings.key_name}) for {settings.url}")
         else:
-            report.fail("no Mistral key is set",
-                        "export CODESTRAL_API_KEY (codestral.mistral.ai) or MISTRAL_API_KEY (api.mistral.ai)")
+            report.fail(
+                "no Mistral key is set",
+                "export CODESTRAL_API_KEY (codestral.mistral.ai) or MISTRAL_API_KEY (api.mistral.ai)",
+            )
 
     print("Backend")
     try:
@@ -217,10 +247,15 @@ async def doctor_command(args: argparse.Namespace) -> int:
         report.fail(error.message, "see the message; `jupyter codestral doctor` again after fixing it")
         backend = None
     if backend is not None:
-        if settings.backend == "local":
-            report.ok("the model file is present and its sha256 verified; the worker loaded it")
-        probe = {"cells": [{"cell_type": "code", "source": "import numpy as np\nx = np.zeros(3)\nprint(x.sh"}],
-                 "cell_index": 0, "cursor": 42, "max_tokens": 4}
+        if settings.backend == "embedded":
+            report.ok(model_verdict(settings))
+        source = "import numpy as np\nx = np.zeros(3)\nprint(x.sh"
+        probe = {
+            "cells": [{"cell_type": "code", "source": source}],
+            "cell_index": 0,
+            "cursor": len(source),
+            "max_tokens": 4,
+        }
         try:
             request = parse_completion_request(json.dumps(probe).encode())
             event = await final_event(request, backend, budget, 4)
@@ -228,13 +263,14 @@ async def doctor_command(args: argparse.Namespace) -> int:
         except CompletionError as error:
             fixes = {
                 "auth": "check the key, and that it is the right kind for the host (Codestral keys: "
-                        "codestral.mistral.ai; Mistral keys: api.mistral.ai)",
+                "codestral.mistral.ai; Mistral keys: api.mistral.ai)",
                 "unreachable": "start the server or correct JUPYTER_CODESTRAL_URL",
                 "timeout": "the server is too slow or stuck; check it, or raise CodestralExtension.timeout",
                 "rate_limited": "wait, or use a key with a higher limit",
             }
-            report.fail(f"{error.kind}: {settings.redact(error.message)}",
-                        fixes.get(error.kind, "see the message above"))
+            report.fail(
+                f"{error.kind}: {settings.redact(error.message)}", fixes.get(error.kind, "see the message above")
+            )
         finally:
             await backend.aclose()
 
@@ -246,11 +282,11 @@ async def doctor_command(args: argparse.Namespace) -> int:
         report.fail("the labextension is disabled", "jupyter labextension enable jupyter-codestral")
     else:
         report.fail("the labextension is not installed", "pip install jupyter-codestral (it ships prebuilt)")
-    from jupyter_server.extension.config import ExtensionConfigManager
     from jupyter_core.paths import jupyter_config_path
+    from jupyter_server.extension.config import ExtensionConfigManager
 
     manager = ExtensionConfigManager(read_config_path=jupyter_config_path())
-    if manager.enabled("jupyter_codestral"):
+    if manager.enabled("jupyter_codestral"):  # type: ignore[no-untyped-call]
         report.ok("the jupyter_codestral server extension is enabled")
     else:
         report.fail("the server extension is not enabled", "jupyter server extension enable jupyter_codestral")
@@ -287,8 +323,13 @@ async def bench_one(args: argparse.Namespace, overrides: dict[str, str], cases: 
             similarity.append(sim)
     finally:
         await backend.aclose()
-    return {"label": ", ".join(f"{k}={v}" for k, v in overrides.items()) or f"{settings.backend} (configured)",
-            "first": first, "total": total, "exact": exact, "similarity": similarity}
+    return {
+        "label": ", ".join(f"{k}={v}" for k, v in overrides.items()) or f"{settings.backend} (configured)",
+        "first": first,
+        "total": total,
+        "exact": exact,
+        "similarity": similarity,
+    }
 
 
 def p95(values: list[float]) -> float:
@@ -300,12 +341,16 @@ async def bench_command(args: argparse.Namespace) -> int:
     configs = [parse_config(c) for c in args.compare] if args.compare else [{}]
     rows = [await bench_one(args, overrides, cases) for overrides in configs]
     print(f"{len(cases)} masked lines from {args.folder} (seed {args.seed})")
-    print(f"{'configuration':<32}{'exact':>7}{'edit sim':>10}{'first ms p50':>14}{'p95':>8}{'total ms p50':>14}{'p95':>8}")
+    print(
+        f"{'configuration':<32}{'exact':>7}{'edit sim':>10}{'first ms p50':>14}{'p95':>8}{'total ms p50':>14}{'p95':>8}"
+    )
     for row in rows:
         n = max(1, len(row["exact"]))
-        print(f"{row['label'][:31]:<32}{sum(row['exact']) / n:>7.2f}{sum(row['similarity']) / n:>10.3f}"
-              f"{statistics.median(row['first']):>14.0f}{p95(row['first']):>8.0f}"
-              f"{statistics.median(row['total']):>14.0f}{p95(row['total']):>8.0f}")
+        print(
+            f"{row['label'][:31]:<32}{sum(row['exact']) / n:>7.2f}{sum(row['similarity']) / n:>10.3f}"
+            f"{statistics.median(row['first']):>14.0f}{p95(row['first']):>8.0f}"
+            f"{statistics.median(row['total']):>14.0f}{p95(row['total']):>8.0f}"
+        )
     return 0
 
 
@@ -313,7 +358,7 @@ async def bench_command(args: argparse.Namespace) -> int:
 
 
 def add_backend_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", help="mistral, openai, ollama, llamacpp or local (overrides the configuration)")
+    parser.add_argument("--backend", help="mistral, openai, ollama, llamacpp or embedded (overrides the configuration)")
     parser.add_argument("--model", help="model name (overrides the configuration)")
     parser.add_argument("--url", help="backend base URL (overrides the configuration)")
 
@@ -322,8 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jupyter codestral", description=__doc__.split("\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="{complete,doctor,bench}")
 
-    complete = verbs.add_parser("complete", help="print the completion the server would give",
-                                description="Print the completion the server would give at a position.")
+    complete = verbs.add_parser(
+        "complete",
+        help="print the completion the server would give",
+        description="Print the completion the server would give at a position.",
+    )
     complete.add_argument("file", help="a notebook (.ipynb) or a source file")
     complete.add_argument("--cell", type=int, default=0, help="cell index in the notebook (from 0)")
     complete.add_argument("--cursor", type=int, help="offset in the cell (default: its end)")
@@ -334,21 +382,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_flags(complete)
     complete.set_defaults(run=complete_command)
 
-    doctor = verbs.add_parser("doctor", help="check the configuration end to end",
-                              description="Check the configuration end to end and say what to fix.")
+    doctor = verbs.add_parser(
+        "doctor",
+        help="check the configuration end to end",
+        description="Check the configuration end to end and say what to fix.",
+    )
     add_backend_flags(doctor)
     doctor.set_defaults(run=doctor_command)
 
-    bench = verbs.add_parser("bench", help="quality and latency over a folder of notebooks",
-                             description="Mask the rest of code lines in real notebooks, complete them, and report "
-                                         "exact match, edit similarity and latency.")
+    bench = verbs.add_parser(
+        "bench",
+        help="quality and latency over a folder of notebooks",
+        description="Mask the rest of code lines in real notebooks, complete them, and report "
+        "exact match, edit similarity and latency.",
+    )
     bench.add_argument("folder", help="a folder of .ipynb files")
     bench.add_argument("--cases", type=int, default=20, help="how many masked lines (default 20)")
     bench.add_argument("--seed", type=int, default=7, help="case selection seed (default 7)")
-    bench.add_argument("--compare", nargs=2, metavar="CONFIG",
-                       help="two configurations to run side by side, e.g. layout=inline layout=split")
+    bench.add_argument(
+        "--compare",
+        nargs=2,
+        metavar="CONFIG",
+        help="two configurations to run side by side, e.g. layout=inline layout=split",
+    )
     add_backend_flags(bench)
-    bench.add_argument("--layout", choices=("inline", "split"), help="prompt layout")
+    bench.add_argument("--layout", choices=LAYOUTS, help="prompt layout")
     bench.set_defaults(run=bench_command)
     return parser
 

@@ -13,20 +13,48 @@ cache reuse rather than only as one prefix and one suffix.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
+from .namespace import KernelState, place_variables
 from .request import Cell, CompletionRequest
 
 # Line-comment markers for markdown cells rendered into a code script.
 COMMENT_PREFIX = {
-    "python": "#", "ipython": "#", "r": "#", "julia": "#", "bash": "#", "sh": "#",
-    "shell": "#", "ruby": "#", "perl": "#", "powershell": "#", "nim": "#", "elixir": "#",
-    "javascript": "//", "typescript": "//", "java": "//", "c": "//", "c++": "//", "cpp": "//",
-    "csharp": "//", "c#": "//", "go": "//", "rust": "//", "scala": "//", "kotlin": "//",
-    "swift": "//", "dart": "//", "sql": "--", "lua": "--", "haskell": "--",
-    "matlab": "%", "octave": "%", "wolfram": "(*", "maxima": "/*",
+    "python": "#",
+    "ipython": "#",
+    "r": "#",
+    "julia": "#",
+    "bash": "#",
+    "sh": "#",
+    "shell": "#",
+    "ruby": "#",
+    "perl": "#",
+    "powershell": "#",
+    "nim": "#",
+    "elixir": "#",
+    "javascript": "//",
+    "typescript": "//",
+    "java": "//",
+    "c": "//",
+    "c++": "//",
+    "cpp": "//",
+    "csharp": "//",
+    "c#": "//",
+    "go": "//",
+    "rust": "//",
+    "scala": "//",
+    "kotlin": "//",
+    "swift": "//",
+    "dart": "//",
+    "sql": "--",
+    "lua": "--",
+    "haskell": "--",
+    "matlab": "%",
+    "octave": "%",
+    "wolfram": "(*",
+    "maxima": "/*",
 }
 CELL_SEPARATOR = "\n\n"
 
@@ -107,54 +135,6 @@ def render_cell(cell: Cell, language: str) -> str:
     return f"{marker}\n{cell.source.rstrip()}"
 
 
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# A summary line starts with the name it describes ("df: DataFrame ...",
-# "np = module numpy", "def load(path)", "class Model(...)").
-SUMMARY_NAME = re.compile(r"(?:class |def )?([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def rank_namespace(summary: str, request: CompletionRequest) -> list[str]:
-    """The summary's lines, the names used in the cells nearest the cursor first.
-
-    Only the *other* cells count, nearest first: the order does not change
-    while the user types in the current cell, so the block leading the prompt
-    (and a local model's KV cache after it) stays put.  Names no other cell
-    mentions keep the kernel's order (most recently defined first) after them."""
-    lines = [line for line in summary.split("\n") if line.strip()]
-    if not request.is_notebook or len(request.cells) < 2:
-        return lines
-    named = [(match.group(1) if (match := SUMMARY_NAME.match(line)) else None, line) for line in lines]
-    wanted = {name for name, _ in named if name is not None}
-    here = request.cell_index
-    others = sorted((i for i in range(len(request.cells)) if i != here), key=lambda i: (abs(i - here), i > here))
-    distance: dict[str, int] = {}
-    for rank, index in enumerate(others):
-        if len(distance) == len(wanted):
-            break  # every name has its place: the farther cells cannot change the order
-        for name in wanted.intersection(IDENTIFIER.findall(request.cells[index].source)):
-            distance.setdefault(name, rank)
-    unmentioned = len(others)
-    order = sorted(range(len(named)), key=lambda i: (distance.get(named[i][0] or "", unmentioned), i))
-    return [named[i][1] for i in order]
-
-
-def namespace_block(summary: str, request: CompletionRequest, budget: ContextBudget) -> str:
-    """The kernel summary as comment lines leading the prompt, within its own budget.
-
-    It goes first: measured against placing it just before the current cell,
-    the model used it better there (benchmarks/RESULTS.md), and it changes
-    only when the user runs code or moves to another cell, so the prompt
-    after it stays cacheable.  The variables the nearby cells use come first,
-    so the budget is spent on the ones the user is working with."""
-    if not summary.strip():
-        return ""
-    mark = comment_prefix(request.language)
-    head = f"{mark} Variables in the running kernel:"
-    ranked = "\n".join(rank_namespace(summary, request))
-    lines = _head_lines(ranked, budget.namespace_tokens, budget.chars_per_token).split("\n")
-    return "\n".join([head, *(f"{mark} {line}" for line in lines if line)]) + "\n\n"
-
-
 def _tail_lines(text: str, budget: int, cpt: float) -> str:
     """The last whole lines of ``text`` that fit in ``budget`` tokens."""
     lines = text.split("\n")
@@ -231,28 +211,88 @@ def _pack(
     return parts
 
 
-def build_context(request: CompletionRequest, budget: ContextBudget, namespace: str = "") -> FimContext:
-    """``namespace``: a summary of the kernel's variables, one per line (may be empty)."""
+@lru_cache(maxsize=16384)
+def _cell_lines(cell: Cell, language: str, cpt: float) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """One earlier cell as it appears in the window: its lines (each with its newline) and their token costs."""
+    lines = tuple((render_cell(cell, language) + CELL_SEPARATOR).splitlines(keepends=True))
+    return lines, tuple(estimate_tokens(line, cpt) for line in lines)
+
+
+def _window_start(cells: Sequence[tuple[tuple[str, ...], tuple[int, ...]]], left: int, step: int) -> tuple[int, int]:
+    """Where the earlier cells' window begins: (cell position, line in that cell).
+
+    The start moves in steps: it is chosen among anchors laid every ``step``
+    tokens from the top of the notebook, the first from which the rest fits
+    in ``left`` tokens.  So adding a cell at the end, or typing, keeps the
+    start (and a KV cache holding it) until the window overflows; then it
+    drops a whole step at once.  Anchors are cell starts, and line starts
+    inside cells larger than a step."""
+    candidates: list[tuple[int, int, int]] = []  # (cumulative tokens, cell position, line)
+    used = 0
+    for position, (_, costs) in enumerate(cells):
+        split = sum(costs) > step
+        for number, cost in enumerate(costs):
+            if number == 0 or split:
+                candidates.append((used, position, number))
+            used += cost
+    anchors, mark = [], 0
+    for candidate in candidates:
+        if candidate[0] >= mark:
+            anchors.append(candidate)
+            mark = (candidate[0] // step + 1) * step
+    for cumulative, position, number in [*anchors, *candidates]:
+        if used - cumulative <= left:
+            return position, number
+    return len(cells), 0
+
+
+def _comment_lines(lines: Sequence[str], language: str) -> str:
+    mark = comment_prefix(language)
+    return "".join(f"{mark} {line}\n" for line in lines)
+
+
+def build_context(request: CompletionRequest, budget: ContextBudget, kernel: KernelState | None = None) -> FimContext:
+    """``kernel``: what the notebook's kernel has told about its variables (may be ``None``)."""
     cpt = budget.chars_per_token
     language = request.language
     source = request.current_source
     cell_prefix = _trim_cell_prefix(source[: request.cursor], budget.prefix_tokens, cpt)
     cell_suffix = _trim_cell_suffix(source[request.cursor :], budget.suffix_tokens, cpt)
 
-    block = namespace_block(namespace, request, budget)
     if not request.is_notebook:
+        leading = place_variables([None], [None], 0, 0, kernel).leading if kernel else []
+        block = _leading_block(leading, language, budget)
         return FimContext("", cell_prefix, cell_suffix, "", language, False, 0, 0, block)
 
     current = request.cells[request.cell_index]
     header = "" if current.cell_type == "markdown" else cell_marker(language) + "\n"
 
-    # Earlier cells (nearest first) and later cells, each within its budget.
-    left = budget.prefix_tokens - estimate_tokens(header + cell_prefix, cpt)
+    # Earlier cells, in notebook order, in a window whose start moves in steps.
+    # Room is kept for the current cell in steps too, so typing rarely moves it.
     step = max(1, budget.trim_step_tokens)
-    left = (left // step) * step if left > step else max(left, 0)
-    earlier = request.cells[: request.cell_index][::-1]
-    before_parts = _pack(earlier, left, cpt, lambda c: render_cell(c, language) + CELL_SEPARATOR, _tail_lines)
-    before = "".join(reversed(before_parts))
+    reserve = max(1, math.ceil(estimate_tokens(header + cell_prefix, cpt) / step)) * step
+    earlier = [(i, c) for i, c in enumerate(request.cells[: request.cell_index]) if c.cell_type != "raw"]
+    rendered = [_cell_lines(cell, language, cpt) for _, cell in earlier]
+    first, first_line = _window_start(rendered, max(0, budget.prefix_tokens - reserve), step)
+    window_start = earlier[first][0] if first < len(earlier) else request.cell_index
+
+    placement = None
+    if kernel is not None:
+        sources = [c.source if c.cell_type == "code" else None for c in request.cells]
+        counts = [c.execution_count for c in request.cells]
+        placement = place_variables(sources, counts, request.cell_index, window_start, kernel)
+    parts: list[str] = []
+    for position in range(first, len(earlier)):
+        index, _ = earlier[position]
+        lines = rendered[position][0][first_line if position == first else 0 :]
+        outputs = placement.after_cell.get(index) if placement else None
+        if outputs:
+            # The variables this cell made, like its output, before the separator.
+            code = "".join(lines).rstrip("\n")
+            parts.append(code + "\n" + _comment_lines(outputs, language) + "\n")
+        else:
+            parts.append("".join(lines))
+    before = "".join(parts)
 
     left = budget.suffix_tokens - estimate_tokens(cell_suffix, cpt)
     later = request.cells[request.cell_index + 1 :]
@@ -268,8 +308,20 @@ def build_context(request: CompletionRequest, budget: ContextBudget, namespace: 
         after=after,
         language=language,
         is_notebook=True,
-        cells_before=len(before_parts),
+        cells_before=len(earlier) - first,
         cells_after=len(after_parts),
-        namespace=block,
+        namespace=_leading_block(placement.leading if placement else [], language, budget),
         header=header,
     )
+
+
+def _leading_block(lines: Sequence[str], language: str, budget: ContextBudget) -> str:
+    """The variables no visible cell explains, as comment lines leading the prompt, within their budget."""
+    if not lines:
+        return ""
+    kept = _head_lines("\n".join(lines), budget.namespace_tokens, budget.chars_per_token).split("\n")
+    kept = [line for line in kept if line]
+    if not kept:
+        return ""
+    mark = comment_prefix(language)
+    return f"{mark} Variables in the running kernel:\n" + _comment_lines(kept, language) + "\n"

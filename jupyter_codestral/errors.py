@@ -21,7 +21,7 @@ class CompletionError(Exception):
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, dict[str, object]]:
         body: dict[str, object] = {"kind": self.kind, "message": self.message}
         if self.retry_after is not None:
             body["retry_after"] = round(self.retry_after, 3)
@@ -32,8 +32,11 @@ class RequestError(CompletionError):
     """The client sent something we cannot use (always a 4xx)."""
 
 
+@dataclass
 class BackendError(CompletionError):
     """The completion backend failed; ``status`` is what we answer with."""
+
+    retryable: bool = False  # the same request may succeed if sent again (a 5xx before any text)
 
 
 # Backend failure kinds and the status our endpoint answers with.  Auth
@@ -54,5 +57,5 @@ BACKEND_STATUS = {
 }
 
 
-def backend_error(kind: str, message: str, retry_after: float | None = None) -> BackendError:
-    return BackendError(kind, message, BACKEND_STATUS.get(kind, 502), retry_after)
+def backend_error(kind: str, message: str, retry_after: float | None = None, retryable: bool = False) -> BackendError:
+    return BackendError(kind, message, BACKEND_STATUS.get(kind, 502), retry_after, retryable)

@@ -19,7 +19,12 @@ def read_cells(path: Path) -> list[dict[str, str]]:
     cells = []
     for cell in nb.get("cells", []):
         source = cell.get("source", "")
-        cells.append({"cell_type": cell.get("cell_type", "code"), "source": "".join(source) if isinstance(source, list) else source})
+        cells.append(
+            {
+                "cell_type": cell.get("cell_type", "code"),
+                "source": "".join(source) if isinstance(source, list) else source,
+            }
+        )
     return cells
 
 
@@ -46,16 +51,23 @@ class Case:
         """The request body with the line typed up to ``column`` and the rest of the line not yet written."""
         column = self.stop_at if column is None else column
         lines = self.cells[self.cell_index]["source"].split("\n")
-        head = "\n".join(lines[: self.line_index] + [self.line[:column]])
+        head = "\n".join([*lines[: self.line_index], self.line[:column]])
         tail = "\n".join(lines[self.line_index + 1 :])
         cells = [dict(c) for c in self.cells]
         cells[self.cell_index]["source"] = head + ("\n" + tail if tail else "")
-        return {"cells": cells, "cell_index": self.cell_index, "cursor": len(head), "path": self.notebook,
-                "stream": True, "single_line": True, **extra}
+        return {
+            "cells": cells,
+            "cell_index": self.cell_index,
+            "cursor": len(head),
+            "path": self.notebook,
+            "stream": True,
+            "single_line": True,
+            **extra,
+        }
 
 
 def pick_cases(folder: Path, count: int, seed: int = 7) -> list[Case]:
-    """Deterministic cases: code lines of 16–90 characters in cells after the third."""
+    """Deterministic cases: code lines of 16-90 characters in cells after the third."""
     rng = random.Random(seed)
     candidates = []
     for path in sorted(folder.glob("*.ipynb")):
@@ -72,8 +84,8 @@ def pick_cases(folder: Path, count: int, seed: int = 7) -> list[Case]:
     cases = []
     for name, cells, ci, li, line in rng.sample(candidates, min(count, len(candidates))):
         indent = len(line) - len(line.lstrip())
-        body = len(line) - indent
-        stop = indent + rng.randint(max(4, body // 3), max(5, (2 * body) // 3))
+        length = len(line) - indent
+        stop = indent + rng.randint(max(4, length // 3), max(5, (2 * length) // 3))
         cases.append(Case(name, cells, ci, li, indent, stop))
     return cases
 

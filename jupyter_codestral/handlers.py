@@ -7,7 +7,6 @@ parse, call the service, write NDJSON or JSON, map errors to statuses.
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -17,24 +16,11 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from .errors import CompletionError
+from .hangup import client_gone
 from .service import Completion, CompletionService
 
 NDJSON = "application/x-ndjson"
 CLIENT_LEFT = CompletionError("cancelled", "The client went away.", 499)
-
-
-def peer_closed(sock: socket.socket | None) -> bool:
-    """True if the other end has closed ``sock`` and sent nothing more (a non-blocking peek)."""
-    if sock is None:
-        return True
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False  # open, nothing more sent yet
-    except ValueError:
-        return False  # TLS sockets cannot peek at raw bytes: assume it is still there
-    except OSError:
-        return True
 
 
 class CodestralHandler(ExtensionHandlerMixin, APIHandler):
@@ -74,10 +60,8 @@ class CompleteHandler(CodestralHandler):
         except CompletionError as error:
             self.send_json(error.status, error.to_json(), error.retry_after)
             return
-        if self._client_gone():
-            # Under load a request can wait until after its browser gave up:
-            # it must neither cost a backend call nor replace a newer request.
-            self.service.dropped()
+        if client_gone(self.request):
+            self.service.dropped()  # it must neither cost a backend call nor replace a newer request
             return
         self._completion = completion = self.service.serve(request, user)
         streaming = False
@@ -92,12 +76,17 @@ class CompleteHandler(CodestralHandler):
                     self.write(json.dumps(event) + "\n")
                     await self.flush()
                 elif "done" in event:
-                    self.finish({"completion": event["completion"], **self.service.backend.describe(),
-                                 "timings": event["timings"]})
+                    self.finish(
+                        {
+                            "completion": event["completion"],
+                            **self.service.backend.describe(),
+                            "timings": event["timings"],
+                        }
+                    )
             if streaming:
                 self.finish()
         except CompletionError as error:
-            if self._client_gone():
+            if client_gone(self.request):
                 return
             if streaming:  # the error is the stream's last line
                 self.finish(json.dumps(error.to_json()) + "\n")
@@ -110,13 +99,6 @@ class CompleteHandler(CodestralHandler):
         # The browser aborted (a newer keystroke) or closed: stop paying for tokens.
         if self._completion is not None:
             self._completion.stop(CLIENT_LEFT)
-
-    def _client_gone(self) -> bool:
-        """Whether the browser has already hung up, checked without waiting."""
-        stream = getattr(self.request.connection, "stream", None)
-        if stream is None:
-            return False
-        return bool(stream.closed()) or peer_closed(stream.socket)
 
 
 class StatusHandler(CodestralHandler):

@@ -9,13 +9,13 @@ as :class:`~jupyter_codestral.errors.CompletionError`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
 from .backends.base import Backend, FimRequest
 from .context import ContextBudget, FimContext, build_context, cell_marker, estimate_tokens
-from .errors import CompletionError
+from .namespace import KernelState
 from .postprocess import CompletionFilter, options_for
 from .request import CompletionRequest
 
@@ -39,10 +39,10 @@ async def run_completion(
     backend: Backend,
     budget: ContextBudget,
     max_tokens: int,
-    namespace: str = "",
-) -> AsyncIterator[dict[str, Any]]:
+    kernel: KernelState | None = None,
+) -> AsyncGenerator[dict[str, Any], None]:
     start = time.perf_counter()
-    context = build_context(request, budget, namespace)
+    context = build_context(request, budget, kernel)
     options = options_for(context, single_line=request.single_line)
     fim = FimRequest(
         context=context,
@@ -77,6 +77,6 @@ async def run_completion(
             "prompt_tokens_estimate": estimate_tokens(context.prefix + context.suffix, budget.chars_per_token),
             "cells_before": context.cells_before,
             "cells_after": context.cells_after,
-            "kernel_summary": bool(context.namespace),
+            "kernel_summary": kernel is not None and kernel.latest is not None,
         },
     }

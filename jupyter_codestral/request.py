@@ -19,6 +19,9 @@ CELL_TYPES = ("code", "markdown", "raw")
 class Cell:
     cell_type: str
     source: str
+    # The kernel's execution number when this cell last ran (nbformat's
+    # field); it says which kernel snapshot shows what the cell produced.
+    execution_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -166,5 +169,8 @@ def _parse_cells(value: Any, limits: RequestLimits) -> tuple[Cell, ...]:
         total += len(source)
         if total > limits.max_total_chars:
             raise _fail(f"The notebook is too large (over {limits.max_total_chars} characters).", status=413)
-        cells.append(Cell(cell_type, source))
+        count = item.get("execution_count")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+            raise _fail(f"cells[{i}].execution_count must be a whole number or null.")
+        cells.append(Cell(cell_type, source, count))
     return tuple(cells)

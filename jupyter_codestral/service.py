@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ class Completion:
     whoever is reading its events; the reader then gets the reason as a
     :class:`CompletionError` (``cancelled``, 409)."""
 
-    def __init__(self, request: CompletionRequest, events: AsyncIterator[Event]) -> None:
+    def __init__(self, request: CompletionRequest, events: AsyncGenerator[Event, None]) -> None:
         self.request = request
         self._events = events
         self._queue: asyncio.Queue[Event | CompletionError | None] = asyncio.Queue()
@@ -64,7 +64,7 @@ class Completion:
         else:
             self._queue.put_nowait(None)
         finally:
-            await self._events.aclose()  # type: ignore[attr-defined]
+            await self._events.aclose()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():  # also when it was stopped before it began
@@ -92,7 +92,7 @@ class Completion:
         return item
 
 
-async def _only(event: Event) -> AsyncIterator[Event]:
+async def _only(event: Event) -> AsyncGenerator[Event, None]:
     yield event
 
 
@@ -181,13 +181,14 @@ class CompletionService:
         if self._latest.get(key) is completion:
             del self._latest[key]
 
-    async def _run(self, request: CompletionRequest) -> AsyncIterator[Event]:
+    async def _run(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
         try:
-            namespace = ""
+            kernel = None
             if request.kernel_id and self.kernels is not None:
-                namespace = await self.kernels.summary(request.kernel_id)
+                runs = [c.execution_count for c in request.cells if c.execution_count is not None]
+                kernel = await self.kernels.state(request.kernel_id, max(runs, default=None))
             events = run_completion(
-                request, self.backend, self.budget, max_tokens=self.limits.max_tokens, namespace=namespace
+                request, self.backend, self.budget, max_tokens=self.limits.max_tokens, kernel=kernel
             )
             async for event in events:
                 if "done" in event:

@@ -12,11 +12,31 @@ from dataclasses import dataclass
 
 from .context import CELL_SEPARATOR, FimContext
 
-# Where the later cells go.  "inline": in the FIM suffix (the classic layout).
+# Where the later cells go.
+# "inline": in the FIM suffix (the classic layout; for servers that read fast).
 # "split": as a separate file before the FIM part, using the model's
-# repository-level tokens; it keeps the text re-read on each keystroke small
-# and lets a KV cache reuse everything but the current cell.
-LAYOUTS = ("inline", "split")
+#   repository-level tokens; a keystroke re-reads only the rest of its line,
+#   but moving to another cell changes the start of the prompt.
+# "stable": nowhere; the prompt is the notebook up to the cursor and the rest
+#   of the cursor's line, so its start survives typing, cell moves and
+#   executions, and a KV cache keeps what it has read (benchmarks/RESULTS.md:
+#   later cells did not make the embedded model's completions better).
+LAYOUTS = ("inline", "split", "stable")
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a raw prompt is laid out, for backends that take one (and llama.cpp's /infill)."""
+
+    layout: str  # one of LAYOUTS
+    template: str | None = None  # a FIM template's name; None: the one the model's name suggests
+    kernel_file: bool = False  # the leading block of kernel variables as a file of its own
+
+    def template_for(self, model: str, fallback: str | None = None) -> FimTemplate:
+        return template_for_model(model, self.template or fallback)
+
+    def render(self, template: FimTemplate, context: FimContext) -> str:
+        return render_prompt(template, context, self.layout, self.kernel_file)
 
 
 @dataclass(frozen=True)
@@ -69,8 +89,14 @@ TEMPLATES: dict[str, FimTemplate] = {
             "<|fim_suffix|>",
             "<|fim_middle|>",
             (
-                "<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>",
-                "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
+                "<|endoftext|>",
+                "<|fim_pad|>",
+                "<|file_sep|>",
+                "<|repo_name|>",
+                "<|im_end|>",
+                "<|fim_prefix|>",
+                "<|fim_suffix|>",
+                "<|fim_middle|>",
             ),
             repo_token="<|repo_name|>",
             file_token="<|file_sep|>",
@@ -142,26 +168,38 @@ def split_layout_parts(context: FimContext) -> tuple[str, str, str]:
     return near, far, later
 
 
+def _cell_end_marker(context: FimContext, far: str) -> str:
+    """When the cell ends at the cursor's line, the next cell's marker line: a few
+    tokens that tell the model where the current cell stops."""
+    if far.strip() or not context.after.strip():
+        return ""
+    return context.after[: context.after.find("\n", len(CELL_SEPARATOR)) + 1]
+
+
+def stable_suffix(context: FimContext) -> str:
+    """The FIM suffix of the stable layout: the rest of the cursor's line (and where the cell ends)."""
+    near, far = split_suffix(context.cell_suffix)
+    return near + _cell_end_marker(context, far)
+
+
 def render_prompt(template: FimTemplate, context: FimContext, layout: str = "inline", kernel_file: bool = False) -> str:
     """The raw prompt for ``context`` in the given layout (see :data:`LAYOUTS`).
 
-    ``kernel_file``: in the split layout, give the kernel summary as a file of
-    its own rather than as comment lines leading the notebook."""
-    if layout != "split" or not template.supports_files:
+    ``kernel_file``: give the kernel summary's leading block as a file of its
+    own rather than as comment lines leading the notebook."""
+    if layout == "inline" or (layout == "split" and not template.supports_files):
         return template.fim(context.prefix, context.suffix)
     files: list[tuple[str, str]] = []
     prefix = context.prefix
-    if kernel_file and context.namespace:
+    if kernel_file and context.namespace and template.supports_files:
         files.append(("kernel_namespace.py", context.namespace))
         prefix = context.code_prefix
     near, far, later = split_layout_parts(context)
-    if later.strip():
+    if layout == "split" and later.strip():
         files.append(("later_cells.py", later))
-        suffix = near
-        if not far.strip() and context.after.strip():
-            # The cell ends here: keep the next cell's marker line, a few
-            # tokens that tell the model where the current cell stops.
-            suffix += context.after[: context.after.find("\n", len(CELL_SEPARATOR)) + 1]
-    else:
+        suffix = near + _cell_end_marker(context, far)
+    elif layout == "split":
         suffix = context.suffix
+    else:
+        suffix = stable_suffix(context)
     return template.render(prefix, suffix, files=files) if files else template.fim(prefix, suffix)

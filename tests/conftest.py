@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -8,7 +9,6 @@ from typing import Any
 
 import platformdirs
 import pytest
-
 from fake_backends import FAKE_KEY, FakeFimServer
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -106,3 +106,59 @@ def complete(jp_fetch: Callable[..., Any]) -> Callable[..., Any]:
 def server_url(jp_fetch: Any, jp_http_port: int, jp_base_url: str) -> str:
     """The running test server's ``codestral`` base URL, for clients other than jp_fetch."""
     return f"http://127.0.0.1:{jp_http_port}{jp_base_url}codestral"
+
+
+# -- live kernels ---------------------------------------------------------------
+
+
+async def start(jp_serverapp: Any, name: str = "python3") -> tuple[str, Any]:
+    manager = jp_serverapp.kernel_manager
+    kernel_id = await manager.start_kernel(kernel_name=name)
+    client = manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    await client.wait_for_ready(timeout=60)
+    return kernel_id, client
+
+
+async def run(client: Any, code: str) -> list[str]:
+    """Execute like a user does; return what was printed."""
+    printed, _ = await execute_cell(client, code)
+    return printed
+
+
+async def execute_cell(client: Any, code: str) -> tuple[list[str], int]:
+    """Execute like a user does; return what was printed and the cell's execution number."""
+    msg_id = client.execute(code)
+    printed: list[str] = []
+    while True:
+        msg = await client.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            printed.append(msg["content"]["text"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    while True:
+        reply = await client.get_shell_msg(timeout=60)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            assert reply["content"]["status"] == "ok", reply["content"]
+            return printed, int(reply["content"]["execution_count"])
+
+
+async def settle(jp_serverapp: Any, kernel_id: str, state: str = "idle") -> None:
+    kernel = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+    for _ in range(500):
+        if kernel.execution_state == state:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"kernel never became {state}")
+
+
+@pytest.fixture
+def kernel(jp_serverapp: Any, jp_asyncio_loop: Any, request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
+    """A running kernel (python3 unless parametrized) and a client to it, shut down afterwards."""
+    name = getattr(request, "param", "python3")
+    kernel_id, client = jp_asyncio_loop.run_until_complete(start(jp_serverapp, name))
+    yield kernel_id, client
+    client.stop_channels()
+    jp_asyncio_loop.run_until_complete(jp_serverapp.kernel_manager.shutdown_kernel(kernel_id, now=True))

@@ -118,9 +118,10 @@ class FakeHandler(tornado.web.RequestHandler):
         self._gone = asyncio.Event()
 
     def on_connection_close(self) -> None:
-        self._closed = True
-        self._gone.set()
-        self.fake.disconnects += 1
+        if not self._closed:
+            self._closed = True
+            self._gone.set()
+            self.fake.disconnects += 1
 
     # -- protocol specifics ----------------------------------------------
     def validation_error(self, body: dict[str, Any]) -> Any | None:
@@ -154,7 +155,7 @@ class FakeHandler(tornado.web.RequestHandler):
         try:
             await self._answer(body, script)
         except StreamClosedError:
-            pass
+            self.on_connection_close()  # noticed by a write before tornado's close callback ran
         finally:
             fake.in_flight -= 1
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import NOTEBOOK, notebook_request, the_app
 from fake_backends import FAKE_KEY, FakeFimServer
 
@@ -276,3 +275,26 @@ async def test_when_every_backend_connection_stays_busy_the_user_is_told_so(
     assert code == 504 and "All 1 connections" in reply["error"]["message"]
     assert "backend_connections" in reply["error"]["message"]
     assert (await first)[0] == 200
+
+
+async def test_the_status_says_what_the_backend_last_answered(complete: Any, jp_fetch: Any,
+                                                             fake_backend: FakeFimServer) -> None:
+    async def state() -> str:
+        return str(json.loads((await jp_fetch("codestral", "status")).body)["state"])
+
+    fake_backend.reset(status=401, error_body={"message": "Unauthorized"})
+    await complete(notebook_request())
+    assert await state() == "unauthorized"
+    fake_backend.reset()
+    await complete(notebook_request())
+    assert await state() == "ready"
+    fake_backend.reset(status=429, headers={"Retry-After": "1"}, error_body={"message": "slow down"})
+    await complete(notebook_request())
+    assert await state() == "rate_limited"
+    await asyncio.sleep(1.1)  # the wait is over: the next request goes out, and succeeds
+    fake_backend.reset()
+    code, _ = await complete(notebook_request())
+    assert code == 200 and await state() == "ready"
+    await fake_backend.stop()
+    await complete(notebook_request())
+    assert await state() == "unreachable"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
-
 from fake_backends import FAKE_KEY, FakeFimServer
+from traitlets.config import Config
+
+from jupyter_codestral.app import CodestralExtension
 from jupyter_codestral.backends import create_backend
-from jupyter_codestral.backends.base import Backend, BackendSettings, FimRequest
+from jupyter_codestral.backends.base import Backend, FimRequest
+from jupyter_codestral.config import backend_settings
 from jupyter_codestral.context import ContextBudget, build_context
 from jupyter_codestral.errors import BackendError
 from jupyter_codestral.request import Cell, CompletionRequest
@@ -24,11 +28,11 @@ def fim_request(**kw: Any) -> FimRequest:
 
 
 def make(fake: FakeFimServer, name: str, **kw: Any) -> Backend:
-    settings = BackendSettings(
-        backend=name, url=fake.url, model=kw.pop("model", "qwen2.5-coder"),
-        api_key=FAKE_KEY if name == "mistral" else None, key_name="CODESTRAL_API_KEY",
-        timeout=kw.pop("timeout", 2.0), retries=kw.pop("retries", 2), retry_backoff=0.01, **kw,
-    )
+    """A backend of kind ``name`` on the loopback server, from the extension's own settings (``kw``)."""
+    app = CodestralExtension(config=Config({"CodestralExtension": {
+        "backend": name, "url": fake.url, "model": "qwen2.5-coder", "timeout": 2.0, "retries": 2, **kw}}))
+    settings = replace(backend_settings(app), api_key=FAKE_KEY if name == "mistral" else None,
+                       key_name="CODESTRAL_API_KEY", retry_backoff=0.01)
     return create_backend(settings)
 
 
@@ -92,7 +96,7 @@ async def test_ollama_wire_format(fake: FakeFimServer) -> None:
 
 
 async def test_llamacpp_split_layout_sends_later_cells_as_input_extra(fake: FakeFimServer) -> None:
-    await collect(make(fake, "llamacpp", layout="split"))
+    await collect(make(fake, "llamacpp", prompt_layout="split"))
     body = fake.last.body
     assert fake.last.path == "/infill" and body["cache_prompt"] is True and body["n_predict"] == 32
     assert body["input_prefix"].endswith("x = np.") and "print(x)" not in body["input_suffix"]
@@ -100,7 +104,7 @@ async def test_llamacpp_split_layout_sends_later_cells_as_input_extra(fake: Fake
 
 
 async def test_llamacpp_inline_layout_keeps_later_cells_in_the_suffix(fake: FakeFimServer) -> None:
-    await collect(make(fake, "llamacpp", layout="inline"))
+    await collect(make(fake, "llamacpp", prompt_layout="inline"))
     assert "print(x)" in fake.last.body["input_suffix"] and fake.last.body["input_extra"] == []
 
 

@@ -13,6 +13,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+# Installs the project into a fresh environment and runs the demo notebooks.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 BINDER = ROOT / "binder"
 DEMOS = sorted(BINDER.glob("*.ipynb"))

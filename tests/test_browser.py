@@ -23,10 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, sync_playwright
-
 from conftest import MODEL_CACHE, write_notebook
 from fake_backends import FAKE_KEY, FakeFimServer, Script
+from playwright.sync_api import Page, sync_playwright
+
+# JupyterLab in a real browser.
+pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -84,12 +86,12 @@ def free_port() -> int:
 
 @contextmanager
 def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str], app: str = "jupyterlab",
-              page: str = "lab/tree") -> Iterator[str]:
+              page: str = "lab/tree", cells: list[tuple[str, str]] = CELLS) -> Iterator[str]:
     """Start JupyterLab (or Notebook 7 with app="notebook", page="notebooks"); yield the notebook's URL."""
     port, token = free_port(), secrets.token_hex(12)
     root = tmp_path / "root"
     root.mkdir()
-    write_notebook(root / "sales.ipynb", [{"cell_type": t, "source": s} for t, s in CELLS], PYTHON_NOTEBOOK)
+    write_notebook(root / "sales.ipynb", [{"cell_type": t, "source": s} for t, s in cells], PYTHON_NOTEBOOK)
     home = tmp_path / "home"
     home.mkdir()
     child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("JUPYTER_CODESTRAL")}
@@ -307,3 +309,24 @@ def test_the_status_item_says_until_when_it_is_rate_limited(
         page.keyboard.type("s", delay=300)
         page.wait_for_timeout(1000)
         assert len(fake.requests) == sent  # nothing is sent before the retry-after passes
+
+
+def test_the_cell_asked_about_is_the_one_whose_editor_asked(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    """Two cells hold the same text: the request is about the second, where the cursor is."""
+    fake = fake_backend_threaded
+    cells = [("code", "a = 1"), ("code", "total = compute("), ("code", "b = 2"), ("code", "total = compute(")]
+    with start_lab(tmp_path, ["--CodestralExtension.backend=mistral", f"--CodestralExtension.url={fake.url}"],
+                   {"CODESTRAL_API_KEY": FAKE_KEY}, cells=cells) as url:
+        page = browser_page
+        open_notebook(page, url)
+        editor = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".cm-content")
+        editor.click()
+        page.keyboard.press("Control+End")
+        page.keyboard.press("Alt+Backslash")  # ask for a suggestion here, without typing
+        page.wait_for_function("() => document.querySelectorAll('.jp-GhostText').length > 0", timeout=20_000)
+        sent = fake.last.body
+        # The cell between the two is above the cursor: it is in the prompt, not in the suffix.
+        assert "b = 2" in sent["prompt"] and sent["prompt"].endswith("total = compute(")
+        assert "b = 2" not in sent["suffix"]

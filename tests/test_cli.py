@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import MODEL_CACHE, NOTEBOOK, write_notebook
 from fake_backends import FAKE_KEY, FakeFimServer
+
+from jupyter_codestral.embedded.model_files import BUNDLED, ensure_model
+
+# Each test runs `jupyter codestral` as a process.
+pytestmark = pytest.mark.slow
 
 JUPYTER = str(Path(sys.executable).parent / "jupyter")
 
@@ -110,3 +114,30 @@ async def test_complete_with_the_embedded_model(tmp_path: Path) -> None:
     code, out, err = await cli("complete", str(notebook), "--backend", "local", "--single-line")
     assert code == 0, err
     assert out.strip().startswith("mean()"), out
+
+
+async def test_the_command_line_reads_the_servers_configuration_file(tmp_path: Path, fake_backend: FakeFimServer) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.py").write_text(
+        "c.CodestralExtension.backend = 'openai'\n"
+        f"c.CodestralExtension.url = '{fake_backend.url}'\n"
+        "c.CodestralExtension.model = 'model-from-the-config-file'\n"
+    )
+    script = tmp_path / "x.py"
+    script.write_text("import numpy as np\nx = np.")
+    code, out, err = await cli("complete", str(script), env={"JUPYTER_CONFIG_DIR": str(config)})
+    assert code == 0, err
+    assert fake_backend.last.path == "/v1/completions"
+    assert fake_backend.last.body["model"] == "model-from-the-config-file"
+    # A setting that cannot work is named, with its fix, and nothing is sent.
+    (config / "jupyter_server_config.py").write_text("c.CodestralExtension.url = 'localhost:8080'\n")
+    code, _, err = await cli("complete", str(script), env={"JUPYTER_CONFIG_DIR": str(config), "CODESTRAL_API_KEY": "k"})
+    assert code == 2 and "CodestralExtension.url" in err and "'localhost:8080'" in err
+
+
+async def test_doctor_says_a_model_file_without_its_hash_was_not_verified(tmp_path: Path) -> None:
+    model = ensure_model(BUNDLED, Path(MODEL_CACHE))  # the bundled model's file, given as any other GGUF file
+    code, out, err = await cli("doctor", env={"JUPYTER_CODESTRAL_BACKEND": "local", "JUPYTER_CODESTRAL_MODEL_PATH": str(model)})
+    assert "not verified (no sha256 given" in out, out + err
+    assert "sha256 verified" not in out

@@ -1,55 +1,88 @@
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
+from typing import Any
 
-from jupyter_codestral.config import ConfigError, resolve
+import pytest
+from traitlets.config import Config
+
+from jupyter_codestral.app import CodestralExtension
+from jupyter_codestral.backends import BackendSettings
+from jupyter_codestral.config import backend_settings, config_error, context_budget
 from jupyter_codestral.context import ContextBudget, build_context
+from jupyter_codestral.namespace import KernelState, Snapshot, Variable
 from jupyter_codestral.request import Cell, CompletionRequest
 from jupyter_codestral.templates import TEMPLATES, render_prompt, template_for_model
 
-
-def test_no_key_and_no_backend_means_the_embedded_model() -> None:
-    settings, budget = resolve({}, {})
-    assert settings.backend == "local" and settings.layout == "split"
-    assert budget.prefix_tokens == 1024
+ENV = ("CODESTRAL_API_KEY", "MISTRAL_API_KEY", "JUPYTER_CODESTRAL_BACKEND", "JUPYTER_CODESTRAL_URL",
+       "JUPYTER_CODESTRAL_MODEL", "JUPYTER_CODESTRAL_API_KEY", "JUPYTER_CODESTRAL_MODEL_PATH")
 
 
-def test_a_codestral_key_selects_mistral_on_codestral_host() -> None:
-    settings, _ = resolve({}, {"CODESTRAL_API_KEY": "k1"})
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch) -> Callable[..., tuple[BackendSettings, ContextBudget, Any]]:
+    """The extension's settings for a configuration (as in jupyter_server_config.py) and an environment."""
+
+    def configure(traits: dict[str, Any], env: dict[str, str]) -> tuple[BackendSettings, ContextBudget, Any]:
+        for name in ENV:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        app = CodestralExtension(config=Config({"CodestralExtension": traits}))
+        return backend_settings(app), context_budget(app), app
+
+    return configure
+
+
+def test_no_key_and_no_backend_means_the_embedded_model(configure: Any) -> None:
+    settings, budget, _ = configure({}, {})
+    assert settings.backend == "embedded" and settings.layout == "stable"
+    assert budget.prefix_tokens == 1536
+
+
+def test_a_codestral_key_selects_mistral_on_codestral_host(configure: Any) -> None:
+    settings, _, _ = configure({}, {"CODESTRAL_API_KEY": "k1"})
     assert (settings.backend, settings.url, settings.api_key, settings.key_name) == (
         "mistral", "https://codestral.mistral.ai", "k1", "CODESTRAL_API_KEY")
 
 
-def test_a_mistral_key_goes_to_api_mistral_ai() -> None:
-    settings, _ = resolve({}, {"MISTRAL_API_KEY": "k2"})
+def test_a_mistral_key_goes_to_api_mistral_ai(configure: Any) -> None:
+    settings, _, _ = configure({}, {"MISTRAL_API_KEY": "k2"})
     assert (settings.url, settings.api_key, settings.key_name) == ("https://api.mistral.ai", "k2", "MISTRAL_API_KEY")
 
 
-def test_environment_overrides_traitlets() -> None:
-    settings, _ = resolve(
-        {"backend": "ollama", "url": "http://a:1", "model": "m1"},
-        {"JUPYTER_CODESTRAL_BACKEND": "llamacpp", "JUPYTER_CODESTRAL_URL": "http://b:2/", "JUPYTER_CODESTRAL_MODEL": "m2"},
-    )
+def test_the_environment_sets_what_the_configuration_does_not(configure: Any) -> None:
+    env = {"JUPYTER_CODESTRAL_BACKEND": "llamacpp", "JUPYTER_CODESTRAL_URL": "http://b:2/", "JUPYTER_CODESTRAL_MODEL": "m2"}
+    settings, _, _ = configure({}, env)
     assert (settings.backend, settings.url, settings.model) == ("llamacpp", "http://b:2", "m2")
+    # A setting in the configuration (or on the command line) wins, as with jupyter_server's own variables.
+    settings, _, _ = configure({"backend": "ollama", "url": "http://a:1", "model": "m1"}, env)
+    assert (settings.backend, settings.url, settings.model) == ("ollama", "http://a:1", "m1")
 
 
-def test_traitlets_apply_without_environment() -> None:
-    settings, budget = resolve({"backend": "openai", "url": "http://h:9", "prefix_tokens": 300, "suffix_tokens": 20}, {})
+def test_traitlets_apply_without_environment(configure: Any) -> None:
+    settings, budget, _ = configure({"backend": "openai", "url": "http://h:9", "prefix_tokens": 300, "suffix_tokens": 20},
+                                    {})
     assert (settings.backend, settings.url, budget.prefix_tokens, budget.suffix_tokens) == ("openai", "http://h:9", 300, 20)
 
 
-@pytest.mark.parametrize("traits, env, fragment", [
-    ({"backend": "gpt"}, {}, "Unknown backend"),
-    ({"backend": "openai", "url": "ftp://x"}, {}, "http://"),
-    ({"prompt_layout": "sideways"}, {}, "prompt_layout"),
+@pytest.mark.parametrize("traits, env, fragments", [
+    ({"backend": "gpt"}, {}, ["Unknown backend 'gpt'", "CodestralExtension.backend"]),
+    ({}, {"JUPYTER_CODESTRAL_BACKEND": "gpt"}, ["Unknown backend 'gpt'", "JUPYTER_CODESTRAL_BACKEND"]),
+    ({"backend": "openai", "url": "ftp://x"}, {}, ["http://", "CodestralExtension.url"]),
+    ({"backend": "openai"}, {"JUPYTER_CODESTRAL_URL": "localhost:8080"}, ["http://", "JUPYTER_CODESTRAL_URL"]),
+    ({"url": "localhost:8080"}, {"CODESTRAL_API_KEY": "k"}, ["'localhost:8080'", "CodestralExtension.url"]),
+    ({"prompt_layout": "sideways"}, {}, ["prompt_layout"]),
+    ({"prefix_tokens": "many"}, {}, ["CodestralExtension.prefix_tokens", "'many'"]),
 ])
-def test_bad_configuration_is_explained(traits: dict[str, object], env: dict[str, str], fragment: str) -> None:
-    with pytest.raises(ConfigError, match=fragment):
-        resolve(traits, env)
+def test_bad_configuration_is_explained(configure: Any, traits: dict[str, object], env: dict[str, str],
+                                        fragments: list[str]) -> None:
+    _, _, app = configure(traits, env)
+    problem = config_error(app)
+    assert problem is not None and all(f in problem for f in fragments), problem
 
 
-def test_the_key_is_not_in_the_settings_repr() -> None:
-    settings, _ = resolve({}, {"CODESTRAL_API_KEY": "very-secret"})
+def test_the_key_is_not_in_the_settings_repr(configure: Any) -> None:
+    settings, _, _ = configure({}, {"CODESTRAL_API_KEY": "very-secret"})
     assert "very-secret" not in repr(settings)
     assert settings.redact("x very-secret y") == "x [key hidden] y"
 
@@ -103,7 +136,8 @@ def test_split_layout_keeps_only_the_near_suffix_in_the_fim_part() -> None:
 
 def test_the_kernel_summary_leads_the_prompt_or_is_a_file_of_its_own() -> None:
     cells = (Cell("code", "df = load()"), Cell("code", "df["), Cell("code", "print(1)"))
-    ctx = build_context(CompletionRequest(cells, 1, 3), ContextBudget(), namespace="df: DataFrame, columns {'a': int64}")
+    state = KernelState((Snapshot(1, (Variable("df", "DataFrame", "DataFrame, columns {'a': int64}"),)),))
+    ctx = build_context(CompletionRequest(cells, 1, 3), ContextBudget(), state)
     assert ctx.prefix == ("# Variables in the running kernel:\n"
                           "# df: DataFrame, columns {'a': int64}\n\n# %%\ndf = load()\n\n# %%\ndf[")
     as_comment = render_prompt(TEMPLATES["qwen"], ctx, "split")

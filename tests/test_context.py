@@ -1,13 +1,7 @@
 from __future__ import annotations
 
-from jupyter_codestral.context import (
-    SUMMARY_NAME,
-    ContextBudget,
-    build_context,
-    estimate_tokens,
-    namespace_block,
-    rank_namespace,
-)
+from jupyter_codestral.context import ContextBudget, build_context, estimate_tokens
+from jupyter_codestral.namespace import KernelState, Snapshot, Variable, bound_names
 from jupyter_codestral.request import Cell, CompletionRequest
 
 
@@ -98,26 +92,74 @@ def test_typing_in_the_current_cell_keeps_the_start_of_the_prompt_stable() -> No
 
 
 
-def test_the_variables_nearby_cells_use_lead_the_kernel_summary() -> None:
-    # The kernel lists the most recently defined first; the user works with `cars`.
-    summary = "\n".join([
-        "wheat: DataFrame, 52 rows, columns {'year': int64, 'wheat': float64}",
-        "stocks: DataFrame, 560 rows, columns {'symbol': object}",
-        "def load(path)",
-        "cars: DataFrame, 406 rows, columns {'Name': object, 'Horsepower': float64}",
-        "np = module numpy",
-    ])
+def kernel(*snapshots: tuple[int, list[tuple[str, str, str]]]) -> KernelState:
+    return KernelState(tuple(Snapshot(n, tuple(Variable(*v) for v in vs)) for n, vs in snapshots))
+
+
+CARS = ("cars", "DataFrame", "DataFrame, 406 rows, columns {'Name': object, 'Horsepower': float64}")
+WHEAT = ("wheat", "DataFrame", "DataFrame, 52 rows, columns {'year': int64, 'wheat': float64}")
+STOCKS = ("stocks", "DataFrame", "DataFrame, 560 rows, columns {'symbol': object}")
+LOAD = ("load", "function", "(path)")
+NP = ("np", "module", "numpy")
+
+
+def test_the_variables_the_notebook_mentions_first_lead_the_kernel_summary() -> None:
+    # Nothing says which cells ran: every variable leads the prompt, those the
+    # other cells mention first (in their order), then the kernel's order.
+    state = kernel((9, [WHEAT, STOCKS, LOAD, CARS, NP]))
     cells = (Cell("code", "import numpy as np\nstocks = load('s')"), Cell("code", "cars = load('c')\nwheat = load('w')"),
              Cell("code", "cars.plot()"), Cell("code", "cars["), Cell("code", "print(wheat)"))
-    order = [SUMMARY_NAME.match(line).group(1) for line in rank_namespace(summary, CompletionRequest(cells, 3, 5))]  # type: ignore[union-attr]
-    # The nearest other cells first: above (`cars`), below (`wheat`), two up (`load`),
-    # then three up (`stocks`, `np`, in the kernel's order).
-    assert order == ["cars", "wheat", "load", "stocks", "np"]
+    ctx = build_context(CompletionRequest(cells, 3, 5), BIG, state)
+    lines = ctx.namespace.split("\n")
+    assert lines[0] == "# Variables in the running kernel:"
+    assert lines[1:6] == ["# np = module numpy", f"# stocks: {STOCKS[2]}", "# def load(path)", f"# cars: {CARS[2]}",
+                          f"# wheat: {WHEAT[2]}"]
 
-    # Typing in the current cell does not reorder (the prompt's start stays cacheable).
+    # Typing in the current cell, or moving to another cell, does not change it
+    # (the prompt's start stays cacheable).
     typed = (*cells[:3], Cell("code", "np.mean(stocks"), cells[4])
-    assert rank_namespace(summary, CompletionRequest(typed, 3, 14)) == rank_namespace(summary, CompletionRequest(cells, 3, 5))
+    assert build_context(CompletionRequest(typed, 3, 14), BIG, state).namespace == ctx.namespace
+    assert build_context(CompletionRequest(cells, 4, 3), BIG, state).namespace == ctx.namespace
 
-    # Within a small budget only the variables in use survive.
-    block = namespace_block(summary, CompletionRequest(cells, 3, 5), ContextBudget(namespace_tokens=40))
-    assert block.split("\n")[1].startswith("# cars: DataFrame") and "stocks" not in block
+    # Within a small budget only the first survive.
+    small = build_context(CompletionRequest(cells, 3, 5), ContextBudget(namespace_tokens=20), state)
+    assert small.namespace.split("\n")[1] == "# np = module numpy" and "cars" not in small.namespace
+
+
+def test_each_run_cell_is_followed_by_the_variables_it_made_as_they_were_then() -> None:
+    # Cell 0 ran as execution 1, cell 1 as execution 2; the kernel was asked after each.
+    before = kernel((1, [NP, LOAD]), (2, [CARS, NP, LOAD]))
+    cells = (Cell("code", "import numpy as np\ndef load(path): ...", 1), Cell("code", "cars = load('c')", 2),
+             Cell("code", "cars["))
+    ctx = build_context(CompletionRequest(cells, 2, 5), BIG, before)
+    assert ctx.namespace == ""  # every variable is explained by a cell that ran
+    assert ctx.before == ("# %%\nimport numpy as np\ndef load(path): ...\n# np = module numpy\n# def load(path)\n\n"
+                          "# %%\ncars = load('c')\n# cars: DataFrame, 406 rows, columns {'Name': object, 'Horsepower': float64}\n\n")
+
+    # The user runs cell 2 (execution 3: cars changes, wheat appears) and moves to a new cell:
+    # everything before the executed cell reads as before; only text after it is new.
+    ran = kernel((1, [NP, LOAD]), (2, [CARS, NP, LOAD]),
+                 (3, [WHEAT, ("cars", "DataFrame", "DataFrame, 10 rows, columns {'Name': object}"), NP, LOAD]))
+    cells_after = (cells[0], cells[1], Cell("code", "cars = cars.head(10)\nwheat = load('w')", 3), Cell("code", ""))
+    moved = build_context(CompletionRequest(cells_after, 3, 0), BIG, ran)
+    assert moved.namespace == "" and moved.before.startswith(ctx.before)
+    assert moved.before[len(ctx.before):] == (
+        "# %%\ncars = cars.head(10)\nwheat = load('w')\n# cars: DataFrame, 10 rows, columns {'Name': object}\n"
+        "# wheat: DataFrame, 52 rows, columns {'year': int64, 'wheat': float64}\n\n")
+
+
+def test_running_the_current_cell_in_place_does_not_move_its_variables_to_the_top() -> None:
+    ran = kernel((1, [NP]), (2, [CARS, NP]))
+    cells = (Cell("code", "import numpy as np", 1), Cell("code", "cars = load('c')", 2))
+    ctx = build_context(CompletionRequest(cells, 1, 3), BIG, ran)
+    assert ctx.namespace == "" and "cars" not in ctx.before
+
+
+def test_what_cells_bind() -> None:
+    source = ("import numpy as np, os.path\nfrom x import (a as b, c)\nx, (y, *z) = 1, (2, 3)\ndf['col'] = 1\n"
+              "total += 1\nfor i in range(3):\n    k = i\ndef f(): inner = 1\nclass K: attr = 2\n"
+              "with open('f') as fh: pass\nif (n := 10) > 5: pass\ndf2.dropna(inplace=True)\nplt.plot([1])\n"
+              "%matplotlib inline\n!ls")
+    assert bound_names(source) == ("np", "os", "b", "c", "x", "y", "z", "df", "total", "i", "k", "f", "K", "fh",
+                                   "df2", "n")
+    assert bound_names("%%time\nx = 1") == () and bound_names("x = (") == ()

@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Compiles the frontend and runs Node.
+pytestmark = pytest.mark.slow
+
 LABEXTENSION = Path(__file__).resolve().parent.parent / "labextension"
 
 

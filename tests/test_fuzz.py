@@ -8,12 +8,10 @@ import asyncio
 import json
 
 import httpx
-
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from conftest import notebook_request
 from fake_backends import FakeFimServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=30)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=25)

@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import execute_cell, settle, the_app
 
-from conftest import the_app
-from jupyter_codestral.local import model_files
-from jupyter_codestral.local.model_files import BUNDLED, ModelFileError, ModelSpec, assemble, ensure_model
+from jupyter_codestral.embedded import model_files
+from jupyter_codestral.embedded.model_files import BUNDLED, ModelFileError, ModelSpec, assemble, ensure_model
 
 NOTEBOOK = [
     {"cell_type": "markdown", "source": "# Arrays\nCreate an array and compute its mean."},
@@ -32,7 +32,7 @@ LONG_LIST = "numbers = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 1
 
 @pytest.fixture
 def codestral_config() -> dict[str, Any]:
-    return {"backend": "local"}
+    return {"backend": "embedded"}
 
 
 async def wait_ready(jp_fetch: Any, timeout: float = 120.0) -> dict[str, Any]:
@@ -45,16 +45,17 @@ async def wait_ready(jp_fetch: Any, timeout: float = 120.0) -> dict[str, Any]:
             return status
         assert status["state"] != "error", status
         await asyncio.sleep(0.1)
-    raise AssertionError(f"the local model did not become ready; states seen: {states}")
+    raise AssertionError(f"the embedded model did not become ready; states seen: {states}")
 
 
 def body(**kw: Any) -> dict[str, Any]:
     return {"cells": NOTEBOOK, "cell_index": 2, "cursor": len(NOTEBOOK[2]["source"]), "path": "arrays.ipynb", **kw}
 
 
+@pytest.mark.slow
 async def test_the_bundled_model_completes_a_notebook_cell(jp_fetch: Any, complete: Any) -> None:
     status = await wait_ready(jp_fetch)
-    assert status["backend"] == "local" and status["model"] == BUNDLED.name
+    assert status["backend"] == "embedded" and status["model"] == BUNDLED.name
     code, reply = await complete(body())
     assert code == 200, reply
     assert reply["completion"].startswith("mean()"), reply
@@ -63,6 +64,7 @@ async def test_the_bundled_model_completes_a_notebook_cell(jp_fetch: Any, comple
     assert "".join(line.get("delta", "") for line in lines[:-1]) == lines[-1]["completion"] == reply["completion"]
 
 
+@pytest.mark.slow
 async def test_a_mid_line_completion_stops_at_the_end_of_the_line(jp_fetch: Any, complete: Any) -> None:
     await wait_ready(jp_fetch)
     cells = [{"cell_type": "code", "source": "import numpy as np\nx = np.zeros((3, 3))\nprint(x.sh)"}]
@@ -81,6 +83,7 @@ async def worker_timings(backend: Any, seen: int) -> dict[str, Any]:
     raise AssertionError("the worker reported no timings")
 
 
+@pytest.mark.slow
 async def test_typing_reuses_the_kv_cache(jp_fetch: Any, complete: Any, jp_serverapp: Any) -> None:
     await wait_ready(jp_fetch)
     backend = the_app(jp_serverapp).service.backend
@@ -92,6 +95,7 @@ async def test_typing_reuses_the_kv_cache(jp_fetch: Any, complete: Any, jp_serve
     assert cache["prompt_tokens"] - cache["cached_tokens"] <= 12, cache
 
 
+@pytest.mark.slow
 async def test_prefetch_warms_the_cache_without_a_completion(jp_fetch: Any, complete: Any, jp_serverapp: Any) -> None:
     await wait_ready(jp_fetch)
     backend = the_app(jp_serverapp).service.backend
@@ -103,6 +107,7 @@ async def test_prefetch_warms_the_cache_without_a_completion(jp_fetch: Any, comp
     assert cache["prompt_tokens"] - cache["cached_tokens"] <= 1, cache
 
 
+@pytest.mark.slow
 async def test_a_newer_request_for_the_same_notebook_aborts_the_one_in_flight(
     jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str]
 ) -> None:
@@ -120,6 +125,7 @@ async def test_a_newer_request_for_the_same_notebook_aborts_the_one_in_flight(
     assert second.status_code == 200 and second.json()["completion"].startswith("mean()")
 
 
+@pytest.mark.slow
 async def test_a_crashed_worker_gives_a_readable_error_and_restarts(
     jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str], jp_serverapp: Any, complete: Any
 ) -> None:
@@ -192,7 +198,7 @@ def test_the_worker_refuses_a_model_file_with_the_wrong_hash(tmp_path: Path) -> 
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 100)
     out = subprocess.run(
-        [sys.executable, "-m", "jupyter_codestral.local.worker", "--model-path", str(bad), "--sha256", "1" * 64],
+        [sys.executable, "-m", "jupyter_codestral.embedded.worker", "--model-path", str(bad), "--sha256", "1" * 64],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     events = [json.loads(line) for line in out.stdout.splitlines()]
@@ -210,6 +216,7 @@ def test_the_bundled_model_parts_are_installed_and_add_up() -> None:
     assert len(parts) == 6 and sum(p.stat().st_size for p in parts) == BUNDLED.size
 
 
+@pytest.mark.slow
 async def test_notebooks_share_the_worker_fairly(jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str]) -> None:
     """Newest wins within a notebook; every notebook still gets its completion."""
     await wait_ready(jp_fetch)
@@ -226,3 +233,110 @@ async def test_notebooks_share_the_worker_fairly(jp_fetch: Any, server_url: str,
     assert stale_reply.status_code == 409  # superseded by the newer request for a.ipynb
     assert [r.status_code for r in replies] == [200, 200, 200, 200]
     assert all(r.json()["completion"].startswith("mean()") for r in replies)
+
+
+# -- what the model has read stays read ----------------------------------------------
+
+
+def code_cells(prefix: str, count: int) -> list[dict[str, str]]:
+    """A notebook's worth of ordinary code cells (about 30 tokens each)."""
+    return [{"cell_type": "code", "source": f"{prefix}_{i} = load_table('{prefix}', part={i})\n"
+                                            f"{prefix}_{i}.describe()"} for i in range(count)]
+
+
+async def timed(complete: Any, backend: Any, body_: dict[str, Any]) -> dict[str, Any]:
+    """The worker's figures for one completion."""
+    seen = backend.timings_seen
+    code, reply = await complete(body_)
+    assert code == 200, reply
+    return await worker_timings(backend, seen)
+
+
+@pytest.mark.slow
+async def test_a_new_cell_after_running_the_one_before_reads_only_its_own_tokens(
+    jp_fetch: Any, complete: Any, jp_serverapp: Any, kernel: Any
+) -> None:
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).service.backend
+    kernel_id, client = kernel
+    cells = [{"cell_type": "markdown", "source": "# Arrays\nSome numbers and their statistics."},
+             *code_cells("table", 20), {"cell_type": "code", "source": "import numpy as np"}]
+    _, count = await execute_cell(client, "import numpy as np")
+    cells[-1]["execution_count"] = count
+    # The user writes the next cell; the model has read the notebook up to it.
+    writing = "values = np.arange(10)\nmean = values.mean()"
+    cells.append({"cell_type": "code", "source": writing})
+    await timed(complete, backend, {"cells": cells, "cell_index": len(cells) - 1, "cursor": len(writing),
+                                    "path": "arrays.ipynb", "kernel_id": kernel_id, "max_tokens": 4})
+    # Shift+Enter: the cell runs (the kernel now has `values` and `mean`) and a new cell opens.
+    _, count = await execute_cell(client, writing)
+    await settle(jp_serverapp, kernel_id)
+    cells[-1]["execution_count"] = count
+    cells.append({"cell_type": "code", "source": "print("})
+    cache = await timed(complete, backend, {"cells": cells, "cell_index": len(cells) - 1, "cursor": 6,
+                                            "path": "arrays.ipynb", "kernel_id": kernel_id, "max_tokens": 4})
+    # New to the model: what the run produced (`values`, `mean`), the new cell's marker and `print(`.
+    assert cache["prompt_tokens"] > 400 and 15 <= cache["read_tokens"] <= 60, cache
+    assert not cache["restored"]
+
+
+@pytest.mark.slow
+async def test_two_notebooks_in_turn_keep_what_the_model_read(
+    jp_fetch: Any, complete: Any, jp_serverapp: Any
+) -> None:
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).service.backend
+
+    def at_end(prefix: str, typed: str) -> dict[str, Any]:
+        cells = [*code_cells(prefix, 25), {"cell_type": "code", "source": typed}]
+        return {"cells": cells, "cell_index": len(cells) - 1, "cursor": len(typed), "path": f"{prefix}.ipynb",
+                "max_tokens": 4}
+
+    first_a = await timed(complete, backend, at_end("sales", "total = sales_3"))
+    first_b = await timed(complete, backend, at_end("stock", "level = stock_7"))
+    assert first_a["read_tokens"] > 400 and first_b["read_tokens"] > 400  # each read once, in full
+    again_a = await timed(complete, backend, at_end("sales", "total = sales_3."))
+    again_b = await timed(complete, backend, at_end("stock", "level = stock_7."))
+    for again in (again_a, again_b):
+        assert again["restored"] and again["read_tokens"] <= 12, again
+    assert again_b["saved_prompts"] >= 2
+
+
+@pytest.mark.slow
+async def test_returning_to_a_cell_restores_what_the_model_read_there(
+    jp_fetch: Any, complete: Any, jp_serverapp: Any
+) -> None:
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).service.backend
+    # Long enough that the window of an early cell and that of the last cell begin in different places.
+    cells = [*code_cells("part", 90), {"cell_type": "code", "source": "result = "}]
+    end = {"cells": cells, "cell_index": len(cells) - 1, "cursor": 9, "path": "long.ipynb", "max_tokens": 4}
+    await timed(complete, backend, end)
+    early = [*cells[:12], {"cell_type": "code", "source": "check = "}, *cells[12:]]
+    visit = await timed(complete, backend, {**end, "cells": early, "cell_index": 12, "cursor": 8})
+    assert not visit["restored"]
+    back = await timed(complete, backend, {**end, "cursor": 9})
+    assert back["restored"] and back["read_tokens"] <= 4, back
+
+
+@pytest.mark.slow
+async def test_a_keystroke_during_the_prefetch_goes_on_from_what_it_has_read(
+    jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str], jp_serverapp: Any
+) -> None:
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).service.backend
+    cells = [*code_cells("sheet", 40), {"cell_type": "code", "source": ""}]
+    entered = {"cells": cells, "cell_index": len(cells) - 1, "cursor": 0, "path": "sheets.ipynb", "prefetch": True}
+    typed = {**entered, "cells": [*cells[:-1], {"cell_type": "code", "source": "t"}], "cursor": 1, "max_tokens": 4,
+             "prefetch": False}
+    async with httpx.AsyncClient(headers=jp_auth_header, timeout=120) as client:
+        await client.get(f"{server_url}/status")  # one user (the login cookie, as in a browser)
+        seen = backend.timings_seen
+        prefetch = asyncio.create_task(client.post(f"{server_url}/complete", json=entered))
+        await asyncio.sleep(1.0)  # the model is reading the notebook
+        reply = await client.post(f"{server_url}/complete", json=typed)
+        replaced = await prefetch
+    assert replaced.status_code == 409 and reply.status_code == 200
+    cache = await worker_timings(backend, seen + 1)
+    # What the prefetch had read when the keystroke came was kept: the request went on from there.
+    assert cache["cached_tokens"] >= 64 and cache["cached_tokens"] + cache["read_tokens"] == cache["prompt_tokens"]

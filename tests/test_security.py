@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import notebook_request
 from fake_backends import FakeFimServer
+
 from jupyter_codestral.ratelimit import TokenBucket, UserRateLimiter
 
 
@@ -104,7 +104,7 @@ def test_the_hung_up_check_peeks_without_blocking_and_survives_tls() -> None:
     import socket
     import ssl
 
-    from jupyter_codestral.handlers import peer_closed
+    from jupyter_codestral.hangup import peer_closed
 
     ours, theirs = socket.socketpair()
     try:

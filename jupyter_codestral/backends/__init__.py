@@ -1,25 +1,63 @@
-"""Completion backends behind one streaming interface (:class:`Backend`)."""
+"""Completion backends behind one streaming interface (:class:`Backend`), and what each kind needs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .base import Backend, BackendSettings, FimRequest
+from .mistral import CODESTRAL_URL
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """A kind of backend and its usual settings (the defaults of the extension's settings)."""
+
+    name: str
+    url: str
+    model: str
+    prefix_tokens: int
+    suffix_tokens: int
+    layout: str
+    trim_step_tokens: int  # the earlier cells' window moves in steps of this many tokens
+
+
+# "local" is the embedded model's former name, still accepted in configurations.
+ALIASES = {"local": "embedded"}
+
+KINDS: dict[str, BackendKind] = {
+    kind.name: kind
+    for kind in (
+        # Codestral reads 32k tokens quickly; the limit is what we upload per keystroke.
+        BackendKind("mistral", CODESTRAL_URL, "codestral-latest", 4096, 1024, "inline", 256),
+        BackendKind("openai", "http://127.0.0.1:8000", "Qwen/Qwen2.5-Coder-1.5B", 2048, 512, "inline", 256),
+        BackendKind("ollama", "http://127.0.0.1:11434", "qwen2.5-coder:1.5b", 2048, 512, "inline", 256),
+        # llama.cpp's server keeps its prompt cache: the prompt's start should stay put.
+        BackendKind("llamacpp", "http://127.0.0.1:8080", "default", 2048, 512, "stable", 512),
+        # On a laptop CPU every token read costs ~4 ms: the prompt's start stays put
+        # (stable layout, a window that moves in large steps) so it is read once.
+        BackendKind("embedded", "embedded", "qwen2.5-coder-0.5b-instruct-q4_k_m", 1536, 384, "stable", 512),
+    )
+}
 
 
 def create_backend(settings: BackendSettings) -> Backend:
     """The backend class named by ``settings.backend``."""
-    if settings.backend == "mistral":
-        from .mistral import MistralBackend as cls
-    elif settings.backend == "openai":
-        from .openai import OpenAIBackend as cls
-    elif settings.backend == "ollama":
-        from .ollama import OllamaBackend as cls
-    elif settings.backend == "llamacpp":
-        from .llamacpp import LlamaCppBackend as cls
-    elif settings.backend == "local":
-        from .local import LocalBackend as cls
-    else:
+    from .embedded import EmbeddedBackend
+    from .llamacpp import LlamaCppBackend
+    from .mistral import MistralBackend
+    from .ollama import OllamaBackend
+    from .openai import OpenAIBackend
+
+    classes: dict[str, type[Backend]] = {
+        "mistral": MistralBackend,
+        "openai": OpenAIBackend,
+        "ollama": OllamaBackend,
+        "llamacpp": LlamaCppBackend,
+        "embedded": EmbeddedBackend,
+    }
+    if settings.backend not in classes:
         raise ValueError(f"Unknown backend {settings.backend!r}")
-    return cls(settings)
+    return classes[settings.backend](settings)
 
 
-__all__ = ["Backend", "BackendSettings", "FimRequest", "create_backend"]
+__all__ = ["ALIASES", "KINDS", "Backend", "BackendKind", "BackendSettings", "FimRequest", "create_backend"]

@@ -1,19 +1,23 @@
 """llama.cpp server's ``/infill``: the server applies the model's FIM (and repo-level) template.
 
-Later cells go in ``input_extra`` when the split layout is chosen, so the
-server's prompt cache (``cache_prompt``) can keep them across keystrokes.
+With the stable layout (the default) the prompt is the notebook up to the
+cursor and the rest of its line, so the server's prompt cache
+(``cache_prompt``) keeps what it read across keystrokes, cell moves and
+executions; with the split layout later cells go in ``input_extra``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
 
 from ..errors import backend_error
-from ..templates import split_layout_parts
-from .base import FimRequest, HttpBackend, drain
+from ..templates import split_layout_parts, stable_suffix
+from .base import FimRequest
+from .http import HttpBackend
+from .openai_format import drain, sse_json
 
 
 class LlamaCppBackend(HttpBackend):
@@ -22,7 +26,7 @@ class LlamaCppBackend(HttpBackend):
     path = "/infill"
     host_label = "The llama.cpp server"
 
-    async def stream(self, request: FimRequest) -> AsyncIterator[str]:
+    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
         context = request.context
         payload: dict[str, Any] = {
             "n_predict": 0 if request.prefetch else request.max_tokens,
@@ -32,7 +36,9 @@ class LlamaCppBackend(HttpBackend):
             "stop": list(request.stop),
         }
         near, _, later = split_layout_parts(context)
-        if self.settings.layout == "split" and later.strip():
+        if self.settings.layout == "stable":
+            payload |= {"input_prefix": context.prefix, "input_suffix": stable_suffix(context), "input_extra": []}
+        elif self.settings.layout == "split" and later.strip():
             payload |= {
                 "input_prefix": context.prefix,
                 "input_suffix": near,
@@ -44,7 +50,7 @@ class LlamaCppBackend(HttpBackend):
             yield piece
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[str]:
-        events = self.sse_json(response)
+        events = sse_json(response, self.settings.url, self.host_label)
         async for event in events:
             if event is None:
                 return

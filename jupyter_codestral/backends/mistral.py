@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 import httpx
 
 from ..errors import backend_error
-from .base import FimRequest, HttpBackend, choice_stream
+from .base import FimRequest
+from .http import HttpBackend
+from .openai_format import choice_stream
 
 CODESTRAL_URL = "https://codestral.mistral.ai"
 MISTRAL_URL = "https://api.mistral.ai"
+
+
+def mistral_url(environ: Mapping[str, str]) -> str:
+    """The host for the key the environment holds: a Mistral key alone means api.mistral.ai."""
+    codestral = environ.get("CODESTRAL_API_KEY", "").strip()
+    mistral = environ.get("MISTRAL_API_KEY", "").strip()
+    return MISTRAL_URL if mistral and not codestral else CODESTRAL_URL
+
+
+def mistral_key(url: str, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(key, the variable it came from) for ``url``: a Codestral key belongs to
+    codestral.mistral.ai, a Mistral key to api.mistral.ai."""
+    codestral = environ.get("CODESTRAL_API_KEY", "").strip()
+    mistral = environ.get("MISTRAL_API_KEY", "").strip()
+    if codestral and ("api.mistral.ai" not in url or not mistral):
+        return codestral, "CODESTRAL_API_KEY"
+    if mistral:
+        return mistral, "MISTRAL_API_KEY"
+    return None, None
 
 
 class MistralBackend(HttpBackend):
@@ -26,11 +47,9 @@ class MistralBackend(HttpBackend):
             f"keys (MISTRAL_API_KEY) only on {MISTRAL_URL}: the two kinds are not interchangeable."
         )
 
-    async def stream(self, request: FimRequest) -> AsyncIterator[str]:
+    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
         if not self.settings.api_key:
-            raise backend_error(
-                "auth", "No Mistral key is configured: set CODESTRAL_API_KEY or MISTRAL_API_KEY."
-            )
+            raise backend_error("auth", "No Mistral key is configured: set CODESTRAL_API_KEY or MISTRAL_API_KEY.")
         payload = {
             "model": self.settings.model,
             "prompt": request.prefix,
@@ -45,4 +64,4 @@ class MistralBackend(HttpBackend):
             yield piece
 
     def _events(self, response: httpx.Response) -> AsyncIterator[str]:
-        return choice_stream(self, response, "delta", "content")
+        return choice_stream(response, self.settings.url, self.host_label, "delta", "content")

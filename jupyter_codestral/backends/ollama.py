@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 
 from ..errors import backend_error
-from .base import FimRequest, HttpBackend, drain
+from .base import FimRequest
+from .http import HttpBackend
+from .openai_format import drain, malformed
 
 
 class OllamaBackend(HttpBackend):
@@ -16,7 +18,7 @@ class OllamaBackend(HttpBackend):
     path = "/api/generate"
     host_label = "Ollama"
 
-    async def stream(self, request: FimRequest) -> AsyncIterator[str]:
+    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
         payload = {
             "model": self.settings.model,
             "prompt": request.prefix,
@@ -40,13 +42,13 @@ class OllamaBackend(HttpBackend):
             try:
                 event = json.loads(line)
             except ValueError:
-                raise self.malformed(line) from None
+                raise malformed(self.settings.url, line) from None
             if not isinstance(event, dict):
-                raise self.malformed(line)
+                raise malformed(self.settings.url, line)
             if "error" in event:
                 raise backend_error("server_error", f"Ollama reported: {event['error']}")
             yield str(event.get("response") or "")
             if event.get("done"):
                 await drain(lines)
                 return
-        raise backend_error("bad_reply", f"{self.settings.url} ended the stream before \"done\".")
+        raise backend_error("bad_reply", f'{self.settings.url} ended the stream before "done".')

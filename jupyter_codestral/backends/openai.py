@@ -6,12 +6,14 @@ is a raw FIM prompt in the model family's template.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
 
-from .base import FimRequest, HttpBackend, choice_stream
+from .base import FimRequest
+from .http import HttpBackend
+from .openai_format import choice_stream
 
 
 class OpenAIBackend(HttpBackend):
@@ -19,7 +21,7 @@ class OpenAIBackend(HttpBackend):
     path = "/v1/completions"
     host_label = "The OpenAI-compatible server"
 
-    async def stream(self, request: FimRequest) -> AsyncIterator[str]:
+    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
         payload: dict[str, Any] = {
             "model": self.settings.model,
             "max_tokens": request.max_tokens,
@@ -34,4 +36,4 @@ class OpenAIBackend(HttpBackend):
             yield piece
 
     def _events(self, response: httpx.Response) -> AsyncIterator[str]:
-        return choice_stream(self, response, "text")
+        return choice_stream(response, self.settings.url, self.host_label, "text")

@@ -60,11 +60,7 @@ export class CodestralClient {
       );
     }
     if (!response.ok) {
-      throw failureFromReply(
-        response.status,
-        response.statusText,
-        await response.text()
-      );
+      throw failureFromReply(response.status, response.statusText, await response.text());
     }
     const decoder = new NdjsonDecoder();
     if (!response.body) {
@@ -114,11 +110,7 @@ export class CodestralClient {
       this.settings
     );
     if (!response.ok) {
-      throw failureFromReply(
-        response.status,
-        response.statusText,
-        await response.text()
-      );
+      throw failureFromReply(response.status, response.statusText, await response.text());
     }
     return (await response.json()) as IServerStatus;
   }

@@ -1,78 +1,94 @@
-import {
-  JupyterFrontEnd,
-  JupyterFrontEndPlugin
-} from '@jupyterlab/application';
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { ICompletionProviderManager } from '@jupyterlab/completer';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
+import { Poll } from '@lumino/polling';
 
 import { CodestralClient } from './client';
-import { CodestralProvider, DEFAULT_SETTINGS, ICodestralSettings } from './provider';
+import { CodestralProvider } from './provider';
 import { CodestralStatus } from './status';
 
-const PLUGIN_ID = 'jupyter-codestral:plugin';
-const STATUS_POLL_MS = 5000;
+/** JupyterLab's inline completer plugin: its settings hold each provider's, ours included. */
+const INLINE_COMPLETER = '@jupyterlab/completer-extension:inline-completer';
+type ProviderSettings = Record<string, Record<string, unknown> | undefined>;
 
 const plugin: JupyterFrontEndPlugin<void> = {
-  id: PLUGIN_ID,
-  description: 'Streaming fill-in-the-middle inline completions from the jupyter_codestral server extension.',
+  id: 'jupyter-codestral:plugin',
+  description:
+    'Streaming fill-in-the-middle inline completions from the jupyter_codestral server extension.',
   autoStart: true,
   requires: [ICompletionProviderManager],
-  optional: [ISettingRegistry, IStatusBar, INotebookTracker],
+  optional: [ISettingRegistry, IStatusBar, INotebookTracker, IEditorLanguageRegistry],
   activate: async (
     app: JupyterFrontEnd,
     manager: ICompletionProviderManager,
     settingRegistry: ISettingRegistry | null,
     statusBar: IStatusBar | null,
-    notebooks: INotebookTracker | null
+    notebooks: INotebookTracker | null,
+    languages: IEditorLanguageRegistry | null
   ) => {
     const client = new CodestralClient(app.serviceManager.serverSettings);
-    const provider = new CodestralProvider(client);
+    const provider = new CodestralProvider(client, languages);
     manager.registerInlineProvider(provider);
 
-    let settings: ISettingRegistry.ISettings | null = null;
-    const apply = () => {
-      provider.settings = {
-        ...DEFAULT_SETTINGS,
-        ...((settings?.composite ?? {}) as Partial<ICodestralSettings>)
-      };
-      status.enabled = provider.settings.enabled;
-    };
+    // The status bar item turns the provider on and off through the inline
+    // completer's own setting for it (one switch, also in the Settings Editor).
+    let completerSettings: ISettingRegistry.ISettings | null = null;
     const status = new CodestralStatus(() => {
-      const enabled = !provider.settings.enabled;
-      if (settings) {
-        void settings.set('enabled', enabled);
-      } else {
-        provider.settings = { ...provider.settings, enabled };
-        status.enabled = enabled;
+      const enabled = !status.enabled;
+      status.enabled = enabled;
+      provider.enabled = enabled;
+      if (completerSettings) {
+        const user = (completerSettings.user.providers ?? {}) as ProviderSettings;
+        const ours = user[provider.identifier] ?? {};
+        void completerSettings.set('providers', {
+          ...user,
+          [provider.identifier]: { ...ours, enabled }
+        });
       }
     });
     if (settingRegistry) {
-      try {
-        settings = await settingRegistry.load(PLUGIN_ID);
-        settings.changed.connect(apply);
-      } catch (error) {
-        console.warn('jupyter-codestral: settings could not be loaded', error);
-      }
+      void settingRegistry.load(INLINE_COMPLETER).then(
+        settings => {
+          completerSettings = settings;
+          const follow = () => {
+            const providers = (settings.composite.providers ?? {}) as ProviderSettings;
+            status.enabled = providers[provider.identifier]?.enabled !== false;
+          };
+          settings.changed.connect(follow);
+          follow();
+        },
+        error =>
+          console.warn(
+            'jupyter-codestral: the inline completer settings could not be loaded',
+            error
+          )
+      );
     }
-    apply();
 
+    // The server's state (model loading, rate limits, configuration errors):
+    // polled with back-off while the tab is visible, at once after a failure.
+    const poll = new Poll({
+      factory: async () => {
+        try {
+          status.server = await client.status();
+        } catch (error) {
+          status.unreachable = `The jupyter_codestral server extension does not answer: ${(error as Error).message}`;
+          throw error;
+        }
+      },
+      frequency: { interval: 5000, backoff: true, max: 60_000 },
+      standby: 'when-hidden',
+      name: 'jupyter-codestral:status'
+    });
     provider.activity.connect((_, activity) => {
       status.activity = activity;
-      if (activity.state !== 'working') {
-        void refresh();
+      if (activity.state === 'error') {
+        void poll.refresh();
       }
     });
-    const refresh = async () => {
-      try {
-        status.server = await client.status();
-      } catch (error) {
-        status.unreachable = `The jupyter_codestral server extension does not answer: ${(error as Error).message}`;
-      }
-    };
-    void refresh();
-    window.setInterval(() => void refresh(), STATUS_POLL_MS);
 
     if (statusBar) {
       statusBar.registerStatusItem('jupyter-codestral:status', {
@@ -83,7 +99,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
 
     // Warm the model's cache when the cursor enters a cell, so the first
-    // keystroke there does not pay for reading the notebook.
+    // keystroke there does not pay for reading the notebook; and at once
+    // when a cell has run (Shift+Enter): the kernel's answer changes the
+    // prompt of the cell the user moved on to.
     if (notebooks) {
       let timer = 0;
       notebooks.activeCellChanged.connect(() => {
@@ -91,6 +109,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
         const panel = notebooks.currentWidget;
         if (panel) {
           timer = window.setTimeout(() => provider.prefetch(panel), 300);
+        }
+      });
+      NotebookActions.executed.connect((_, { notebook }) => {
+        const panel = notebooks.currentWidget;
+        if (panel && panel.content === notebook) {
+          window.clearTimeout(timer);
+          provider.prefetch(panel);
         }
       });
     }

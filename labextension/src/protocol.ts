@@ -9,6 +9,8 @@ export type CellType = 'code' | 'markdown' | 'raw';
 export interface ICellSource {
   cell_type: CellType;
   source: string;
+  /** The kernel's execution number when the cell last ran (code cells that ran). */
+  execution_count?: number;
 }
 
 export interface IRequestOptions {
@@ -122,31 +124,41 @@ export function fileBody(
   };
 }
 
-/** Map an editor MIME type to the language name the server understands. */
-export function languageOf(mimeType: string | undefined, fallback = 'python'): string {
-  if (!mimeType) {
+/**
+ * The language name the server understands, from the name of the editor's
+ * language (JupyterLab's language registry) or the notebook's kernel.
+ */
+export function serverLanguage(name: string | null | undefined, fallback = 'python'): string {
+  const lower = (name ?? '').trim().toLowerCase();
+  if (!lower) {
     return fallback;
   }
-  const known: Record<string, string> = {
-    'text/x-ipython': 'python',
-    'text/x-python': 'python',
-    'text/x-markdown': 'markdown',
-    'text/markdown': 'markdown',
-    'text/x-ipythongfm': 'markdown',
-    'text/x-rsrc': 'r',
-    'text/x-julia': 'julia',
-    'text/javascript': 'javascript',
-    'application/javascript': 'javascript',
-    'text/typescript': 'typescript',
-    'text/x-sql': 'sql',
-    'text/x-sh': 'bash',
-    'text/x-rustsrc': 'rust',
-    'text/x-go': 'go',
-    'text/x-java': 'java',
-    'text/x-c++src': 'c++',
-    'text/x-csrc': 'c'
-  };
-  return known[mimeType] ?? fallback;
+  return lower === 'ipython' ? 'python' : lower;
+}
+
+/** A notebook cell as the provider sees it: its model's id, type, text and last run. */
+export interface INotebookCell extends ICellSource {
+  id: string;
+}
+
+/**
+ * The body for a completion in the notebook cell whose model id is
+ * `activeId` (the cell whose editor asked), or null when the request's text
+ * is not that cell's text (the focus moved on). Cells are never looked up by
+ * their text: two cells may hold the same.
+ */
+export function notebookRequestBody(
+  cells: INotebookCell[],
+  activeId: string,
+  request: { text: string; offset: number },
+  options: IRequestOptions = {}
+): ICompletionBody | null {
+  const index = cells.findIndex(cell => cell.id === activeId);
+  if (index < 0 || cells[index].source !== request.text) {
+    return null;
+  }
+  const sources = cells.map(({ id: _id, ...cell }) => cell);
+  return notebookBody(sources, index, request.offset, options);
 }
 
 /**
@@ -159,9 +171,7 @@ export class NdjsonDecoder {
 
   push(chunk: Uint8Array | string): IStreamEvent[] {
     this._buffer +=
-      typeof chunk === 'string'
-        ? chunk
-        : this._decoder.decode(chunk, { stream: true });
+      typeof chunk === 'string' ? chunk : this._decoder.decode(chunk, { stream: true });
     const lines = this._buffer.split('\n');
     this._buffer = lines.pop() ?? '';
     return lines.filter(line => line.trim()).map(line => parseLine(line));

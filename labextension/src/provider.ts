@@ -1,3 +1,5 @@
+import { CodeCell } from '@jupyterlab/cells';
+import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import {
   CompletionHandler,
   IInlineCompletionContext,
@@ -9,26 +11,26 @@ import {
 import { IDocumentWidget } from '@jupyterlab/docregistry';
 import { FileEditor } from '@jupyterlab/fileeditor';
 import { NotebookPanel } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { CodestralClient } from './client';
 import {
   CompletionFailure,
   ErrorGate,
-  ICellSource,
   ICompletionBody,
+  INotebookCell,
   IRequestOptions,
   IStreamEvent,
   LatestRequest,
   fileBody,
-  languageOf,
-  notebookBody
+  notebookRequestBody,
+  serverLanguage
 } from './protocol';
 
+/** Our part of the inline completer's settings (besides the core's own: enabled, debounce, timeout). */
 export interface ICodestralSettings {
-  enabled: boolean;
   trigger: 'automatic' | 'manual';
-  debounceMs: number;
   maxTokens: number;
   lineMode: 'multi' | 'single';
   skipLanguages: string[];
@@ -36,9 +38,7 @@ export interface ICodestralSettings {
 }
 
 export const DEFAULT_SETTINGS: ICodestralSettings = {
-  enabled: true,
   trigger: 'automatic',
-  debounceMs: 200,
   maxTokens: 128,
   lineMode: 'multi',
   skipLanguages: ['markdown'],
@@ -49,73 +49,41 @@ export interface IActivity {
   state: 'idle' | 'working' | 'error';
   message?: string;
   firstTokenMs?: number;
+  retryAfter?: number;
 }
 
-const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
-
-/** What the server needs to know about the document the editor belongs to. */
-export function documentBody(
-  widget: unknown,
-  request: CompletionHandler.IRequest,
-  options: IRequestOptions
-): ICompletionBody | null {
-  if (widget instanceof NotebookPanel) {
-    const notebook = widget.content;
-    const cells: ICellSource[] = notebook.widgets.map(cell => ({
-      cell_type: cell.model.type as ICellSource['cell_type'],
+/** The cells of a notebook as the server wants them, each with its model's id. */
+function notebookCells(panel: NotebookPanel): INotebookCell[] {
+  return panel.content.widgets.map(cell => {
+    const entry: INotebookCell = {
+      id: cell.model.id,
+      cell_type: cell.model.type as INotebookCell['cell_type'],
       source: cell.model.sharedModel.getSource()
-    }));
-    // The request comes from the active cell's editor; check, in case focus moved.
-    let index = notebook.activeCellIndex;
-    if (cells[index]?.source !== request.text) {
-      index = cells.findIndex(cell => cell.source === request.text);
+    };
+    // Which kernel snapshot shows what the cell produced (the server's namespace.py).
+    const count = cell instanceof CodeCell ? cell.model.executionCount : null;
+    if (typeof count === 'number') {
+      entry.execution_count = count;
     }
-    if (index < 0) {
-      return null;
-    }
-    const language =
-      cells[index].cell_type === 'markdown'
-        ? 'markdown'
-        : ((widget.model?.metadata?.language_info as { name?: string } | undefined)?.name ??
-          languageOf(request.mimeType));
-    return notebookBody(cells, index, request.offset, {
-      ...options,
-      language,
-      path: widget.context.path,
-      kernelId: widget.sessionContext.session?.kernel?.id ?? null
-    });
-  }
-  const doc = widget as IDocumentWidget<FileEditor> | undefined;
-  if (doc?.content instanceof FileEditor) {
-    return fileBody(request.text, request.offset, {
-      ...options,
-      language: languageOf(request.mimeType, 'text'),
-      path: doc.context.path
-    });
-  }
-  return null;
+    return entry;
+  });
 }
 
 /**
  * The inline completion provider: asks `codestral/complete` and streams the
- * text into JupyterLab's ghost text as it arrives.
+ * text into JupyterLab's ghost text as it arrives. JupyterLab's completer
+ * debounces the requests and turns the provider on and off (its settings,
+ * with ours, are in the Settings Editor under "Inline Completer").
  */
 export class CodestralProvider implements IInlineCompletionProvider {
   readonly identifier = 'jupyter-codestral';
   readonly name = 'Codestral';
-  // Defaults for the core's per-provider settings: we debounce ourselves
-  // (so our own setting applies), and we offer completions mid-line.
-  readonly schema = {
-    default: {
-      enabled: true,
-      debouncerDelay: 0,
-      timeout: 20000,
-      autoFillInMiddle: true
-    }
-  };
   settings: ICodestralSettings = { ...DEFAULT_SETTINGS };
+  /** The core's switch for this provider (it also stops the core from asking us). */
+  enabled = true;
 
   private _client: CodestralClient;
+  private _languages: IEditorLanguageRegistry | null;
   private _streams = new Map<string, AsyncGenerator<IStreamEvent>>();
   private _latest = new LatestRequest();
   private _errors = new ErrorGate();
@@ -123,8 +91,62 @@ export class CodestralProvider implements IInlineCompletionProvider {
   private _prefetching: AbortController | null = null;
   private _activity = new Signal<this, IActivity>(this);
 
-  constructor(client: CodestralClient) {
+  constructor(client: CodestralClient, languages: IEditorLanguageRegistry | null = null) {
     this._client = client;
+    this._languages = languages;
+  }
+
+  get schema(): ISettingRegistry.IProperty {
+    return {
+      properties: {
+        trigger: {
+          title: 'Trigger',
+          description: "'automatic': while you type; 'manual': only when you ask (Alt+\\).",
+          type: 'string',
+          enum: ['automatic', 'manual']
+        },
+        maxTokens: {
+          title: 'Maximum completion length (tokens)',
+          type: 'number',
+          minimum: 1,
+          maximum: 1024
+        },
+        lineMode: {
+          title: 'Line mode',
+          description:
+            "'multi': complete whole blocks; 'single': one line at a time. Mid-line completions are always single-line.",
+          type: 'string',
+          enum: ['multi', 'single']
+        },
+        skipLanguages: {
+          title: 'Languages without completions',
+          description: 'Cell or file languages in which no completion is requested.',
+          type: 'array',
+          items: { type: 'string' }
+        },
+        prefetch: {
+          title: 'Warm up on cell entry',
+          description:
+            'When the cursor enters a code cell, or a cell has run, let the model read the notebook ahead of the first keystroke (local models).',
+          type: 'boolean'
+        }
+      },
+      default: {
+        enabled: true,
+        // The server answers from a warm cache in well under this: wait for
+        // a pause in typing, not for every keystroke.
+        debouncerDelay: 200,
+        timeout: 20000,
+        autoFillInMiddle: true,
+        ...DEFAULT_SETTINGS
+      }
+    };
+  }
+
+  configure(settings: Partial<ICodestralSettings> & { enabled?: boolean }): void {
+    const { enabled, ...ours } = settings;
+    this.enabled = enabled ?? true;
+    this.settings = { ...DEFAULT_SETTINGS, ...ours };
   }
 
   /** Emitted when a completion starts, ends or fails (for the status bar). */
@@ -139,42 +161,81 @@ export class CodestralProvider implements IInlineCompletionProvider {
     };
   }
 
+  private language(
+    name: string | undefined,
+    mimeType: string | undefined,
+    fallback: string
+  ): string {
+    const found = mimeType ? this._languages?.findByMIME(mimeType)?.name : undefined;
+    return serverLanguage(name ?? found, fallback);
+  }
+
+  /** The request body for the document the completer is in, or null when there is nothing to ask. */
+  documentBody(
+    widget: unknown,
+    request: CompletionHandler.IRequest,
+    options: IRequestOptions,
+    cellId?: string
+  ): ICompletionBody | null {
+    if (widget instanceof NotebookPanel) {
+      const id = cellId ?? widget.content.activeCell?.model.id;
+      if (!id) {
+        return null;
+      }
+      const cells = notebookCells(widget);
+      const cell = cells.find(c => c.id === id);
+      const kernelLanguage = (
+        widget.model?.metadata?.language_info as { name?: string } | undefined
+      )?.name;
+      const language =
+        cell?.cell_type === 'markdown'
+          ? 'markdown'
+          : this.language(kernelLanguage, request.mimeType, 'python');
+      return notebookRequestBody(cells, id, request, {
+        ...options,
+        language,
+        path: widget.context.path,
+        kernelId: widget.sessionContext.session?.kernel?.id ?? null
+      });
+    }
+    const doc = widget as IDocumentWidget<FileEditor> | undefined;
+    if (doc?.content instanceof FileEditor) {
+      return fileBody(request.text, request.offset, {
+        ...options,
+        language: this.language(undefined, request.mimeType, 'text'),
+        path: doc.context.path
+      });
+    }
+    return null;
+  }
+
   async fetch(
     request: CompletionHandler.IRequest,
     context: IInlineCompletionContext
   ): Promise<IInlineCompletionList<IInlineCompletionItem>> {
     const nothing = { items: [] };
-    if (!this.settings.enabled) {
-      return nothing;
-    }
     const automatic = context.triggerKind === InlineCompletionTriggerKind.Automatic;
     if (automatic && this.settings.trigger === 'manual') {
-      return nothing;
-    }
-    // A newer keystroke makes the request in flight useless: abort it, so the
-    // server stops the backend too.
-    const { ticket, signal } = this._latest.begin();
-    if (automatic && this.settings.debounceMs > 0) {
-      await sleep(this.settings.debounceMs);
-      if (!this._latest.isLatest(ticket)) {
-        return nothing;
-      }
-    }
-    const body = documentBody(context.widget, request, this.options());
-    if (!body || this.settings.skipLanguages.includes(body.language ?? '')) {
       return nothing;
     }
     if (automatic && Date.now() < this._blockedUntil) {
       return nothing; // rate limited: the status bar says until when
     }
+    // The request comes from the active cell's editor, now: its model id
+    // says which cell it is, whatever text the others hold.
+    const body = this.documentBody(context.widget, request, this.options());
+    if (!body || this.settings.skipLanguages.includes(body.language ?? '')) {
+      return nothing;
+    }
+    // A newer request makes the one in flight useless: abort it, so the
+    // server stops the backend too.
+    const { ticket, signal } = this._latest.begin();
     const token = `codestral-${ticket}`;
     this._streams.set(token, this._client.complete(body, signal));
     return { items: [{ insertText: '', isIncomplete: true, token }] };
   }
 
-  async *stream(
-    token: string
-  ): AsyncGenerator<{ response: IInlineCompletionItem }> {
+  async *stream(token: string): AsyncGenerator<{ response: IInlineCompletionItem }> {
     const events = this._streams.get(token);
     this._streams.delete(token);
     if (!events) {
@@ -194,22 +255,15 @@ export class CodestralProvider implements IInlineCompletionProvider {
         }
         if (event.done) {
           this._errors.reset();
-          this._activity.emit({
-            state: 'idle',
-            firstTokenMs: event.timings?.first_token_ms
-          });
-          yield {
-            response: { insertText: event.completion ?? text, isIncomplete: false }
-          };
+          this._activity.emit({ state: 'idle', firstTokenMs: event.timings?.first_token_ms });
+          yield { response: { insertText: event.completion ?? text, isIncomplete: false } };
           return;
         }
       }
       this._activity.emit({ state: 'idle' }); // aborted by a newer request
     } catch (error) {
       const failure =
-        error instanceof CompletionFailure
-          ? error
-          : new CompletionFailure('error', String(error));
+        error instanceof CompletionFailure ? error : new CompletionFailure('error', String(error));
       if (failure.kind === 'cancelled') {
         this._activity.emit({ state: 'idle' });
         return;
@@ -217,31 +271,40 @@ export class CodestralProvider implements IInlineCompletionProvider {
       if (failure.retryAfter) {
         this._blockedUntil = Date.now() + failure.retryAfter * 1000;
       }
-      this._activity.emit({ state: 'error', message: failure.message });
+      this._activity.emit({
+        state: 'error',
+        message: failure.message,
+        retryAfter: failure.retryAfter
+      });
       if (this._errors.shouldShow({ kind: failure.kind, message: failure.message })) {
         yield {
-          response: {
-            insertText: text,
-            isIncomplete: false,
-            error: { message: failure.message }
-          }
+          response: { insertText: text, isIncomplete: false, error: { message: failure.message } }
         };
       }
     }
   }
 
-  /** Warm the model's cache for the cell the cursor just entered. */
-  prefetch(widget: NotebookPanel): void {
-    if (!this.settings.enabled || !this.settings.prefetch) {
+  /** Let the model read the prompt of the active cell of `panel` ahead of the first keystroke. */
+  prefetch(panel: NotebookPanel): void {
+    if (!this.enabled || !this.settings.prefetch) {
       return;
     }
-    const cell = widget.content.activeCell;
+    const cell = panel.content.activeCell;
     if (!cell || cell.model.type !== 'code') {
       return;
     }
     const source = cell.model.sharedModel.getSource();
-    const request = { text: source, offset: source.length, mimeType: undefined } as CompletionHandler.IRequest;
-    const body = documentBody(widget, request, { ...this.options(), prefetch: true });
+    const request = {
+      text: source,
+      offset: source.length,
+      mimeType: undefined
+    } as CompletionHandler.IRequest;
+    const body = this.documentBody(
+      panel,
+      request,
+      { ...this.options(), prefetch: true },
+      cell.model.id
+    );
     if (!body || this.settings.skipLanguages.includes(body.language ?? '')) {
       return;
     }

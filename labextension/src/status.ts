@@ -3,6 +3,14 @@ import { Widget } from '@lumino/widgets';
 import { IServerStatus } from './client';
 import { IActivity } from './provider';
 
+/** What an HTTP backend's state says, in the bar (its last error says why, on hover). */
+const PROBLEMS: Record<string, string> = {
+  unauthorized: 'key refused',
+  unreachable: 'backend unreachable',
+  failing: 'backend failing',
+  error: 'error'
+};
+
 /**
  * The status bar item: backend and model, what it is doing, the last
  * latency. Clicking it turns completions on or off.
@@ -19,6 +27,10 @@ export class CodestralStatus extends Widget {
     this.node.setAttribute('role', 'button');
     this.node.addEventListener('click', () => this.onToggle());
     this.render();
+  }
+
+  get enabled(): boolean {
+    return this._enabled;
   }
 
   set enabled(value: boolean) {
@@ -49,7 +61,11 @@ export class CodestralStatus extends Widget {
   describe(): { label: string; state: string; detail: string } {
     const server = this._server;
     if (!this._enabled) {
-      return { label: 'Codestral: off', state: 'off', detail: 'Completions are off. Click to turn them on.' };
+      return {
+        label: 'Codestral: off',
+        state: 'off',
+        detail: 'Completions are off. Click to turn them on.'
+      };
     }
     if (this._unreachable) {
       return { label: 'Codestral: error', state: 'error', detail: this._unreachable };
@@ -61,16 +77,34 @@ export class CodestralStatus extends Widget {
     const until = server.rate_limited_until ? server.rate_limited_until * 1000 : 0;
     if (until > Date.now()) {
       const when = new Date(until).toLocaleTimeString();
-      return { label: `Codestral: rate limited until ${when}`, state: 'error', detail: `${who}: rate limited until ${when}` };
+      return {
+        label: `Codestral: rate limited until ${when}`,
+        state: 'error',
+        detail: `${who}: rate limited until ${when}`
+      };
     }
     if (server.config_error) {
-      return { label: 'Codestral: error', state: 'error', detail: server.config_error };
+      return {
+        label: 'Codestral: configuration error',
+        state: 'error',
+        detail: server.config_error
+      };
     }
     if (this._activity.state === 'error' && this._activity.message) {
-      return { label: 'Codestral: error', state: 'error', detail: `${who}: ${this._activity.message}` };
+      return {
+        label: 'Codestral: error',
+        state: 'error',
+        detail: `${who}: ${this._activity.message}`
+      };
+    }
+    const problem = PROBLEMS[server.state];
+    if (problem) {
+      const reason = server.last_error?.message ?? problem;
+      return { label: `Codestral: ${problem}`, state: 'error', detail: `${who}: ${reason}` };
     }
     if (!server.ready) {
-      const progress = typeof server.progress === 'number' ? ` ${Math.round(server.progress * 100)}%` : '';
+      const progress =
+        typeof server.progress === 'number' ? ` ${Math.round(server.progress * 100)}%` : '';
       return {
         label: `Codestral: loading model${progress}`,
         state: 'loading',
@@ -82,7 +116,11 @@ export class CodestralStatus extends Widget {
     if (this._activity.state === 'working') {
       return { label: `Codestral: working…${ms}`, state: 'working', detail: `${who}: completing` };
     }
-    return { label: `Codestral: ready${ms}`, state: 'ready', detail: `${who}: ready. Click to turn completions off.` };
+    return {
+      label: `Codestral: ready${ms}`,
+      state: 'ready',
+      detail: `${who}: ready. Click to turn completions off.`
+    };
   }
 
   private render(): void {

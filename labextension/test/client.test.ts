@@ -14,7 +14,7 @@ import { CompletionFailure } from '../src/protocol';
 
 let server: Server;
 let baseUrl = '';
-const seen: { url: string; auth: string | undefined; body: any }[] = [];
+const seen: { url: string; auth: string | undefined; body: Record<string, unknown> | null }[] = [];
 let closedEarly = 0;
 
 function handle(req: IncomingMessage, res: ServerResponse): void {
@@ -32,7 +32,9 @@ function handle(req: IncomingMessage, res: ServerResponse): void {
     }
     if (body?.path === 'error.ipynb') {
       res.writeHead(429, { 'Content-Type': 'application/json' });
-      res.end(JSON.stringify({ error: { kind: 'rate_limited', message: 'slow down', retry_after: 2 } }));
+      res.end(
+        JSON.stringify({ error: { kind: 'rate_limited', message: 'slow down', retry_after: 2 } })
+      );
       return;
     }
     res.writeHead(200, { 'Content-Type': 'application/x-ndjson' });
@@ -66,17 +68,31 @@ after(() => server.close());
 
 function client(): CodestralClient {
   return new CodestralClient(
-    ServerConnection.makeSettings({ baseUrl, wsUrl: baseUrl.replace('http', 'ws'), token: 'secret-token', appendToken: false })
+    ServerConnection.makeSettings({
+      baseUrl,
+      wsUrl: baseUrl.replace('http', 'ws'),
+      token: 'secret-token',
+      appendToken: false
+    })
   );
 }
 
 test('streams events and sends the Jupyter token', async () => {
   const events = [];
-  const body = { cells: [{ cell_type: 'code' as const, source: 'df.' }], cell_index: 0, cursor: 3, stream: true, path: 'a.ipynb' };
+  const body = {
+    cells: [{ cell_type: 'code' as const, source: 'df.' }],
+    cell_index: 0,
+    cursor: 3,
+    stream: true,
+    path: 'a.ipynb'
+  };
   for await (const event of client().complete(body, new AbortController().signal)) {
     events.push(event);
   }
-  assert.deepEqual(events.map(e => e.delta ?? (e.done ? 'DONE' : '?')), ['df.', 'head()', 'DONE']);
+  assert.deepEqual(
+    events.map(e => e.delta ?? (e.done ? 'DONE' : '?')),
+    ['df.', 'head()', 'DONE']
+  );
   const request = seen.find(s => s.body?.path === 'a.ipynb');
   assert.equal(request?.url, '/codestral/complete');
   assert.equal(request?.auth, 'token secret-token');
@@ -92,7 +108,10 @@ test('an error reply becomes a CompletionFailure with the server message', async
       }
     },
     (error: unknown) =>
-      error instanceof CompletionFailure && error.kind === 'rate_limited' && error.message === 'slow down' && error.retryAfter === 2
+      error instanceof CompletionFailure &&
+      error.kind === 'rate_limited' &&
+      error.message === 'slow down' &&
+      error.retryAfter === 2
   );
 });
 

@@ -8,8 +8,9 @@ import {
   codePointOffset,
   failureFromReply,
   fileBody,
-  languageOf,
-  notebookBody
+  notebookBody,
+  notebookRequestBody,
+  serverLanguage
 } from '../src/protocol';
 
 test('a notebook body carries every cell source, the cell index and the cursor', () => {
@@ -52,11 +53,26 @@ test('cursor offsets are converted from UTF-16 units to code points', () => {
   assert.equal(codePointOffset('plain', 3), 3);
 });
 
-test('editor MIME types map to language names', () => {
-  assert.equal(languageOf('text/x-ipython'), 'python');
-  assert.equal(languageOf('text/x-markdown'), 'markdown');
-  assert.equal(languageOf('text/x-unknown', 'text'), 'text');
-  assert.equal(languageOf(undefined), 'python');
+test('editor language names map to the names the server knows', () => {
+  assert.equal(serverLanguage('ipython'), 'python');
+  assert.equal(serverLanguage('Markdown'), 'markdown');
+  assert.equal(serverLanguage(null, 'text'), 'text');
+  assert.equal(serverLanguage(undefined), 'python');
+});
+
+test('the cell is the one whose editor asked, even when another holds the same text', () => {
+  const cells = [
+    { id: 'a', cell_type: 'code' as const, source: '' },
+    { id: 'b', cell_type: 'code' as const, source: 'x = 1', execution_count: 3 },
+    { id: 'c', cell_type: 'code' as const, source: '' }
+  ];
+  const body = notebookRequestBody(cells, 'c', { text: '', offset: 0 });
+  assert.equal(body?.cell_index, 2);
+  assert.deepEqual(body?.cells?.[1], { cell_type: 'code', source: 'x = 1', execution_count: 3 });
+  assert.equal(Object.hasOwn(body?.cells?.[0] ?? {}, 'id'), false);
+  // The focus moved on: the request's text is not that cell's text any more.
+  assert.equal(notebookRequestBody(cells, 'b', { text: 'x = 12', offset: 6 }), null);
+  assert.equal(notebookRequestBody(cells, 'gone', { text: '', offset: 0 }), null);
 });
 
 test('NDJSON lines split across chunks are reassembled', () => {

@@ -139,8 +139,12 @@ def assemble(spec: ModelSpec, target_dir: Path | None = None, progress: Progress
     return target
 
 
-def ensure_model(spec: ModelSpec, target_dir: Path | None = None, progress: Progress | None = None,
-                 on_step: Callable[[str], None] | None = None) -> Path:
+def ensure_model(
+    spec: ModelSpec,
+    target_dir: Path | None = None,
+    progress: Progress | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> Path:
     """The verified model file, assembled first if needed."""
     target = (target_dir or cache_dir()) / spec.filename
     if target.exists() and target.stat().st_size == spec.size:

@@ -16,12 +16,11 @@ import json
 import logging
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
+from ..embedded.model_files import MODELS
 from ..errors import backend_error
-from ..local.model_files import MODELS
-from ..templates import render_prompt, template_for_model
 from .base import Backend, BackendSettings, FimRequest
 
 log = logging.getLogger(__name__)
@@ -29,8 +28,8 @@ log = logging.getLogger(__name__)
 RESTART_DELAYS = (0.2, 1.0, 5.0, 15.0)
 
 
-class LocalBackend(Backend):
-    name = "local"
+class EmbeddedBackend(Backend):
+    name = "embedded"
     supports_prefetch = True
 
     def __init__(self, settings: BackendSettings) -> None:
@@ -41,11 +40,14 @@ class LocalBackend(Backend):
         self.restarts = 0
         spec = MODELS.get(settings.model)
         if settings.model_path is None and spec is None:
-            self.state, self.fatal = "error", (
-                f"Unknown embedded model {settings.model!r}; known: {', '.join(MODELS)}. "
-                "Set CodestralExtension.model_path to use another GGUF file."
+            self.state, self.fatal = (
+                "error",
+                (
+                    f"Unknown embedded model {settings.model!r}; known: {', '.join(MODELS)}. "
+                    "Set CodestralExtension.model_path to use another GGUF file."
+                ),
             )
-        self.template = template_for_model(settings.model, settings.template or (spec.template if spec else None))
+        self.template = settings.prompt.template_for(settings.model, spec.template if spec else None)
         self.last_timings: dict[str, Any] = {}
         self.timings_seen = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -54,18 +56,24 @@ class LocalBackend(Backend):
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._supervisor: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._settled = asyncio.Event()  # ready, or never will be
+        if self.fatal:
+            self._settled.set()
 
     # -- worker lifetime ------------------------------------------------------
     def worker_command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "jupyter_codestral.local.worker"]
+        cmd = [sys.executable, "-m", "jupyter_codestral.embedded.worker"]
         if self.settings.model_path:
             cmd += ["--model-path", self.settings.model_path]
+            if self.settings.model_sha256:
+                cmd += ["--sha256", self.settings.model_sha256]
         else:
             cmd += ["--model", self.settings.model]
         if self.settings.threads:
             cmd += ["--threads", str(self.settings.threads)]
         if not self.settings.kv_cache:
             cmd.append("--no-cache")
+        cmd += ["--cache-mb", str(self.settings.kv_cache_mb)]
         for token in self.template.stop:
             cmd += ["--stop-token", token]
         return cmd
@@ -74,32 +82,35 @@ class LocalBackend(Backend):
         if self._supervisor is None and self.fatal is None:
             self._supervisor = asyncio.create_task(self._supervise())
 
-    async def wait_ready(self, timeout: float) -> None:
-        """For tools and tests: wait until the model is loaded (or failed)."""
+    async def wait_ready(self) -> None:
+        """For tools and tests: wait until the model is loaded (or cannot be)."""
         await self.start()
-        async with asyncio.timeout(timeout):
-            while not self._ready.is_set() and self.fatal is None:
-                await asyncio.sleep(0.05)
+        await self._settled.wait()
         if self.fatal:
             raise backend_error("loading", self.fatal)
 
+    def _given_up(self) -> bool:
+        """The model cannot be used (the worker said so): restarting would not help."""
+        return self.fatal is not None
+
     async def _supervise(self) -> None:
         failures = 0
-        while self.fatal is None:
+        while not self._given_up():
             started = asyncio.get_running_loop().time()
             await self._run_worker()
-            if self.fatal is not None:
+            if self._given_up():
                 break
             self.restarts += 1
             lived = asyncio.get_running_loop().time() - started
             failures = 0 if lived > 60 else failures + 1
             delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
-            log.warning("jupyter_codestral: the local model worker stopped; restarting in %.1f s", delay)
+            log.warning("jupyter_codestral: the embedded model worker stopped; restarting in %.1f s", delay)
             await asyncio.sleep(delay)
 
     async def _run_worker(self) -> None:
         self.state, self.progress = "starting", None
         self._ready.clear()
+        self._settled.clear()
         proc = await asyncio.create_subprocess_exec(
             *self.worker_command(),
             stdin=asyncio.subprocess.PIPE,
@@ -126,7 +137,7 @@ class LocalBackend(Backend):
             self._ready.clear()
             if self.fatal is None:
                 self.state = "restarting"
-                reason = f"The local model process stopped (exit code {code}); it is being restarted."
+                reason = f"The embedded model process stopped (exit code {code}); it is being restarted."
                 for queue in self._pending.values():
                     queue.put_nowait({"event": "error", "kind": "worker_crashed", "message": reason})
 
@@ -136,7 +147,7 @@ class LocalBackend(Backend):
             line = raw.decode("utf-8", "replace").rstrip()
             if line:
                 self._stderr_tail.append(line)
-                log.debug("local worker: %s", line)
+                log.debug("embedded model worker: %s", line)
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -144,10 +155,12 @@ class LocalBackend(Backend):
             self.state, self.progress = event["state"], event.get("progress")
             if self.state == "ready":
                 self._ready.set()
+                self._settled.set()
         elif kind == "fatal":
             self.fatal = event["message"]
             self.state = "error"
-            log.error("jupyter_codestral: the local model cannot be used: %s", self.fatal)
+            self._settled.set()
+            log.error("jupyter_codestral: the embedded model cannot be used: %s", self.fatal)
         else:
             if "timings" in event:
                 # Also for requests whose client left before the worker finished.
@@ -173,12 +186,12 @@ class LocalBackend(Backend):
     # -- completions -----------------------------------------------------------
     def _unavailable(self) -> Exception:
         if self.fatal:
-            return backend_error("loading", f"The local model cannot be used: {self.fatal}")
+            return backend_error("loading", f"The embedded model cannot be used: {self.fatal}")
         if self.state in ("assembling", "verifying") and self.progress is not None:
-            return backend_error("loading", f"The local model is being prepared ({self.state} {self.progress:.0%}).")
-        return backend_error("loading", f"The local model is not ready yet ({self.state}).")
+            return backend_error("loading", f"The embedded model is being prepared ({self.state} {self.progress:.0%}).")
+        return backend_error("loading", f"The embedded model is not ready yet ({self.state}).")
 
-    async def stream(self, request: FimRequest) -> AsyncIterator[str]:
+    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
         await self.start()
         if not self._ready.is_set():
             raise self._unavailable()
@@ -191,11 +204,10 @@ class LocalBackend(Backend):
                 {
                     "op": "complete",
                     "id": req_id,
-                    "prompt": render_prompt(
-                        self.template, request.context, self.settings.layout, self.settings.kernel_file
-                    ),
-                    "max_tokens": 0 if request.prefetch else request.max_tokens,
+                    "prompt": self.settings.prompt.render(self.template, request.context),
+                    "max_tokens": request.max_tokens,
                     "stop": list(request.stop),
+                    "prefetch": request.prefetch,
                 }
             )
             while True:
@@ -207,7 +219,7 @@ class LocalBackend(Backend):
                     return
                 else:
                     finished = True
-                    raise backend_error(event.get("kind", "failed"), event.get("message", "The local model failed."))
+                    raise backend_error(event.get("kind", "failed"), event.get("message", "The embedded model failed."))
         finally:
             if not finished:
                 self._send({"op": "cancel", "id": req_id})  # replaced by a newer request, or the client left

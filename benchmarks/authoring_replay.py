@@ -1,0 +1,427 @@
+"""Notebook authoring replayed on a real timeline, as the user feels it (embedded model, HTTP endpoint).
+
+A simulated user writes cells in real notebooks through ``POST codestral/complete``
+on a real Jupyter server, with the frontend's behaviour reproduced:
+
+- entering a cell: a prefetch (the cell's prompt read ahead) after ``--prefetch-delay`` (0.3 s);
+- the first key ``--start`` (1 s) after entering; keys at ``--cps`` (5) characters a second,
+  with a pause of ``--think`` (0.8 s) after each word or run of punctuation;
+- a request ``--debounce`` (0.2 s) after a pause begins; it is abandoned at the next key (the
+  frontend aborts it and JupyterLab drops its text); the last request of the line runs to its end;
+- after running a cell (configurations with ``execute_prefetch``), a prefetch for the next cell
+  as soon as the kernel has answered, as the frontend does.
+
+Scenarios, each over the same cells (``--notebooks`` notebooks x ``--cells`` cells):
+
+- ``append``: the user writes the first line of a new last cell, pastes the rest, moves on to a
+  new cell; the notebook grows by the real notebook's next cells;
+- ``kernel``: the same with a live kernel: the notebook so far was run, and each cell is run
+  (Shift+Enter) as the user leaves it;
+- ``revisit``: the whole notebook is there; the user was at its end, and jumps to earlier cells
+  to write their first lines again (the rest of each cell below the cursor).
+
+For each request: did its first text arrive before it was abandoned, and how long after it was
+sent; the edit similarity of the text it showed (its first line against the rest of the line).
+Configurations run one after another in one invocation: ``before`` is the code of ``--before``
+(a git revision, run from an exported copy), ``now`` the working tree.
+
+    python benchmarks/authoring_replay.py [--scenarios append,kernel,revisit] [--configs before,now]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from _common import BENCH_NOTEBOOKS, execute, jupyter_server, load_cells, source_tree, wait_model_ready
+
+from jupyter_codestral.evaluation import edit_similarity
+from jupyter_codestral.stats import percentile
+
+# The revision before the stable layout and prompt cache: "today" in the issue that asked for this.
+DEFAULT_BEFORE = "6e1d113"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    revision: str | None  # None: the working tree
+    execute_prefetch: bool  # the frontend prefetches the next cell when a run ends
+    flags: tuple[str, ...] = ()
+
+
+@dataclass
+class Request:
+    scenario: str
+    cell: str
+    first: bool  # the first request of the cell
+    last: bool  # the request after the line's last key (it runs to its end)
+    sent: float
+    life: float | None = None  # seconds until abandoned (None: ran to its end)
+    first_text: float | None = None  # seconds after sending
+    shown: str = ""
+    target: str = ""
+
+
+@dataclass
+class Timeline:
+    cps: float
+    think: float
+    debounce: float
+    start: float
+    prefetch_delay: float
+
+
+@dataclass
+class Cell:
+    """One cell the user writes: the notebook around it, and the line typed."""
+
+    notebook: str
+    index: int  # position in the notebook
+    line: str  # the line the user types (the cell's first line)
+
+
+@dataclass
+class Results:
+    requests: list[Request] = field(default_factory=list)
+    memory_mb: float = 0.0
+
+
+def pauses(line: str) -> list[int]:
+    """Where the user pauses while typing ``line``: after each word and each run of punctuation."""
+    points, kind = [], None
+    for i, ch in enumerate(line):
+        now = "word" if (ch.isalnum() or ch == "_") else ("space" if ch.isspace() else "punct")
+        if kind is not None and now != kind and kind != "space":
+            points.append(i)
+        kind = now
+    points.append(len(line))
+    return sorted(set(points))
+
+
+def cells_to_write(notebooks: list[tuple[str, list[dict[str, str]]]], count: int, seed: int,
+                   spread: bool) -> list[Cell]:
+    """``count`` code cells with a code first line per notebook: consecutive ones past the first 40% of
+    the notebook (the user writes on), or, with ``spread``, anywhere from 20% to 90% in random order
+    (the user goes back to earlier cells)."""
+    rng = random.Random(seed)
+    chosen = []
+    for name, cells in notebooks:
+        low, high = (0.2, 0.9) if spread else (0.4, 1.0)
+        candidates = [i for i, c in enumerate(cells) if c["cell_type"] == "code"
+                      and len(cells) * low <= i < len(cells) * high
+                      and 10 <= len(c["source"].split("\n")[0].strip()) <= 80
+                      and not c["source"].lstrip().startswith(("#", "%", "!"))]
+        if len(candidates) < count:
+            continue
+        if spread:
+            picked = rng.sample(candidates, count)
+        else:
+            start = rng.randrange(0, len(candidates) - count + 1)
+            picked = candidates[start : start + count]
+        chosen.append([Cell(name, i, cells[i]["source"].split("\n")[0]) for i in picked])
+    return [cell for group in chosen for cell in group]
+
+
+class Frontend:
+    """What the JupyterLab extension does, for one user, over HTTP."""
+
+    def __init__(self, client: httpx.AsyncClient, base: str, timeline: Timeline, config: Config) -> None:
+        self.client = client
+        self.base = base
+        self.t = timeline
+        self.config = config
+        self.prefetch_task: asyncio.Task[None] | None = None
+
+    def body(self, cells: list[dict[str, Any]], index: int, cursor: int, path: str, kernel_id: str | None,
+             **extra: Any) -> dict[str, Any]:
+        body = {"cells": cells, "cell_index": index, "cursor": cursor, "path": path, "language": "python",
+                "max_tokens": 128, **extra}
+        return body | ({"kernel_id": kernel_id} if kernel_id else {})
+
+    def prefetch(self, body: dict[str, Any]) -> None:
+        """A new prefetch replaces the one before (the frontend aborts it)."""
+        if self.prefetch_task is not None:
+            self.prefetch_task.cancel()
+
+        async def send() -> None:
+            try:
+                await self.client.post(f"{self.base}/complete", json=body | {"prefetch": True, "stream": False})
+            except httpx.HTTPError:
+                pass
+
+        self.prefetch_task = asyncio.ensure_future(send())
+
+    async def request(self, body: dict[str, Any], record: Request, abandon: asyncio.Event) -> None:
+        """A streamed completion, abandoned when ``abandon`` is set (the next key)."""
+        started = time.perf_counter()
+
+        async def read() -> None:
+            async with self.client.stream("POST", f"{self.base}/complete", json=body | {"stream": True}) as reply:
+                async for line in reply.aiter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("delta"):
+                        if record.first_text is None:
+                            record.first_text = time.perf_counter() - started
+                        record.shown += event["delta"]
+                    if event.get("done") or event.get("error"):
+                        return
+
+        reading = asyncio.ensure_future(read())
+        stop = asyncio.ensure_future(abandon.wait())
+        await asyncio.wait([reading, stop], return_when=asyncio.FIRST_COMPLETED, timeout=60)
+        if not reading.done():
+            record.life = time.perf_counter() - started
+            reading.cancel()  # closes the connection: the server stops the work
+        stop.cancel()
+        try:
+            await reading
+        except (asyncio.CancelledError, httpx.HTTPError):
+            pass
+
+    async def write_line(self, scenario: str, cell: Cell, cells: list[dict[str, Any]], index: int, tail: str,
+                         kernel_id: str | None, results: Results, entered: float) -> None:
+        """The user enters cell ``index`` (its text is ``tail``), types ``cell.line`` before ``tail``."""
+        path = cell.notebook
+        cells[index] = {**cells[index], "source": tail}
+        await asyncio.sleep(max(0.0, entered + self.t.prefetch_delay - time.perf_counter()))
+        self.prefetch(self.body(cells, index, len(tail), path, kernel_id))
+        await asyncio.sleep(max(0.0, entered + self.t.start - time.perf_counter()))
+        stops = pauses(cell.line)
+        tasks = []
+        typed = 0
+        for n, stop in enumerate(stops):
+            while typed < stop:  # a burst of keys
+                typed += 1
+                await asyncio.sleep(1 / self.t.cps)
+            # The pause: a request after the debounce, abandoned at the next key.
+            await asyncio.sleep(self.t.debounce)
+            cells[index] = {**cells[index], "source": cell.line[:typed] + tail}
+            record = Request(scenario, f"{path}#{index}", n == 0, n == len(stops) - 1, time.perf_counter(),
+                             target=cell.line[typed:].strip())
+            results.requests.append(record)
+            abandon = asyncio.Event()
+            tasks.append(asyncio.ensure_future(self.request(self.body(cells, index, typed, path, kernel_id),
+                                                            record, abandon)))
+            if n < len(stops) - 1:
+                await asyncio.sleep(self.t.think - self.t.debounce)
+                abandon.set()
+        await asyncio.gather(*tasks)
+
+
+def notebook_cells(cells: list[dict[str, str]]) -> list[dict[str, Any]]:
+    return [{"cell_type": c["cell_type"], "source": c["source"]} for c in cells]
+
+
+async def run_scenario(scenario: str, frontend: Frontend, writes: list[Cell], notebooks: dict[str, list[dict[str, str]]],
+                       root: str, headers: dict[str, str], results: Results) -> None:
+    """``writes``: the cells of this scenario, grouped by notebook."""
+    by_notebook: dict[str, list[Cell]] = {}
+    for cell in writes:
+        by_notebook.setdefault(cell.notebook, []).append(cell)
+    for name, group in by_notebook.items():
+        source = notebooks[name]
+        kernel_id = None
+        ws_url = ""
+        if scenario == "kernel":
+            kernel_id = (await frontend.client.post(f"{root}/api/kernels", json={"name": "python3"})).json()["id"]
+            ws_url = root.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels"
+        try:
+            if scenario == "revisit":
+                cells = notebook_cells(source)
+                # The user was at the end of the notebook: its prompt is what the model last read.
+                end = len(cells) - 1
+                await frontend.client.post(f"{frontend.base}/complete", json=frontend.body(
+                    cells, end, len(cells[end]["source"]), name, None, prefetch=True, stream=False), timeout=600)
+                for cell in group:
+                    rest = source[cell.index]["source"].split("\n", 1)
+                    tail = "\n" + rest[1] if len(rest) > 1 else ""
+                    await frontend.write_line(scenario, cell, cells, cell.index, tail, None, results,
+                                              time.perf_counter())
+                    cells[cell.index] = dict(notebook_cells(source)[cell.index])
+                continue
+            first = group[0].index
+            cells = notebook_cells(source[:first])
+            if kernel_id:
+                for c in cells:  # the notebook so far was run
+                    if c["cell_type"] == "code":
+                        c["execution_count"] = await run(ws_url, headers, c["source"])
+            # Before the first cell is written, the user was typing at the notebook's end.
+            await frontend.client.post(f"{frontend.base}/complete", json=frontend.body(
+                [*cells, {"cell_type": "code", "source": ""}], first, 0, name, kernel_id, prefetch=True,
+                stream=False), timeout=600)
+            position = first
+            running: asyncio.Task[None] | None = None
+            for cell in group:
+                if running is not None and position < cell.index:
+                    await running  # the cells between are run after it
+                while position < cell.index:  # cells between: pasted in as they are (and run)
+                    pasted = dict(notebook_cells(source)[position])
+                    if kernel_id and pasted["cell_type"] == "code":
+                        pasted["execution_count"] = await run(ws_url, headers, pasted["source"])
+                    cells.append(pasted)
+                    position += 1
+                cells.append({"cell_type": "code", "source": ""})
+                await frontend.write_line(scenario, cell, cells, len(cells) - 1, "", kernel_id, results,
+                                          time.perf_counter())
+                written = cells[-1] = dict(notebook_cells(source)[cell.index])  # the rest of the cell, pasted
+                position += 1
+                if kernel_id:
+                    # Shift+Enter: the cell runs while the user moves on to a new cell.
+                    running = asyncio.ensure_future(run_then_prefetch(frontend, ws_url, headers, written, cells,
+                                                                      name, kernel_id))
+            if running is not None:
+                await running
+        finally:
+            if kernel_id:
+                await frontend.client.delete(f"{root}/api/kernels/{kernel_id}")
+
+
+async def run_then_prefetch(frontend: Frontend, ws_url: str, headers: dict[str, str], cell: dict[str, Any],
+                            cells: list[dict[str, Any]], path: str, kernel_id: str) -> None:
+    """Run ``cell``; when the kernel has answered, the frontend prefetches the cell the user is in."""
+    cell["execution_count"] = await run(ws_url, headers, cell["source"])
+    if frontend.config.execute_prefetch and cells[-1] is not cell:
+        current = len(cells) - 1
+        frontend.prefetch(frontend.body(cells, current, len(cells[current]["source"]), path, kernel_id))
+
+
+async def run(ws_url: str, headers: dict[str, str], code: str) -> int | None:
+    """Run a cell in the kernel (errors are part of notebook life); its execution number."""
+    try:
+        reply = await asyncio.to_thread(execute, ws_url, headers, code, False, 60)
+    except Exception:  # noqa: BLE001 - a cell that hangs or kills the connection: go on without it
+        return None
+    return reply.get("execution_count")
+
+
+def server_memory_mb(proc: Any) -> float:
+    root = psutil.Process(proc.pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+
+async def run_config(config: Config, scenarios: list[str], writes: dict[str, list[Cell]],
+                     notebooks: dict[str, list[dict[str, str]]], timeline: Timeline) -> Results:
+    results = Results()
+    with source_tree(config.revision) as env, jupyter_server(
+        "--CodestralExtension.backend=local", *config.flags, env=env
+    ) as (base, headers, proc):
+        with httpx.Client(headers=headers, timeout=300) as sync:
+            wait_model_ready(sync, base)
+        root = base.rsplit("/codestral", 1)[0]
+        async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(600.0)) as client:
+            await client.get(f"{base}/status")  # the login cookie: one user, as in a browser
+            frontend = Frontend(client, base, timeline, config)
+            for scenario in scenarios:
+                started = time.perf_counter()
+                await run_scenario(scenario, frontend, writes[scenario], notebooks, root, headers, results)
+                print(f"  {config.name} {scenario}: {time.perf_counter() - started:.0f} s", flush=True)
+        results.memory_mb = server_memory_mb(proc)
+    return results
+
+
+def fmt_ms(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value * 1000:.0f}"
+
+
+def similarity(request: Request) -> float:
+    return edit_similarity(request.shown.split("\n")[0].strip(), request.target)
+
+
+def report(name: str, scenario: str, requests: list[Request], common: set[tuple[str, int]]) -> str:
+    firsts = sorted(r.first_text if r.first_text is not None else math.inf for r in requests if r.first)
+    lasts = sorted(r.first_text if r.first_text is not None else math.inf for r in requests if r.last)
+    shown = [r for r in requests if r.first_text is not None]
+    both = [similarity(r) for n, r in enumerate(requests) if (r.cell, n) in common]
+
+    def within(limit: float) -> float:
+        return sum(r.first_text is not None and r.first_text <= limit for r in requests) / len(requests)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    return (f"{name:<8}{scenario:<9}{len(firsts):>6}{fmt_ms(percentile(firsts, 0.5)):>9}{fmt_ms(percentile(firsts, 0.9)):>9}"
+            f"{len(requests):>10}{within(0.3):>9.0%}{within(1.0):>7.0%}{len(shown) / len(requests):>8.0%}"
+            f"{mean([similarity(r) for r in shown]):>8.3f}{mean(both):>9.3f}{fmt_ms(percentile(lasts, 0.5)):>10}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenarios", default="append,kernel,revisit")
+    parser.add_argument("--configs", default="before,now", help="before, now, and now:FLAG=VALUE variants")
+    parser.add_argument("--before", default=DEFAULT_BEFORE, help="git revision of the 'before' configuration")
+    parser.add_argument("--notebooks", type=int, default=4, help="notebooks written in")
+    parser.add_argument("--cells", type=int, default=3, help="cells written per notebook")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--cps", type=float, default=5.0, help="characters a second while typing a word")
+    parser.add_argument("--think", type=float, default=0.8, help="seconds paused after each word")
+    parser.add_argument("--debounce", type=float, default=0.2)
+    parser.add_argument("--start", type=float, default=1.0, help="seconds from entering a cell to the first key")
+    parser.add_argument("--prefetch-delay", type=float, default=0.3)
+    parser.add_argument("--folder", type=Path, default=BENCH_NOTEBOOKS)
+    parser.add_argument("--log", type=Path, help="write every request's record here (JSON lines)")
+    args = parser.parse_args()
+
+    names = sorted(p.name for p in args.folder.glob("*.ipynb"))
+    loaded = list(zip(names, load_cells(args.folder), strict=True))
+    rng = random.Random(args.seed)
+    rng.shuffle(loaded)
+    per_scenario = args.notebooks * args.cells
+    onward = cells_to_write(loaded, args.cells, args.seed, spread=False)[:per_scenario]
+    back = cells_to_write(loaded, args.cells, args.seed, spread=True)[:per_scenario]
+    writes = {"append": onward, "kernel": onward, "revisit": back}
+    notebooks = dict(loaded)
+    timeline = Timeline(args.cps, args.think, args.debounce, args.start, args.prefetch_delay)
+    configs = []
+    for spec in args.configs.split(","):
+        name, _, flags = spec.partition(":")
+        extra = tuple(f"--CodestralExtension.{f}" for f in flags.split("+") if f)
+        configs.append(Config(spec, args.before if name == "before" else None, name != "before", extra))
+
+    scenarios = args.scenarios.split(",")
+    table = {}
+    for config in configs:
+        print(f"{config.name}: {per_scenario} cells per scenario", flush=True)
+        table[config.name] = asyncio.run(run_config(config, scenarios, writes, notebooks, timeline))
+
+    print(f"\n{per_scenario} cells written per scenario ({args.notebooks} notebooks x {args.cells}); typing "
+          f"{args.cps:g} chars/s, {args.think:g} s pause after each word, {args.debounce * 1000:.0f} ms debounce, "
+          f"first key {args.start:g} s after entering, prefetch {args.prefetch_delay * 1000:.0f} ms after entering; "
+          f"embedded model through the HTTP endpoint; 'before' is {args.before}")
+    print(f"{'config':<8}{'scenario':<9}{'cells':>6}{'1st p50':>9}{'1st p90':>9}{'requests':>10}{'<=300ms':>9}"
+          f"{'<=1s':>7}{'shown':>8}{'ES':>8}{'ES all':>9}{'last p50':>10}")
+    for scenario in scenarios:
+        runs = {name: [r for r in results.requests if r.scenario == scenario] for name, results in table.items()}
+        shown_by = [{(r.cell, n) for n, r in enumerate(requests) if r.first_text is not None}
+                    for requests in runs.values()]
+        common = set.intersection(*shown_by) if shown_by else set()
+        for name, requests in runs.items():
+            print(report(name, scenario, requests, common))
+    if args.log:
+        with args.log.open("w") as log:
+            for name, results in table.items():
+                for r in results.requests:
+                    log.write(json.dumps({"config": name, **r.__dict__}) + "\n")
+    for name, results in table.items():
+        print(f"{name}: memory at the end (Jupyter server + model worker, RSS): {results.memory_mb:.0f} MB")
+    print("'1st': the cell's first request, ms from sending it to its first text ('never': abandoned at the next "
+          "key before any); '<=300ms', '<=1s': requests whose text came that soon (before the next key); "
+          "'shown': before the next key at all; ES: edit similarity of the first line shown against the rest of "
+          "the line, over the requests this configuration showed; 'ES all': over the requests every configuration "
+          "showed; 'last': the request after the line's last key, which runs to its end.")
+
+
+if __name__ == "__main__":
+    main()

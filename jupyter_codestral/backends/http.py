@@ -1,0 +1,188 @@
+"""Backends on the other side of an HTTP connection: retries, readable errors, their real state."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from ..errors import BackendError, backend_error
+from ..templates import FimTemplate
+from . import pool
+from .base import Backend, BackendSettings, FimRequest
+from .openai_format import error_detail
+
+RETRIED_STATUS = frozenset({500, 502, 503, 504})
+# What a failure says about the backend, for codestral/status (other failures leave it as it was).
+STATE_AFTER = {
+    "auth": "unauthorized",
+    "rate_limited": "rate_limited",
+    "unreachable": "unreachable",
+    "server_error": "failing",
+}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait, from a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, BackendError) and error.retryable
+
+
+class HttpBackend(Backend):
+    """A backend on the other side of an HTTP connection."""
+
+    path = ""
+    host_label = "The completion server"
+
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
+        timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self.client = httpx.AsyncClient(
+            base_url=settings.url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=20),
+            trust_env=False,  # the backend URL comes from configuration only, never a proxy variable
+        )
+        self.connection_slots = asyncio.Semaphore(settings.max_connections)
+        self.template: FimTemplate = settings.prompt.template_for(settings.model)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def raw_prompt(self, request: FimRequest) -> str:
+        return self.settings.prompt.render(self.template, request.context)
+
+    def stop_sequences(self, request: FimRequest) -> list[str]:
+        return list(dict.fromkeys([*self.template.stop, *request.stop]))
+
+    # -- errors -----------------------------------------------------------
+    def auth_message(self, status: int, detail: str) -> str:
+        return f"{self.host_label} at {self.settings.url} refused the request ({status}): {detail}"
+
+    def status_error(self, status: int, body: bytes, headers: httpx.Headers) -> BackendError:
+        detail = self.settings.redact(error_detail(body)) or "no details"
+        if status in (401, 403):
+            return backend_error("auth", self.auth_message(status, detail))
+        if status == 429:
+            wait = parse_retry_after(headers.get("retry-after"))
+            until = f" for {wait:.0f} s" if wait is not None else ""
+            return backend_error("rate_limited", f"Rate limited by {self.settings.url}{until}: {detail}", wait)
+        if status == 404:
+            return backend_error(
+                "rejected", f"{self.settings.url}{self.path} was not found (404): is this a {self.name} server?"
+            )
+        if status < 500:
+            return backend_error("rejected", f"{self.host_label} rejected the request ({status}): {detail}")
+        return backend_error(
+            "server_error", f"{self.host_label} failed ({status}): {detail}", retryable=status in RETRIED_STATUS
+        )
+
+    def transport_error(self, exc: Exception) -> BackendError:
+        url = self.settings.url
+        if isinstance(exc, httpx.ConnectTimeout):
+            return backend_error(
+                "unreachable", f"Could not connect to {url} within {self.settings.connect_timeout:g} s."
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return backend_error("timeout", f"{url} sent nothing for {self.settings.timeout:g} s.")
+        if isinstance(exc, httpx.ConnectError):
+            return backend_error(
+                "unreachable", f"Cannot reach {url}: {self.settings.redact(str(exc)) or 'connection refused'}."
+            )
+        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+            return backend_error("bad_reply", f"{url} closed the connection before the completion was finished.")
+        if isinstance(exc, SSEError):
+            return backend_error("bad_reply", f"{url} did not answer with an event stream: {exc}")
+        return backend_error("bad_reply", f"{url}: {self.settings.redact(str(exc))}")
+
+    def _failed(self, error: BackendError) -> BackendError:
+        """Note what the failure says about the backend's state; return it to be raised."""
+        self.state = STATE_AFTER.get(error.kind, self.state)
+        if error.kind == "rate_limited" and error.retry_after is not None:
+            self.rate_limited_until = time.time() + error.retry_after
+        return error
+
+    # -- the request ------------------------------------------------------
+    def _check_rate_limit(self) -> None:
+        if self.rate_limited_until is not None:
+            wait = self.rate_limited_until - time.time()
+            if wait > 0:
+                raise backend_error(
+                    "rate_limited",
+                    f"Rate limited by {self.settings.url}; the next request may be sent in {wait:.0f} s.",
+                    wait,
+                )
+            self.rate_limited_until = None
+            self.state = "ready"
+
+    async def _attempt(self, payload: dict[str, Any], slot: pool.Slot) -> httpx.Response:
+        """One POST; the streaming response, or the backend's error."""
+        request = self.client.build_request("POST", self.path, json=payload)
+        try:
+            response = await pool.send(self.client, request, slot)
+        except httpx.HTTPError as exc:
+            raise self._failed(self.transport_error(exc)) from None
+        if response.status_code >= 400:
+            body = await response.aread()
+            await response.aclose()
+            raise self._failed(self.status_error(response.status_code, body, response.headers))
+        self.state = "ready"
+        return response
+
+    async def _open(self, payload: dict[str, Any], slot: pool.Slot) -> httpx.Response:
+        """POST and return the streaming response, retrying 5xx before any text."""
+        self._check_rate_limit()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.retries + 1),
+            wait=wait_exponential(multiplier=self.settings.retry_backoff, max=2.0),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        response: httpx.Response = await retrying(self._attempt, payload, slot)
+        return response
+
+    async def post_stream(
+        self, payload: dict[str, Any], events: Callable[[httpx.Response], AsyncIterator[str]]
+    ) -> AsyncIterator[str]:
+        slot = pool.Slot(self.connection_slots)
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                await slot.take()  # waiting here, unlike in httpcore's pool, is safe to cancel
+        except TimeoutError:
+            raise backend_error(
+                "timeout",
+                f"All {self.settings.max_connections} connections to {self.settings.url} stayed busy "
+                f"for {self.settings.timeout:g} s (CodestralExtension.backend_connections).",
+            ) from None
+        async with slot:
+            response = await self._open(payload, slot)
+            try:
+                async for piece in events(response):
+                    yield piece
+            except (httpx.HTTPError, SSEError) as exc:
+                raise self._failed(self.transport_error(exc)) from None
+            finally:
+                # Closing an unfinished response drops the connection, which is
+                # how the backend learns that nobody wants the rest.
+                await response.aclose()

@@ -1,0 +1,336 @@
+"""The embedded model's worker process: llama.cpp behind JSON lines on stdin/stdout.
+
+It runs apart from the Jupyter server so that a crash in native code (or an
+out-of-memory kill) costs one completion, not the user's server.
+
+Commands (one JSON object per line on stdin)::
+
+    {"op": "complete", "id": 1, "prompt": "...", "max_tokens": 64, "stop": ["\\n"]}
+    {"op": "complete", "id": 2, "prompt": "...", "prefetch": true}   read the prompt only
+    {"op": "cancel", "id": 1}
+
+Events (one JSON object per line on stdout)::
+
+    {"event": "state", "state": "assembling" | "verifying" | "loading" | "ready", "progress": 0.4}
+    {"event": "fatal", "message": "..."}          the model cannot be used; do not restart
+    {"event": "text", "id": 1, "text": "..."}
+    {"event": "done", "id": 1, "timings": {...}}
+    {"event": "error", "id": 1, "kind": "cancelled" | "failed", "message": "...", "timings": {...}}
+
+Requests run one at a time, in the order they came, except that a prefetch
+gives way to any request someone waits for.  A prompt is read in
+chunks of ``--chunk-tokens``, so what was read stays read when a request is
+cancelled: a ``cancel`` stops the request at the end of its chunk (or, while
+it generates, at the next token), and the next request, whose prompt mostly
+begins like it (the next keystroke in the same cell), continues from there.
+Only when the next request waiting diverges within the chunk being read is
+the chunk aborted inside llama.cpp at once (its abort callback).  What the
+model has read is kept across requests and notebooks by ``PromptCache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .prompt_cache import PromptCache, Tokens, common_prefix
+
+
+class Emitter:
+    """Thread-safe JSON-lines writer."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.last_progress = 0.0
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields})
+        with self.lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def progress(self, state: str) -> Any:
+        def report(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - self.last_progress > 0.2 or done == total:
+                self.last_progress = now
+                self("state", state=state, progress=round(done / total, 3))
+
+        return report
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    """One ``complete`` command, tokenized when it arrived."""
+
+    id: int
+    tokens: Tokens
+    max_tokens: int
+    stop: list[str]
+    prefetch: bool
+    cancelled: bool = False
+    reading: bool = True  # still reading its prompt (else generating)
+    chunk_end: int = 0  # the prompt tokens read once the current chunk is done
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+class Generator:
+    """Owns the llama.cpp model and runs one request at a time."""
+
+    def __init__(
+        self, model_path: Path, n_ctx: int, threads: int, chunk: int, cache_mb: int, reuse: bool, stop_tokens: list[str]
+    ) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            n_batch=chunk,  # eval() reads the prompt in chunks of this size
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        self.chunk = chunk
+        self.cache = PromptCache(self.llm, cache_mb * 2**20, reuse)
+        self.abort = threading.Event()
+        # Polled by llama.cpp during decoding; returning True aborts it.
+        self._abort_cb = llama_cpp.ggml_abort_callback(lambda _data: self.abort.is_set())
+        llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx, self._abort_cb, None)
+        self.stop_ids = {self.llm.token_eos()}
+        for text in stop_tokens:
+            ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+            if len(ids) == 1:
+                self.stop_ids.add(ids[0])
+
+    def tokenize(self, prompt: str, max_tokens: int) -> Tokens:
+        tokens = np.array(self.llm.tokenize(prompt.encode(), add_bos=False, special=True), dtype=np.intc)
+        room = self.llm.n_ctx() - max(max_tokens, 1) - 1
+        return tokens[-room:] if len(tokens) > room else tokens  # the cursor end matters most
+
+    def run(self, job: Job, emit: Emitter) -> None:
+        llm = self.llm
+        start = time.perf_counter()
+        cached, restored = self.cache.prepare(job.tokens)
+        job.timings = {"prompt_tokens": len(job.tokens), "cached_tokens": cached, "restored": restored}
+        stops = [s for s in job.stop if s]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, sent, generated = "", 0, 0
+        first_token: float | None = None
+        try:
+            # Read the prompt (all but its last token) chunk by chunk.
+            end = len(job.tokens) - 1
+            while llm.n_tokens < end:
+                if job.cancelled:
+                    raise Cancelled
+                job.chunk_end = min(end, llm.n_tokens + self.chunk)
+                llm.eval(job.tokens[llm.n_tokens : job.chunk_end].tolist())
+            job.reading = False
+            tokens = () if job.prefetch else llm.generate(job.tokens.tolist(), temp=0.0, top_k=1, repeat_penalty=1.0)
+            for token in tokens:
+                if job.cancelled:
+                    raise Cancelled
+                first_token = first_token or time.perf_counter()
+                if token in self.stop_ids:
+                    break
+                generated += 1
+                text += decoder.decode(llm.detokenize([token]))
+                cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    text = text[:cut]
+                    break
+                # Hold back a tail that may still become a stop string.
+                held = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+                if len(text) - held > sent:
+                    emit("text", id=job.id, text=text[sent : len(text) - held])
+                    sent = len(text) - held
+                if generated >= job.max_tokens:
+                    break
+            if len(text) > sent:
+                emit("text", id=job.id, text=text[sent:])
+        except RuntimeError as exc:  # llama_decode returned "aborted"
+            if self.abort.is_set():
+                raise Cancelled from None
+            raise RuntimeError(f"llama.cpp failed: {exc}") from None
+        finally:
+            end_time = time.perf_counter()
+            job.timings |= {
+                "read_tokens": min(llm.n_tokens, len(job.tokens)) - cached,
+                "generated_tokens": generated,
+                "worker_first_token_ms": round(((first_token or end_time) - start) * 1000, 2),
+                "worker_total_ms": round((end_time - start) * 1000, 2),
+                **self.cache.describe(),
+            }
+        emit("done", id=job.id, timings=job.timings)
+
+
+class Scheduler:
+    """The queue of requests, fed by the thread reading stdin, served by the main thread."""
+
+    def __init__(self, generator: Generator, emit: Emitter) -> None:
+        self.generator = generator
+        self.emit = emit
+        self.lock = threading.Condition()
+        self.queue: deque[Job | None] = deque()
+        self.running: Job | None = None
+
+    def read_commands(self, stream: TextIO) -> None:
+        for line in stream:
+            try:
+                cmd = json.loads(line)
+            except ValueError:
+                continue
+            if cmd.get("op") == "cancel":
+                self.cancel(cmd.get("id"))
+            elif cmd.get("op") == "complete":
+                try:
+                    max_tokens = int(cmd.get("max_tokens", 64))
+                    job = Job(
+                        int(cmd["id"]),
+                        self.generator.tokenize(str(cmd["prompt"]), max_tokens),
+                        max_tokens,
+                        [str(s) for s in cmd.get("stop", [])],
+                        bool(cmd.get("prefetch")),
+                    )
+                except (KeyError, TypeError, ValueError) as exc:
+                    self.emit("error", id=cmd.get("id"), kind="failed", message=f"Bad command: {exc}")
+                    continue
+                with self.lock:
+                    self.queue.append(job)
+                    running = self.running
+                    if running is not None and running.prefetch and not job.prefetch:
+                        # Someone waits for this one; the prefetch was only reading ahead
+                        # (what it read is kept, and a copy saved if another prompt follows).
+                        running.cancelled = True
+                    self._abort_if_useless()
+                    self.lock.notify()
+        with self.lock:
+            self.queue.append(None)  # the server went away
+            self.lock.notify()
+
+    def cancel(self, job_id: Any) -> None:
+        with self.lock:
+            for job in [self.running, *self.queue]:
+                if job is not None and job.id == job_id:
+                    job.cancelled = True
+            self._abort_if_useless()
+
+    def _abort_if_useless(self) -> None:
+        """Abort the chunk being read at once if the next request will not use it."""
+        running = self.running
+        if running is None or not running.cancelled or not running.reading:
+            return
+        upcoming = next((job for job in self.queue if job is not None and not job.cancelled), None)
+        if upcoming is not None and common_prefix(upcoming.tokens, running.tokens) < running.chunk_end:
+            self.generator.abort.set()
+
+    def serve(self) -> None:
+        while True:
+            with self.lock:
+                while not self.queue:
+                    self.lock.wait()
+                job = self.queue.popleft()
+                if job is None:
+                    return
+                if job.cancelled:
+                    self.emit("error", id=job.id, kind="cancelled", message="Superseded by a newer request.")
+                    continue
+                self.running = job
+                self.generator.abort.clear()
+            try:
+                self.generator.run(job, self.emit)
+            except Cancelled:
+                self.emit(
+                    "error", id=job.id, kind="cancelled", message="Superseded by a newer request.", timings=job.timings
+                )
+            except Exception as exc:  # noqa: BLE001 - one bad request must not end the worker
+                self.emit("error", id=job.id, kind="failed", message=str(exc))
+            finally:
+                with self.lock:
+                    self.running = None
+
+
+def resolve_model(args: argparse.Namespace, emit: Emitter) -> Path:
+    from .model_files import MODELS, ModelFileError, ensure_model, verify
+
+    if args.model_path:
+        path = Path(args.model_path).expanduser()
+        if not path.is_file():
+            raise ModelFileError(f"The model file {path} does not exist.")
+        if args.sha256:
+            emit("state", state="verifying", progress=0.0)
+            verify(path, args.sha256, emit.progress("verifying"))
+        return path
+    spec = MODELS.get(args.model)
+    if spec is None:
+        raise ModelFileError(
+            f"Unknown bundled model {args.model!r}; known: {', '.join(MODELS)}. "
+            "Set model_path to use another GGUF file."
+        )
+    steps = {"state": "verifying"}
+
+    def on_step(step: str) -> None:
+        steps["state"] = step
+        emit("state", state=step, progress=0.0)
+
+    return ensure_model(spec, progress=lambda d, t: emit.progress(steps["state"])(d, t), on_step=on_step)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m jupyter_codestral.embedded.worker", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct-q4_k_m", help="a bundled model's name")
+    parser.add_argument("--model-path", help="any GGUF file instead of a bundled model")
+    parser.add_argument("--sha256", help="expected sha256 of --model-path")
+    parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--chunk-tokens", type=int, default=64, help="prompt tokens read between checks for a cancel")
+    parser.add_argument("--cache-mb", type=int, default=256, help="memory for saved copies of read prompts")
+    parser.add_argument("--no-cache", action="store_true", help="re-read every prompt from scratch (for benchmarks)")
+    parser.add_argument("--stop-token", action="append", default=[], help="a special token that ends a completion")
+    args = parser.parse_args(argv)
+
+    # Our protocol owns stdout; anything native code prints goes to stderr.
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    emit = Emitter(protocol)
+
+    try:
+        path = resolve_model(args, emit)
+        emit("state", state="loading", progress=None)
+        generator = Generator(
+            path,
+            args.n_ctx,
+            args.threads or os.cpu_count() or 1,
+            max(1, args.chunk_tokens),
+            args.cache_mb,
+            not args.no_cache,
+            args.stop_token,
+        )
+    except Exception as exc:  # noqa: BLE001 - reported to the server, which shows it
+        emit("fatal", message=str(exc))
+        return
+    emit("state", state="ready", progress=None, model=str(path))
+    scheduler = Scheduler(generator, emit)
+    threading.Thread(target=scheduler.read_commands, args=(sys.stdin,), daemon=True).start()
+    scheduler.serve()
+
+
+if __name__ == "__main__":
+    main()
