@@ -214,6 +214,11 @@ export class CodestralProvider implements IInlineCompletionProvider {
     context: IInlineCompletionContext
   ): Promise<IInlineCompletionList<IInlineCompletionItem>> {
     const nothing = { items: [] };
+    if (!this.enabled) {
+      // The core skips a disabled provider once its setting is saved; this
+      // takes effect at the click, before that round trip.
+      return nothing;
+    }
     const automatic = context.triggerKind === InlineCompletionTriggerKind.Automatic;
     if (automatic && this.settings.trigger === 'manual') {
       return nothing;
