@@ -10,13 +10,14 @@ every completion reply say what to fix.
 
 from __future__ import annotations
 
+import json
 import os
 from copy import deepcopy
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
-from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Config
 from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
@@ -111,6 +112,26 @@ class CodestralExtension(ExtensionApp):
         "backends with repository tokens) a 'file' of its own before it.",
     ).tag(config=True)
     kernel_timeout = Float(1.0, help="Seconds to wait for the kernel's summary before going without.").tag(config=True)
+    disabled_paths = List(
+        Unicode(),
+        help="Course policy: glob patterns, relative to the server's root, of notebooks and files where "
+        "completions are refused (403), whatever the browser sends; e.g. ['exams/**', '**/*-exam.ipynb']. "
+        "Default: $JUPYTER_CODESTRAL_DISABLED_PATHS (a JSON list).",
+    ).tag(config=True)
+    allowed_paths = List(
+        Unicode(),
+        None,
+        allow_none=True,
+        help="Course policy: when set, completions only in documents matching these glob patterns (None: "
+        "everywhere not disabled). Default: $JUPYTER_CODESTRAL_ALLOWED_PATHS (a JSON list).",
+    ).tag(config=True)
+    redact_secrets = Bool(
+        None,
+        allow_none=True,
+        help="Replace credentials (cloud keys, service tokens, private keys, passwords) in prompts by a placeholder "
+        "before they are sent. Default: on for every backend but the embedded model, whose prompts never leave "
+        "the machine.",
+    ).tag(config=True)
     log_prompts = Bool(
         False, help="Log completions at INFO level (for debugging only; they contain the user's code)."
     ).tag(config=True)
@@ -263,6 +284,26 @@ class CodestralExtension(ExtensionApp):
         if value <= 0:  # 0 used to mean "the backend's default": it still does
             return int(getattr(self.kind, proposal.trait.name))
         return value
+
+    @default("disabled_paths")
+    def _default_disabled_paths(self) -> list[str]:
+        return self._path_list("disabled_paths", "JUPYTER_CODESTRAL_DISABLED_PATHS") or []
+
+    @default("allowed_paths")
+    def _default_allowed_paths(self) -> list[str] | None:
+        return self._path_list("allowed_paths", "JUPYTER_CODESTRAL_ALLOWED_PATHS")
+
+    def _path_list(self, trait: str, variable: str) -> list[str] | None:
+        named = self._env(trait, variable)
+        if named is None:
+            return None
+        try:
+            value = json.loads(named)
+        except ValueError:
+            value = None
+        good = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        self._verdict(trait, None if good else f"{variable} must be a JSON list of glob patterns; it is {named!r}.")
+        return value if good else None
 
     # -- the server extension --------------------------------------------------------
     def initialize_settings(self) -> None:

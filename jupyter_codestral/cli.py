@@ -27,6 +27,7 @@ from .context import ContextBudget
 from .errors import CompletionError
 from .evaluation import pick_cases, read_cells, score
 from .pipeline import run_completion
+from .redaction import PLACEHOLDER, apply_spans, secret_spans
 from .request import CompletionRequest, parse_completion_request
 from .stats import percentile
 from .templates import LAYOUTS
@@ -171,6 +172,34 @@ async def complete_command(args: argparse.Namespace) -> int:
             )
     finally:
         await backend.aclose()
+    return 0
+
+
+# -- redact -------------------------------------------------------------------------
+
+
+def document_cells(path: Path) -> list[dict[str, Any]]:
+    """A notebook's cells, or a file as one cell."""
+    return read_cells(path) if path.suffix == ".ipynb" else [{"source": path.read_text(encoding="utf-8")}]
+
+
+async def redact_command(args: argparse.Namespace) -> int:
+    """Show each line of a notebook or file that redaction changes, as a remote backend would receive it."""
+    path = Path(args.file)
+    cells = document_cells(path)
+    found = 0
+    for index, cell in enumerate(cells):
+        source = cell["source"]
+        spans = secret_spans(source)
+        if not spans:
+            continue
+        found += len(spans)
+        sent = apply_spans(source, spans).split("\n")
+        for number, (line, after) in enumerate(zip(source.split("\n"), sent, strict=False), start=1):
+            if line != after:
+                where = f"cell {index}, line {number}" if path.suffix == ".ipynb" else f"line {number}"
+                print(f"{where}: {after}")
+    print(f"{found} secret{'s' if found != 1 else ''} would be replaced by {PLACEHOLDER} before leaving this machine.")
     return 0
 
 
@@ -365,7 +394,7 @@ def add_backend_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jupyter codestral", description=__doc__.split("\n")[0])
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{complete,doctor,bench}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{complete,doctor,bench,redact}")
 
     complete = verbs.add_parser(
         "complete",
@@ -408,6 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_flags(bench)
     bench.add_argument("--layout", choices=LAYOUTS, help="prompt layout")
     bench.set_defaults(run=bench_command)
+
+    redact = verbs.add_parser(
+        "redact",
+        help="show what redaction replaces in a notebook before it is sent",
+        description="Print every line of a notebook (or a file) in which credentials would be replaced before a "
+        "prompt is sent to a remote backend, as it would be sent.",
+    )
+    redact.add_argument("file", help="a notebook (.ipynb) or a source file")
+    redact.set_defaults(run=redact_command)
     return parser
 
 

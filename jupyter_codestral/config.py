@@ -11,13 +11,16 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from tornado import web
+
 from .backends import KINDS, Backend, BackendSettings, create_backend
 from .backends.mistral import mistral_key
 from .context import ContextBudget
 from .kernel_summary import KernelNamespace
+from .policy import PathPolicy
 from .ratelimit import UserRateLimiter
 from .request import RequestLimits
-from .service import CompletionService, ServiceLimits
+from .service import CompletionService, ServiceLimits, SessionPaths
 from .templates import PromptFormat
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ def backend_settings(app: CodestralExtension) -> BackendSettings:
         threads=app.threads or None,
         kv_cache=app.kv_cache,
         kv_cache_mb=app.kv_cache_mb,
+        redact_secrets=redacts_secrets(app),
     )
 
 
@@ -73,6 +77,32 @@ def usable_backend(app: CodestralExtension, settings: BackendSettings) -> Backen
         return create_backend(replace(settings, backend="mistral", url=KINDS["mistral"].url))
 
 
+def path_policy(app: CodestralExtension) -> PathPolicy:
+    allowed = app.allowed_paths
+    return PathPolicy(tuple(app.disabled_paths), None if allowed is None else tuple(allowed))
+
+
+def redacts_secrets(app: CodestralExtension) -> bool:
+    """Whether prompts are redacted: as configured, else for every backend whose prompts leave the process."""
+    return app.redact_secrets if app.redact_secrets is not None else app.backend != "embedded"
+
+
+def session_path_lookup(app: CodestralExtension) -> SessionPaths | None:
+    """How the service learns which document a kernel belongs to (for the course policy)."""
+    sessions = getattr(app.serverapp, "session_manager", None) if app.serverapp is not None else None
+    if sessions is None:
+        return None
+
+    async def paths(kernel_id: str) -> list[str]:
+        try:
+            session = await sessions.get_session(kernel_id=kernel_id)
+        except web.HTTPError:  # 404: a kernel with no session (started through the kernels API)
+            return []
+        return [session["path"]] if session.get("path") else []
+
+    return paths
+
+
 def build_service(app: CodestralExtension, **overrides: Any) -> CompletionService:
     settings = backend_settings(app)
     kernels = None
@@ -89,6 +119,8 @@ def build_service(app: CodestralExtension, **overrides: Any) -> CompletionServic
         ),
         UserRateLimiter(app.user_rate_limit, app.user_rate_burst),
         kernels=kernels,
+        policy=path_policy(app),
+        session_paths=session_path_lookup(app),
         config_error=config_error(app),
         log_prompts=app.log_prompts,
         log=app.log,

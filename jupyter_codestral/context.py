@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .namespace import KernelState, place_variables
+from .namespace import KernelState, bound_names, place_variables
+from .policy import in_prompt
 from .request import Cell, CompletionRequest
 
 # Line-comment markers for markdown cells rendered into a code script.
@@ -197,7 +198,7 @@ def _pack(
     for cell in cells:
         if left <= 0:
             break
-        if cell.cell_type == "raw":
+        if not in_prompt(cell):
             continue
         text = render(cell)
         cost = estimate_tokens(text, cpt)
@@ -271,16 +272,24 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
     # Room is kept for the current cell in steps too, so typing rarely moves it.
     step = max(1, budget.trim_step_tokens)
     reserve = max(1, math.ceil(estimate_tokens(header + cell_prefix, cpt) / step)) * step
-    earlier = [(i, c) for i, c in enumerate(request.cells[: request.cell_index]) if c.cell_type != "raw"]
+    earlier = [(i, c) for i, c in enumerate(request.cells[: request.cell_index]) if in_prompt(c)]
     rendered = [_cell_lines(cell, language, cpt) for _, cell in earlier]
     first, first_line = _window_start(rendered, max(0, budget.prefix_tokens - reserve), step)
     window_start = earlier[first][0] if first < len(earlier) else request.cell_index
 
     placement = None
     if kernel is not None:
-        sources = [c.source if c.cell_type == "code" else None for c in request.cells]
+        visible = [c.cell_type == "code" and in_prompt(c) for c in request.cells]
+        sources = [c.source if shown else None for c, shown in zip(request.cells, visible, strict=True)]
         counts = [c.execution_count for c in request.cells]
-        placement = place_variables(sources, counts, request.cell_index, window_start, kernel)
+        # What a cell kept out of prompts made stays out too (its kernel variables).
+        hidden = frozenset(
+            name
+            for c, shown in zip(request.cells, visible, strict=True)
+            if c.cell_type == "code" and not shown
+            for name in bound_names(c.source)
+        )
+        placement = place_variables(sources, counts, request.cell_index, window_start, kernel, hidden)
     parts: list[str] = []
     for position in range(first, len(earlier)):
         index, _ = earlier[position]

@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any
 
 
-def read_cells(path: Path) -> list[dict[str, str]]:
-    """A notebook's cells as ``{"cell_type", "source"}`` (outputs are not needed)."""
+def read_cells(path: Path) -> list[dict[str, Any]]:
+    """A notebook's cells as the completion request takes them: type, source and tags (no outputs)."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     cells = []
     for cell in nb.get("cells", []):
         source = cell.get("source", "")
-        cells.append(
-            {
-                "cell_type": cell.get("cell_type", "code"),
-                "source": "".join(source) if isinstance(source, list) else source,
-            }
-        )
+        entry: dict[str, Any] = {
+            "cell_type": cell.get("cell_type", "code"),
+            "source": "".join(source) if isinstance(source, list) else source,
+        }
+        tags = cell.get("metadata", {}).get("tags")
+        if tags:
+            entry["metadata"] = {"tags": tags}
+        cells.append(entry)
     return cells
 
 

@@ -76,13 +76,8 @@ class CompleteHandler(CodestralHandler):
                     self.write(json.dumps(event) + "\n")
                     await self.flush()
                 elif "done" in event:
-                    self.finish(
-                        {
-                            "completion": event["completion"],
-                            **self.service.backend.describe(),
-                            "timings": event["timings"],
-                        }
-                    )
+                    reply = {k: event[k] for k in ("completion", "timings", "off") if k in event}
+                    self.finish({**reply, **self.service.backend.describe()})
             if streaming:
                 self.finish()
         except CompletionError as error:
@@ -105,4 +100,4 @@ class StatusHandler(CodestralHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.finish(self.service.status())
+        self.finish(self.service.status(self.get_argument("path", None)))

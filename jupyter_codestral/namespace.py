@@ -217,8 +217,10 @@ def place_variables(
     current: int,
     window_start: int,
     kernel: KernelState,
+    hidden: frozenset[str] = frozenset(),
 ) -> Placement:
     """``sources[i]`` is cell i's code (``None`` for cells that are not code).
+    ``hidden``: names never shown (bound by cells kept out of prompts).
 
     A variable goes after the cells in the window (the cursor's cell aside)
     that bind it and were run, as it was right after that run.  The others
@@ -248,10 +250,11 @@ def place_variables(
         names = bound_names(source)
         explained.update(names)
         if index < current:
-            lines = _fit(v.line() for v in (snapshot.get(name) for name in names) if v is not None)
+            shown = (snapshot.get(name) for name in names if name not in hidden)
+            lines = _fit(v.line() for v in shown if v is not None)
             if lines:
                 after_cell[index] = lines
-    leading = [as_run.get(v.name, v) for v in latest.variables if v.name not in explained]
+    leading = [as_run.get(v.name, v) for v in latest.variables if v.name not in explained and v.name not in hidden]
     unmentioned = len(order)
     ranked = sorted(range(len(leading)), key=lambda i: (order.get(leading[i].name, unmentioned), i))
     return Placement(after_cell, [leading[i].line()[:MAX_LINE_CHARS] for i in ranked])

@@ -17,6 +17,7 @@ from .backends.base import Backend, FimRequest
 from .context import ContextBudget, FimContext, build_context, cell_marker, estimate_tokens
 from .namespace import KernelState
 from .postprocess import CompletionFilter, options_for
+from .redaction import redact_context
 from .request import CompletionRequest
 
 
@@ -43,6 +44,12 @@ async def run_completion(
 ) -> AsyncGenerator[dict[str, Any], None]:
     start = time.perf_counter()
     context = build_context(request, budget, kernel)
+    redactions = 0
+    redacting = time.perf_counter()
+    if backend.settings.redact_secrets:  # before the context reaches a backend that sends it away
+        redacted = redact_context(context)
+        context, redactions = redacted.context, redacted.count
+    redaction_ms = _ms(time.perf_counter() - redacting)
     options = options_for(context, single_line=request.single_line)
     fim = FimRequest(
         context=context,
@@ -78,5 +85,7 @@ async def run_completion(
             "cells_before": context.cells_before,
             "cells_after": context.cells_after,
             "kernel_summary": kernel is not None and kernel.latest is not None,
+            "redactions": redactions,
+            "redaction_ms": redaction_ms,
         },
     }

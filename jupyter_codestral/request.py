@@ -22,6 +22,8 @@ class Cell:
     # The kernel's execution number when this cell last ran (nbformat's
     # field); it says which kernel snapshot shows what the cell produced.
     execution_count: int | None = None
+    # nbformat's metadata.tags; see policy.py for the ones we honour.
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class CompletionRequest:
     is_notebook: bool = True
     single_line: bool = False  # the user asked for one line at a time
     prefetch: bool = False  # only read the context into the model's cache; no completion wanted
+    # The notebook's metadata.codestral.enabled (false: the author turned completions off here).
+    notebook_enabled: bool = True
 
     @property
     def current_source(self) -> str:
@@ -133,6 +137,7 @@ def parse_completion_request(raw: bytes, limits: RequestLimits = RequestLimits()
         raise _fail(f"'max_tokens' must be between 1 and {limits.max_tokens}.")
 
     return CompletionRequest(
+        notebook_enabled=_notebook_enabled(body.get("metadata")),
         cells=cells,
         cell_index=cell_index,
         cursor=cursor,
@@ -172,5 +177,36 @@ def _parse_cells(value: Any, limits: RequestLimits) -> tuple[Cell, ...]:
         count = item.get("execution_count")
         if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
             raise _fail(f"cells[{i}].execution_count must be a whole number or null.")
-        cells.append(Cell(cell_type, source, count))
+        cells.append(Cell(cell_type, source, count, _tags(item.get("metadata"), i)))
     return tuple(cells)
+
+
+def _tags(metadata: Any, i: int) -> tuple[str, ...]:
+    """A cell's ``metadata.tags``, as nbformat stores them."""
+    if metadata is None:
+        return ()
+    if not isinstance(metadata, dict):
+        raise _fail(f"cells[{i}].metadata must be an object.")
+    tags = metadata.get("tags", [])
+    if tags is None:
+        return ()
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise _fail(f"cells[{i}].metadata.tags must be a list of strings.")
+    return tuple(tags)
+
+
+def _notebook_enabled(metadata: Any) -> bool:
+    """The notebook's ``metadata.codestral.enabled`` (absent: true)."""
+    if metadata is None:
+        return True
+    if not isinstance(metadata, dict):
+        raise _fail("'metadata' must be an object (the notebook's metadata).")
+    ours = metadata.get("codestral")
+    if ours is None:
+        return True
+    if not isinstance(ours, dict):
+        raise _fail("'metadata.codestral' must be an object, like {\"enabled\": false}.")
+    enabled = ours.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _fail("'metadata.codestral.enabled' must be true or false.")
+    return enabled

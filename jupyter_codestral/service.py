@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +20,14 @@ from .context import ContextBudget
 from .errors import CompletionError, RequestError
 from .kernel_summary import KernelNamespace
 from .pipeline import run_completion
+from .policy import PathPolicy, notebook_reason
 from .ratelimit import UserRateLimiter
 from .request import CompletionRequest, RequestLimits, parse_completion_request
 from .stats import ServiceStats
 
 Event = dict[str, Any]
 DocumentKey = tuple[str, str]  # (user, document)
+SessionPaths = Callable[[str], Awaitable[list[str]]]  # kernel id -> the documents it runs for
 
 SUPERSEDED = CompletionError("cancelled", "A newer request for this document replaced this one.", 409)
 
@@ -104,6 +106,8 @@ class CompletionService:
         limits: ServiceLimits,
         rate_limiter: UserRateLimiter,
         kernels: KernelNamespace | None = None,
+        policy: PathPolicy | None = None,
+        session_paths: SessionPaths | None = None,
         config_error: str | None = None,
         log_prompts: bool = False,
         log: logging.Logger | None = None,
@@ -113,6 +117,8 @@ class CompletionService:
         self.limits = limits
         self.rate_limiter = rate_limiter
         self.kernels = kernels
+        self.policy = policy or PathPolicy()
+        self.session_paths = session_paths
         self.config_error = config_error
         self.log_prompts = log_prompts
         self.log = log or logging.getLogger(__name__)
@@ -181,14 +187,37 @@ class CompletionService:
         if self._latest.get(key) is completion:
             del self._latest[key]
 
+    async def _policy_refusal(self, request: CompletionRequest) -> str | None:
+        """Why the course policy refuses ``request`` (for its document, or the one its kernel runs for)."""
+        if not self.policy.active:
+            return None
+        paths: list[str | None] = [request.path]
+        if request.kernel_id and self.session_paths is not None:
+            paths.extend(await self.session_paths(request.kernel_id))
+        return self.policy.reason(paths)
+
     async def _run(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
+        refusal = await self._policy_refusal(request)
+        if refusal:
+            self.stats.refused += 1
+            raise CompletionError("policy", refusal, 403)
+        off = notebook_reason(request)
+        if off:
+            # The notebook's author turned completions off here: nothing is sent anywhere.
+            self.stats.refused += 1
+            yield {**self._done_event("", {"off": True}), "off": off}
+            return
         try:
             kernel = None
             if request.kernel_id and self.kernels is not None:
                 runs = [c.execution_count for c in request.cells if c.execution_count is not None]
                 kernel = await self.kernels.state(request.kernel_id, max(runs, default=None))
             events = run_completion(
-                request, self.backend, self.budget, max_tokens=self.limits.max_tokens, kernel=kernel
+                request,
+                self.backend,
+                self.budget,
+                max_tokens=self.limits.max_tokens,
+                kernel=kernel,
             )
             async for event in events:
                 if "done" in event:
@@ -220,7 +249,8 @@ class CompletionService:
         return len(self._latest)
 
     # -- status --------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def status(self, path: str | None = None) -> dict[str, Any]:
+        """The service's state; with ``path``, whether the course policy allows completions there."""
         backend = self.backend
         state = "error" if self.config_error else backend.state
         return {
@@ -233,4 +263,10 @@ class CompletionService:
             "last_error": self.stats.last_error,
             "latency": self.stats.to_json(),
             "budget": {"prefix_tokens": self.budget.prefix_tokens, "suffix_tokens": self.budget.suffix_tokens},
+            "redaction": {"on": backend.settings.redact_secrets, "redacted": self.stats.redacted},
+            **({"policy": self._path_status(path)} if path is not None else {}),
         }
+
+    def _path_status(self, path: str) -> dict[str, Any]:
+        reason = self.policy.reason([path])
+        return {"path": path, "allowed": reason is None, "reason": reason}

@@ -25,10 +25,13 @@ class ServiceStats:
     served: int = 0
     failed: int = 0
     cancelled: int = 0
+    refused: int = 0  # by the course policy or the notebook's own settings
+    redacted: int = 0  # secrets replaced in prompts
     last_error: dict[str, Any] | None = None
 
     def record(self, timings: dict[str, Any]) -> None:
         self.served += 1
+        self.redacted += timings.get("redactions", 0)
         for name in ("total_ms", "first_token_ms"):
             values: deque[float] = getattr(self, name)
             values.append(timings[name])
@@ -55,6 +58,7 @@ class ServiceStats:
             "served": self.served,
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "refused": self.refused,
             "total_ms": self._summary(self.total_ms),
             "first_token_ms": self._summary(self.first_token_ms),
         }

@@ -63,7 +63,7 @@ def the_app(jp_serverapp: Any) -> Any:
 
 def write_notebook(path: Path, cells: list[dict[str, str]], metadata: dict[str, Any] | None = None) -> Path:
     """An nbformat 4 notebook file with these cells."""
-    nb_cells = [{"cell_type": c["cell_type"], "metadata": {}, "source": c["source"],
+    nb_cells = [{"cell_type": c["cell_type"], "metadata": c.get("metadata", {}), "source": c["source"],
                  **({"outputs": [], "execution_count": None} if c["cell_type"] == "code" else {})} for c in cells]
     path.write_text(json.dumps({"cells": nb_cells, "metadata": metadata or {}, "nbformat": 4, "nbformat_minor": 5}))
     return path

@@ -86,12 +86,18 @@ def free_port() -> int:
 
 @contextmanager
 def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str], app: str = "jupyterlab",
-              page: str = "lab/tree", cells: list[tuple[str, str]] = CELLS) -> Iterator[str]:
-    """Start JupyterLab (or Notebook 7 with app="notebook", page="notebooks"); yield the notebook's URL."""
+              page: str = "lab/tree", cells: list[tuple[str, str]] = CELLS, notebook: str = "sales.ipynb",
+              tags: dict[int, list[str]] | None = None) -> Iterator[str]:
+    """Start JupyterLab (or Notebook 7 with app="notebook", page="notebooks"); yield the notebook's URL.
+
+    ``tags``: cell index -> the cell's tags."""
     port, token = free_port(), secrets.token_hex(12)
     root = tmp_path / "root"
     root.mkdir()
-    write_notebook(root / "sales.ipynb", [{"cell_type": t, "source": s} for t, s in cells], PYTHON_NOTEBOOK)
+    (root / notebook).parent.mkdir(parents=True, exist_ok=True)
+    tags = tags or {}
+    write_notebook(root / notebook, [{"cell_type": t, "source": s, "metadata": {"tags": tags[i]} if i in tags else {}}
+                                     for i, (t, s) in enumerate(cells)], PYTHON_NOTEBOOK)
     home = tmp_path / "home"
     home.mkdir()
     child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("JUPYTER_CODESTRAL")}
@@ -114,7 +120,7 @@ def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str], app: str = 
                 pass
             assert proc.poll() is None, (tmp_path / "lab.log").read_text()
             time.sleep(0.2)
-        yield f"{base}/{page}/sales.ipynb?token={token}"
+        yield f"{base}/{page}/{notebook}?token={token}"
     finally:
         proc.terminate()
         try:
@@ -124,11 +130,11 @@ def start_lab(tmp_path: Path, extra: list[str], env: dict[str, str], app: str = 
         log.close()
 
 
-def lab_with_backend(tmp_path: Path, fake: FakeFimServer, **kw: str) -> AbstractContextManager[str]:
+def lab_with_backend(tmp_path: Path, fake: FakeFimServer, *flags: str, **kw: Any) -> AbstractContextManager[str]:
     """JupyterLab (or Notebook 7) configured for the loopback Mistral-protocol backend."""
     return start_lab(
         tmp_path,
-        ["--CodestralExtension.backend=mistral", f"--CodestralExtension.url={fake.url}"],
+        ["--CodestralExtension.backend=mistral", f"--CodestralExtension.url={fake.url}", *flags],
         {"CODESTRAL_API_KEY": FAKE_KEY},
         **kw,
     )
@@ -330,3 +336,37 @@ def test_the_cell_asked_about_is_the_one_whose_editor_asked(
         # The cell between the two is above the cursor: it is in the prompt, not in the suffix.
         assert "b = 2" in sent["prompt"] and sent["prompt"].endswith("total = compute(")
         assert "b = 2" not in sent["suffix"]
+
+
+def test_a_notebook_under_a_disabled_path_says_course_policy_and_shows_nothing(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake = fake_backend_threaded
+    policy = "--CodestralExtension.disabled_paths=['exams/**']"
+    with lab_with_backend(tmp_path, fake, policy, notebook="exams/final.ipynb") as url:
+        page = browser_page
+        open_notebook(page, url)
+        page.wait_for_function("() => document.querySelector('.jp-CodestralStatus')?.dataset.state === 'policy'",
+                               timeout=30_000)
+        assert "course policy" in page.locator(".jp-CodestralStatus").inner_text()
+        type_at_end_of_cell(page, 2, ".")
+        page.wait_for_timeout(1500)
+        assert page.locator(".jp-GhostText").count() == 0 and fake.request_count == 0
+
+
+def test_a_no_completion_cell_shows_nothing_and_the_next_cell_does(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake = fake_backend_threaded
+    fake.script = Script(chunks=["sum()"])
+    with lab_with_backend(tmp_path, fake, tags={2: ["exercise", "no-completion"]}) as url:
+        page = browser_page
+        open_notebook(page, url)
+        type_at_end_of_cell(page, 2, ".")
+        page.wait_for_function("() => document.querySelector('.jp-CodestralStatus')?.dataset.state === 'policy'",
+                               timeout=20_000)
+        assert "off in this cell" in page.locator(".jp-CodestralStatus").inner_text()
+        assert page.locator(".jp-GhostText").count() == 0 and fake.request_count == 0
+        type_at_end_of_cell(page, 3, "\nprint(total.")
+        page.wait_for_function("() => document.querySelector('.jp-GhostText')?.innerText === 'sum()'", timeout=20_000)
+        assert fake.request_count >= 1

@@ -36,6 +36,9 @@ class BackendSettings:
     threads: int | None  # local backend
     kv_cache: bool  # local backend: reuse what the model read across requests
     kv_cache_mb: int  # local backend: memory for saved copies of prompts read before
+    # Credentials in the prompt are replaced before it is sent (redaction.py); off only where
+    # prompts never leave the machine (the embedded model) or the user turned it off.
+    redact_secrets: bool = True
     retry_backoff: float = RETRY_BACKOFF
 
     @property

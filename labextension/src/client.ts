@@ -23,6 +23,10 @@ export interface IServerStatus {
     first_token_ms: { median: number | null; last: number | null };
     total_ms: { median: number | null; last: number | null };
   };
+  /** Asked with a path: whether the course policy allows completions there. */
+  policy?: { path: string; allowed: boolean; reason: string | null };
+  /** Whether prompts are redacted before they are sent, and how many secrets were. */
+  redaction?: { on: boolean; redacted: number };
 }
 
 /**
@@ -103,9 +107,11 @@ export class CodestralClient {
     }
   }
 
-  async status(): Promise<IServerStatus> {
+  /** The server's state; with `path`, also whether the course policy allows completions there. */
+  async status(path?: string | null): Promise<IServerStatus> {
+    const query = path ? `?path=${encodeURIComponent(path)}` : '';
     const response = await ServerConnection.makeRequest(
-      this.url('status'),
+      this.url('status') + query,
       { method: 'GET' },
       this.settings
     );

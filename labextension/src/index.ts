@@ -73,7 +73,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const poll = new Poll({
       factory: async () => {
         try {
-          status.server = await client.status();
+          status.server = await client.status(notebooks?.currentWidget?.context.path);
         } catch (error) {
           status.unreachable = `The jupyter_codestral server extension does not answer: ${(error as Error).message}`;
           throw error;
@@ -83,6 +83,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       standby: 'when-hidden',
       name: 'jupyter-codestral:status'
     });
+    // The course policy is per notebook: ask again when another one comes to the front.
+    notebooks?.currentChanged.connect(() => void poll.refresh());
     provider.activity.connect((_, activity) => {
       status.activity = activity;
       if (activity.state === 'error') {

@@ -11,6 +11,13 @@ export interface ICellSource {
   source: string;
   /** The kernel's execution number when the cell last ran (code cells that ran). */
   execution_count?: number;
+  /** nbformat's cell metadata, only its tags (`no-completion`, `no-context` are honoured). */
+  metadata?: { tags: string[] };
+}
+
+/** The notebook's own switch, as nbformat stores it in the notebook's metadata. */
+export interface INotebookSettings {
+  enabled?: boolean;
 }
 
 export interface IRequestOptions {
@@ -20,6 +27,8 @@ export interface IRequestOptions {
   singleLine?: boolean;
   kernelId?: string | null;
   prefetch?: boolean;
+  /** The notebook's `metadata.codestral`, when it has one. */
+  notebook?: INotebookSettings | null;
 }
 
 export interface ICompletionBody {
@@ -34,6 +43,7 @@ export interface ICompletionBody {
   single_line?: boolean;
   kernel_id?: string;
   prefetch?: boolean;
+  metadata?: { codestral: INotebookSettings };
 }
 
 export interface IErrorInfo {
@@ -46,6 +56,8 @@ export interface IStreamEvent {
   delta?: string;
   done?: boolean;
   completion?: string;
+  /** Why no completion was made here (the notebook or the cell turned them off). */
+  off?: string;
   timings?: Record<string, number>;
   error?: IErrorInfo;
 }
@@ -89,6 +101,9 @@ function common(options: IRequestOptions): Partial<ICompletionBody> {
   }
   if (options.prefetch) {
     body.prefetch = true;
+  }
+  if (options.notebook) {
+    body.metadata = { codestral: options.notebook };
   }
   return body;
 }

@@ -20,6 +20,7 @@ import {
   ErrorGate,
   ICompletionBody,
   INotebookCell,
+  INotebookSettings,
   IRequestOptions,
   IStreamEvent,
   LatestRequest,
@@ -46,7 +47,8 @@ export const DEFAULT_SETTINGS: ICodestralSettings = {
 };
 
 export interface IActivity {
-  state: 'idle' | 'working' | 'error';
+  /** 'off': no completion here, by the notebook's settings or the course policy (`message` says which). */
+  state: 'idle' | 'working' | 'error' | 'off';
   message?: string;
   firstTokenMs?: number;
   retryAfter?: number;
@@ -64,6 +66,11 @@ function notebookCells(panel: NotebookPanel): INotebookCell[] {
     const count = cell instanceof CodeCell ? cell.model.executionCount : null;
     if (typeof count === 'number') {
       entry.execution_count = count;
+    }
+    // The server honours `no-completion` and `no-context` (policy.py).
+    const tags = cell.model.getMetadata('tags');
+    if (Array.isArray(tags) && tags.length) {
+      entry.metadata = { tags: tags.filter((t): t is string => typeof t === 'string') };
     }
     return entry;
   });
@@ -195,7 +202,8 @@ export class CodestralProvider implements IInlineCompletionProvider {
         ...options,
         language,
         path: widget.context.path,
-        kernelId: widget.sessionContext.session?.kernel?.id ?? null
+        kernelId: widget.sessionContext.session?.kernel?.id ?? null,
+        notebook: (widget.model?.getMetadata('codestral') as INotebookSettings | undefined) ?? null
       });
     }
     const doc = widget as IDocumentWidget<FileEditor> | undefined;
@@ -258,6 +266,10 @@ export class CodestralProvider implements IInlineCompletionProvider {
           text += event.delta;
           yield { response: { insertText: text, isIncomplete: true } };
         }
+        if (event.done && event.off) {
+          this._activity.emit({ state: 'off', message: event.off });
+          return;
+        }
         if (event.done) {
           this._errors.reset();
           this._activity.emit({ state: 'idle', firstTokenMs: event.timings?.first_token_ms });
@@ -271,6 +283,11 @@ export class CodestralProvider implements IInlineCompletionProvider {
         error instanceof CompletionFailure ? error : new CompletionFailure('error', String(error));
       if (failure.kind === 'cancelled') {
         this._activity.emit({ state: 'idle' });
+        return;
+      }
+      if (failure.kind === 'policy') {
+        // The course policy: not an error to show in the editor, a state for the bar.
+        this._activity.emit({ state: 'off', message: failure.message });
         return;
       }
       if (failure.retryAfter) {

@@ -51,7 +51,7 @@ export class CodestralStatus extends Widget {
 
   set activity(activity: IActivity) {
     this._activity = { ...this._activity, ...activity };
-    if (activity.state !== 'error') {
+    if (activity.state !== 'error' && activity.state !== 'off') {
       this._activity.message = undefined;
     }
     this.render();
@@ -66,6 +66,23 @@ export class CodestralStatus extends Widget {
         state: 'off',
         detail: 'Completions are off. Click to turn them on.'
       };
+    }
+    const policy = server?.policy;
+    if (policy && !policy.allowed) {
+      return {
+        label: 'Codestral: off in this notebook (course policy)',
+        state: 'policy',
+        detail: policy.reason ?? 'Completions are off in this notebook (course policy).'
+      };
+    }
+    if (this._activity.state === 'off') {
+      const message = this._activity.message ?? '';
+      const where = message.includes('course policy')
+        ? 'off in this notebook (course policy)'
+        : message.includes('this cell')
+          ? 'off in this cell'
+          : 'off in this notebook';
+      return { label: `Codestral: ${where}`, state: 'policy', detail: message };
     }
     if (this._unreachable) {
       return { label: 'Codestral: error', state: 'error', detail: this._unreachable };

@@ -75,6 +75,30 @@ test('the cell is the one whose editor asked, even when another holds the same t
   assert.equal(notebookRequestBody(cells, 'gone', { text: '', offset: 0 }), null);
 });
 
+test("a cell's tags and the notebook's own switch travel as nbformat stores them", () => {
+  const cells = [
+    {
+      id: 'a',
+      cell_type: 'code' as const,
+      source: 'answer = 42',
+      metadata: { tags: ['no-context'] }
+    },
+    { id: 'b', cell_type: 'code' as const, source: 'x' }
+  ];
+  const body = notebookRequestBody(
+    cells,
+    'b',
+    { text: 'x', offset: 1 },
+    { notebook: { enabled: false } }
+  );
+  assert.deepEqual(body?.cells?.[0].metadata, { tags: ['no-context'] });
+  assert.equal(Object.hasOwn(body?.cells?.[1] ?? {}, 'metadata'), false);
+  assert.deepEqual(body?.metadata, { codestral: { enabled: false } });
+  // No notebook settings: no metadata key at all.
+  const plain = notebookRequestBody(cells, 'b', { text: 'x', offset: 1 });
+  assert.equal(Object.hasOwn(plain ?? {}, 'metadata'), false);
+});
+
 test('NDJSON lines split across chunks are reassembled', () => {
   const decoder = new NdjsonDecoder();
   const encoder = new TextEncoder();

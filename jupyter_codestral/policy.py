@@ -1,0 +1,91 @@
+"""Where completions are offered, and which text may enter a prompt.
+
+Two sources, both enforced on the server whatever the frontend did:
+
+- the notebook itself (its author's choice, stored by nbformat): metadata
+  ``"codestral": {"enabled": false}`` turns completions off in a notebook, a
+  cell tag ``no-completion`` in a cell, and a cell tag ``no-context`` keeps the
+  cell's text out of every prompt (as a raw cell is);
+- the server's configuration (a teacher's or an administrator's, which a
+  student cannot change from the browser): ``disabled_paths`` and
+  ``allowed_paths``, glob patterns relative to the server's root.
+
+Pure functions and values; the service applies them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from wcmatch import glob
+
+from .request import Cell, CompletionRequest
+
+NO_COMPLETION = "no-completion"  # cell tag: no completions in this cell
+NO_CONTEXT = "no-context"  # cell tag: this cell's text never enters a prompt
+
+# "**" spans folders; "*" does not cross "/"; dot files match like others.
+_GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB
+
+
+def in_prompt(cell: Cell) -> bool:
+    """Whether ``cell``'s text may be part of a prompt."""
+    return cell.cell_type != "raw" and NO_CONTEXT not in cell.tags
+
+
+def notebook_reason(request: CompletionRequest) -> str | None:
+    """Why the notebook or the cell at the cursor says no completions here, or None."""
+    if not request.notebook_enabled:
+        return "Completions are off in this notebook (its metadata: codestral.enabled is false)."
+    tags = request.cells[request.cell_index].tags
+    if NO_COMPLETION in tags:
+        return "Completions are off in this cell (tag no-completion)."
+    if NO_CONTEXT in tags:
+        return "Completions are off in this cell: its tag no-context keeps its text out of every prompt."
+    return None
+
+
+def normalize_path(path: str) -> str:
+    """An API path as Jupyter's contents service would resolve it ("a/./b/../c.ipynb" is "a/c.ipynb")."""
+    clean = posixpath.normpath("/" + path.replace("\\", "/")).lstrip("/")
+    return "" if clean == "." else clean
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """The server's course policy: documents where completions are refused."""
+
+    disabled: tuple[str, ...] = ()
+    allowed: tuple[str, ...] | None = None  # None: every path not disabled
+
+    @property
+    def active(self) -> bool:
+        return bool(self.disabled) or self.allowed is not None
+
+    def reason(self, paths: Iterable[str | None]) -> str | None:
+        """Why completions are refused for a request about ``paths``, or None.
+
+        ``paths``: the document the request names and those of the sessions
+        its kernel belongs to; any one refused refuses the request, so a
+        hand-made request cannot name another document to get around it."""
+        if not self.active:
+            return None
+        for path in paths:
+            refusal = self._refuse(path)
+            if refusal:
+                return refusal
+        return None
+
+    def _refuse(self, path: str | None) -> str | None:
+        if path is None:
+            if self.allowed is not None:
+                return "Completions are off here (course policy): only some notebooks allow them."
+            return None
+        clean = normalize_path(path)
+        if self.disabled and glob.globmatch(clean, list(self.disabled), flags=_GLOB_FLAGS):
+            return f"Completions are off in {clean} (course policy)."
+        if self.allowed is not None and not glob.globmatch(clean, list(self.allowed), flags=_GLOB_FLAGS):
+            return f"Completions are off in {clean} (course policy: only some notebooks allow them)."
+        return None
