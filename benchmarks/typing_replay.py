@@ -22,11 +22,24 @@ in the same state:
   run from an exported copy, to compare with what shipped then.
 
     python benchmarks/typing_replay.py [--cases 12] [--every 3] [--configs before,stable]
+
+``--along`` measures instead what the user sees while typing on a real
+timeline (keys at ``--cps``, a pause after each word, a request after the
+debounce, a newer request aborting the one in flight), with the frontend's
+logic before and after typing along (``labextension/src/suggestions.ts``:
+a pause whose typed text follows the suggestion on screen is answered from
+it, without a request; no automatic request right after ``;``; the adaptive
+delay), the two interleaved case by case on one server.  Reported per 100
+typed characters: backend requests sent; and the share of keystrokes after
+which a suggestion is on screen:
+
+    python benchmarks/typing_replay.py --along [--cases 40]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import time
@@ -140,6 +153,157 @@ def paired_difference(a: list[float], b: list[float], rounds: int = 10_000) -> t
     return means[int(0.025 * rounds)], sum(differences) / len(differences), means[int(0.975 * rounds)]
 
 
+# -- what the user sees while typing, with and without typing along ----------------------------
+
+
+@dataclass
+class Shown:
+    """One request of the timeline: where it was made and the text that had arrived, when."""
+
+    at: int  # characters of the line typed when it was sent
+    sent: float
+    arrivals: list[tuple[float, str]] = field(default_factory=list)  # (time, full text so far)
+    done: bool = False
+
+    def text_at(self, moment: float) -> str | None:
+        """The text on screen from this request at ``moment`` (None: nothing had arrived)."""
+        seen = [text for when, text in self.arrivals if when <= moment]
+        return seen[-1] if seen else None
+
+
+@dataclass
+class Along:
+    requests: int = 0
+    typed: int = 0
+    keys_with_suggestion: int = 0
+    keys: int = 0
+
+
+def word_pauses(line: str, start: int) -> set[int]:
+    """Where the user pauses typing ``line`` from ``start``: after each word and run of punctuation."""
+    points, kind = set(), None
+    for i in range(start, len(line)):
+        ch = line[i]
+        now = "word" if (ch.isalnum() or ch == "_") else ("space" if ch.isspace() else "punct")
+        if kind is not None and now != kind and kind != "space":
+            points.add(i)
+        kind = now
+    points.add(len(line))
+    return points
+
+
+def follows(request: Shown, line: str, typed: int, moment: float) -> str | None:
+    """What is left of ``request``'s suggestion for the user who typed ``line[:typed]`` (suggestions.ts's typedAlong)."""
+    text = request.text_at(moment)
+    if text is None or typed < request.at:
+        return None
+    extra = line[request.at : typed]
+    return text[len(extra) :] if text.startswith(extra) else None
+
+
+async def replay_along(client: httpx.AsyncClient, url: str, case: Case, along: bool, cps: float, think: float,
+                       debounce: float) -> Along:
+    """Type ``case``'s line on a real timeline; count requests and keystrokes with a suggestion on screen."""
+    line = case.line
+    stops = word_pauses(line, case.typed_from)
+    made: list[Shown] = []
+    keys: list[tuple[float, int]] = []  # (time, characters typed) after each key
+    inflight: asyncio.Task[None] | None = None
+    gaps: list[float] = []
+    latencies: list[float] = []
+
+    async def read(shown: Shown) -> None:
+        async with client.stream("POST", url, json=case.request(shown.at)) as reply:
+            text = ""
+            async for raw in reply.aiter_lines():
+                event = json.loads(raw) if raw.strip() else {}
+                if event.get("delta"):
+                    text += event["delta"]
+                    shown.arrivals.append((time.perf_counter(), text))
+                if event.get("done"):
+                    shown.done = True
+                    latencies.append(event["timings"]["first_token_ms"])
+                    return
+
+    await client.post(url, json=case.request(case.typed_from, prefetch=True, stream=False))
+    await asyncio.sleep(1.0)
+    for typed in range(case.typed_from + 1, len(line) + 1):
+        await asyncio.sleep(1 / cps)
+        keys.append((time.perf_counter(), typed))
+        gaps.append(1 / cps)
+        if typed not in stops:
+            continue
+        # A pause: the core's debounce, then the provider.
+        pause_started = time.perf_counter()
+        await asyncio.sleep(debounce)
+        if along:
+            if any((rest := follows(m, line, typed, time.perf_counter())) is not None and (rest or not m.done)
+                   for m in made):
+                await asyncio.sleep(max(0.0, think - (time.perf_counter() - pause_started)))
+                continue  # answered from the suggestion on screen
+            if line[typed - 1] == ";":
+                await asyncio.sleep(max(0.0, think - (time.perf_counter() - pause_started)))
+                continue
+            expected = sorted(latencies)[len(latencies) // 2] / 1000 if latencies else 0.0
+            target = min(1.0, max(0.1, 1.5 * (sorted(gaps)[len(gaps) // 2] if len(gaps) >= 3 else 0), expected))
+            await asyncio.sleep(max(0.0, target - debounce))
+        if inflight is not None and not inflight.done():
+            inflight.cancel()  # the newer request aborts the one in flight
+        shown = Shown(typed, time.perf_counter())
+        made.append(shown)
+        inflight = asyncio.ensure_future(read(shown))
+        await asyncio.sleep(max(0.0, think - (time.perf_counter() - pause_started)))
+    if inflight is not None:
+        try:
+            await asyncio.wait_for(inflight, 30)
+        except (asyncio.CancelledError, TimeoutError, httpx.HTTPError):
+            pass
+    result = Along(requests=len(made), typed=len(line) - case.typed_from, keys=len(keys))
+    for moment, typed in keys:
+        # The suggestion on screen: the latest request whose text had arrived by then, if the typed text follows it.
+        visible = [m for m in made if m.text_at(moment) is not None]
+        if visible:
+            rest = follows(visible[-1], line, typed, moment)
+            result.keys_with_suggestion += bool(rest)
+    return result
+
+
+async def run_along(cases: list[Case], cps: float, think: float, debounce: float) -> dict[str, Along]:
+    totals = {"before": Along(), "along": Along()}
+    with jupyter_server("--CodestralExtension.backend=embedded") as (base, headers, _):
+        with httpx.Client(headers=headers, timeout=300) as sync:
+            wait_model_ready(sync, base)
+        async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(120.0)) as client:
+            await client.get(f"{base}/status")  # the login cookie: one user, as in a browser
+            for n, case in enumerate(tqdm(cases, desc="along", unit="case")):
+                # Interleaved, the order swapped every case, so neither finds the other's cache more often.
+                order = ["before", "along"] if n % 2 == 0 else ["along", "before"]
+                for name in order:
+                    one = await replay_along(client, f"{base}/complete", case, name == "along", cps, think,
+                                             debounce)
+                    total = totals[name]
+                    total.requests += one.requests
+                    total.typed += one.typed
+                    total.keys += one.keys
+                    total.keys_with_suggestion += one.keys_with_suggestion
+    return totals
+
+
+def main_along(cases: list[Case], cps: float, think: float, debounce: float) -> None:
+    totals = asyncio.run(run_along(cases, cps, think, debounce))
+    print(f"\n{len(cases)} lines typed at {cps:g} characters a second, a {think:g} s pause after each word, "
+          f"{debounce * 1000:.0f} ms debounce; embedded model, through the HTTP endpoint")
+    print(f"{'frontend':<10}{'typed':>7}{'requests':>10}{'per 100 chars':>15}{'keys with a suggestion':>24}")
+    for name, t in totals.items():
+        print(f"{name:<10}{t.typed:>7}{t.requests:>10}{100 * t.requests / max(1, t.typed):>15.1f}"
+              f"{t.keys_with_suggestion / max(1, t.keys):>24.0%}")
+    before, after = totals["before"], totals["along"]
+    fewer = 1 - after.requests / max(1, before.requests)
+    print(f"requests: {fewer:.0%} fewer with typing along (goal: at least 40%); "
+          f"keys with a suggestion: {before.keys_with_suggestion / max(1, before.keys):.0%} before, "
+          f"{after.keys_with_suggestion / max(1, after.keys):.0%} after")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=int, default=12)
@@ -149,9 +313,16 @@ def main() -> None:
     parser.add_argument("--configs", default="before,stable")
     parser.add_argument("--before", default="6e1d113", help="git revision of the 'before' configuration")
     parser.add_argument("--notebooks", type=Path, default=BENCH_NOTEBOOKS)
+    parser.add_argument("--along", action="store_true", help="what the user sees, with and without typing along")
+    parser.add_argument("--cps", type=float, default=5.0, help="--along: characters a second")
+    parser.add_argument("--think", type=float, default=0.8, help="--along: seconds paused after each word")
+    parser.add_argument("--debounce", type=float, default=0.2, help="--along: the core's debounce, in seconds")
     args = parser.parse_args()
 
     cases = pick_cases(args.notebooks, args.cases, args.seed)
+    if args.along:
+        main_along(cases, args.cps, args.think, args.debounce)
+        return
     table = {}
     for name in args.configs.split(","):
         table[name] = run_config(name, cases, args.every, args.max_requests, args.before)

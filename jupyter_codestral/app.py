@@ -10,6 +10,7 @@ every completion reply say what to fix.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from copy import deepcopy
@@ -19,7 +20,7 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Config
-from traitlets.config.loader import DeferredConfig, LazyConfigValue
+from traitlets.config.loader import DeferredConfig, DeferredConfigString, LazyConfigValue
 
 from .backends import ALIASES, KINDS, BackendKind
 from .backends.mistral import mistral_url
@@ -27,6 +28,15 @@ from .config import build_service
 from .handlers import CompleteHandler, StatusHandler
 from .service import CompletionService
 from .templates import LAYOUTS, TEMPLATES
+
+
+def _literal_list(text: str) -> list[Any] | None:
+    """``text`` as a Python or JSON list literal, or None."""
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, list) else None
 
 
 class CodestralExtension(ExtensionApp):
@@ -167,11 +177,18 @@ class CodestralExtension(ExtensionApp):
         """Load the configuration, setting aside values of the wrong type instead of failing."""
         mine = self._find_my_config(cfg)
         own = self.traits(config=True)
-        bad = []
+        bad: list[str] = []
+        lists: dict[str, list[Any]] = {}
         for name, value in mine.items():
             trait = own.get(name)
             if trait is None or isinstance(value, LazyConfigValue):
                 continue
+            if isinstance(trait, List) and isinstance(value, DeferredConfigString):
+                # A list on the command line, as a literal ("--X.paths=['exams/**']"): traitlets
+                # only reads repeated flags for an extension's lists.
+                parsed = _literal_list(value)
+                if parsed is not None:
+                    lists[name] = value = parsed
             check = getattr(trait, "validate", None)  # the trait's type check (not our cross-checks)
             try:
                 if check is not None:
@@ -179,12 +196,15 @@ class CodestralExtension(ExtensionApp):
             except (TraitError, ValueError) as error:
                 bad.append(name)
                 self.config_problems[name] = f"CodestralExtension.{name} = {value!r} cannot be used: {error}"
-        if bad:
+        if bad or lists:
             cfg = deepcopy(cfg)
             for section in cfg.values():
                 if isinstance(section, Config):
                     for name in bad:
                         section.pop(name, None)
+                    for name, parsed in lists.items():
+                        if name in section and name not in bad:
+                            section[name] = parsed
         super()._load_config(cfg, section_names, traits)
 
     @property

@@ -370,3 +370,90 @@ def test_a_no_completion_cell_shows_nothing_and_the_next_cell_does(
         type_at_end_of_cell(page, 3, "\nprint(total.")
         page.wait_for_function("() => document.querySelector('.jp-GhostText')?.innerText === 'sum()'", timeout=20_000)
         assert fake.request_count >= 1
+
+
+def cell_source(page: Page, index: int) -> str:
+    """The cell's text without the ghost text shown in it."""
+    content = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-content")
+    return str(content.evaluate(
+        """el => {
+            const copy = el.cloneNode(true);
+            copy.querySelectorAll('.jp-GhostText').forEach(g => g.remove());
+            return [...copy.querySelectorAll('.cm-line')].map(l => l.textContent).join('\\n');
+        }"""
+    ))
+
+
+def ghost(page: Page) -> str:
+    found = page.locator(".jp-GhostText")
+    return found.first.inner_text() if found.count() else ""
+
+
+def wait_ghost(page: Page, text: str, timeout: float = 20_000) -> None:
+    page.wait_for_function(
+        "t => (document.querySelector('.jp-GhostText')?.innerText ?? '') === t", arg=text, timeout=timeout
+    )
+
+
+SURVIVAL_CELLS = [*CELLS, ("code", "")]
+
+
+@contextmanager
+def suggestion_shown(tmp_path: Path, fake: FakeFimServer, page: Page, chunks: list[str]) -> Iterator[int]:
+    """JupyterLab with the user at ``rates = `` in a new cell and the suggestion ``chunks`` shown;
+    yields the number of requests the backend has had."""
+    fake.script = Script(chunks=chunks)
+    with lab_with_backend(tmp_path, fake, cells=SURVIVAL_CELLS) as url:
+        open_notebook(page, url)
+        type_at_end_of_cell(page, 4, "rates = ")
+        wait_ghost(page, "".join(chunks))
+        yield fake.request_count
+
+
+def test_typing_along_the_suggestion_asks_nothing_and_keeps_the_rest(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake, page = fake_backend_threaded, browser_page
+    with suggestion_shown(tmp_path, fake, page, ["survival_rate", "_by_class()"]) as asked:
+        rests = []
+        for ch in "surv":
+            page.keyboard.type(ch)
+            page.wait_for_timeout(120)
+            rests.append(ghost(page))
+        page.wait_for_timeout(1200)  # well past the debounce: the provider was asked, and answered itself
+        assert rests == ["urvival_rate_by_class()", "rvival_rate_by_class()", "vival_rate_by_class()",
+                         "ival_rate_by_class()"], rests
+        assert ghost(page) == "ival_rate_by_class()"
+        assert fake.request_count == asked
+        # Deleting the last character and typing it again: the same suggestion, no request.
+        page.keyboard.press("Backspace")
+        wait_ghost(page, "vival_rate_by_class()", timeout=5000)
+        page.keyboard.type("v")
+        wait_ghost(page, "ival_rate_by_class()", timeout=5000)
+        page.wait_for_timeout(800)
+        assert fake.request_count == asked
+        # Departing from it asks again.
+        page.keyboard.type("x")
+        page.wait_for_timeout(1500)
+        assert fake.request_count > asked
+
+
+def test_accepting_the_next_word_and_the_next_line(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake, page = fake_backend_threaded, browser_page
+    with suggestion_shown(tmp_path, fake, page, ["survival_rate_by_class()\n", "print(rates)"]) as asked:
+        page.keyboard.press("Control+ArrowRight")
+        wait_ghost(page, "()\nprint(rates)", timeout=5000)
+        assert cell_source(page, 4) == "rates = survival_rate_by_class"
+        page.keyboard.press("Control+Shift+ArrowRight")
+        wait_ghost(page, "print(rates)", timeout=5000)
+        assert cell_source(page, 4) == "rates = survival_rate_by_class()\n"
+        assert fake.request_count == asked
+        # With no ghost text, Ctrl+ArrowRight moves the cursor by a word, as always.
+        page.keyboard.press("ArrowUp")  # moving the cursor away dismisses the ghost text
+        page.wait_for_function("() => !document.querySelector('.jp-GhostText')", timeout=5000)
+        page.keyboard.press("Home")
+        page.keyboard.press("Control+ArrowRight")
+        page.keyboard.type("X")
+        assert cell_source(page, 4).startswith("ratesX = survival_rate_by_class()"), cell_source(page, 4)

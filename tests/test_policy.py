@@ -276,3 +276,15 @@ def test_the_command_line_shows_what_redaction_replaces(tmp_path: Any, capsys: p
     assert out.count(PLACEHOLDER) == 3 + 1  # three lines, and the summary names the placeholder
     assert all(secret not in out for _, _, secret in SECRETS[:3])
     assert "cell 0, line 1:" in out and "3 secrets would be replaced" in out
+
+
+def test_policy_paths_on_the_command_line_as_a_list_literal() -> None:
+    from traitlets.config import Config
+    from traitlets.config.loader import DeferredConfigString
+
+    from jupyter_codestral.app import CodestralExtension
+
+    # What jupyter_server hands an extension for --CodestralExtension.disabled_paths=['exams/**', ...].
+    given = DeferredConfigString("['exams/**', '**/*-exam.ipynb']")
+    app = CodestralExtension(config=Config({"CodestralExtension": {"disabled_paths": given}}))
+    assert app.disabled_paths == ["exams/**", "**/*-exam.ipynb"] and not app.config_problems

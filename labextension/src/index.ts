@@ -7,6 +7,7 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { Poll } from '@lumino/polling';
 
 import { CodestralClient } from './client';
+import { addEditingCommands, watchTyping } from './editing';
 import { CodestralProvider } from './provider';
 import { CodestralStatus } from './status';
 
@@ -32,6 +33,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const client = new CodestralClient(app.serviceManager.serverSettings);
     const provider = new CodestralProvider(client, languages);
     manager.registerInlineProvider(provider);
+    addEditingCommands(app, provider);
+    watchTyping(app, provider);
 
     // The status bar item turns the provider on and off through the inline
     // completer's own setting for it (one switch, also in the Settings Editor).
@@ -50,22 +53,25 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     if (settingRegistry) {
-      void settingRegistry.load(INLINE_COMPLETER).then(
-        settings => {
-          completerSettings = settings;
-          const follow = () => {
-            const providers = (settings.composite.providers ?? {}) as ProviderSettings;
-            status.enabled = providers[provider.identifier]?.enabled !== false;
-          };
-          settings.changed.connect(follow);
-          follow();
-        },
-        error =>
-          console.warn(
-            'jupyter-codestral: the inline completer settings could not be loaded',
-            error
-          )
-      );
+      // After the completer's own plugin has registered how its settings are composed.
+      void app.restored
+        .then(() => settingRegistry.load(INLINE_COMPLETER))
+        .then(
+          settings => {
+            completerSettings = settings;
+            const follow = () => {
+              const providers = (settings.composite.providers ?? {}) as ProviderSettings;
+              status.enabled = providers[provider.identifier]?.enabled !== false;
+            };
+            settings.changed.connect(follow);
+            follow();
+          },
+          error =>
+            console.warn(
+              'jupyter-codestral: the inline completer settings could not be loaded',
+              error
+            )
+        );
     }
 
     // The server's state (model loading, rate limits, configuration errors):

@@ -28,6 +28,15 @@ import {
   notebookRequestBody,
   serverLanguage
 } from './protocol';
+import {
+  IPlace,
+  Suggestion,
+  SuggestionStore,
+  KeyRhythm,
+  adaptiveDelay,
+  hashText,
+  worthAsking
+} from './suggestions';
 
 /** Our part of the inline completer's settings (besides the core's own: enabled, debounce, timeout). */
 export interface ICodestralSettings {
@@ -36,6 +45,8 @@ export interface ICodestralSettings {
   lineMode: 'multi' | 'single';
   skipLanguages: string[];
   prefetch: boolean;
+  skipAfter: string[];
+  adaptiveDebounce: boolean;
 }
 
 export const DEFAULT_SETTINGS: ICodestralSettings = {
@@ -43,8 +54,17 @@ export const DEFAULT_SETTINGS: ICodestralSettings = {
   maxTokens: 128,
   lineMode: 'multi',
   skipLanguages: ['markdown'],
-  prefetch: true
+  prefetch: true,
+  skipAfter: [';'],
+  adaptiveDebounce: true
 };
+
+/** A request to make, or to answer from a suggestion: its body, its document and the cursor's place. */
+export interface ITarget {
+  body: ICompletionBody;
+  document: string;
+  place: IPlace;
+}
 
 export interface IActivity {
   /** 'off': no completion here, by the notebook's settings or the course policy (`message` says which). */
@@ -91,7 +111,18 @@ export class CodestralProvider implements IInlineCompletionProvider {
 
   private _client: CodestralClient;
   private _languages: IEditorLanguageRegistry | null;
-  private _streams = new Map<string, AsyncGenerator<IStreamEvent>>();
+  /** Requests sent, and keystrokes answered from a suggestion instead (for tests and the status). */
+  requests = 0;
+  followed = 0;
+  private _store = new SuggestionStore();
+  private _follows = new Map<string, { suggestion: Suggestion; typed: number; shown: string }>();
+  private _failures = new Map<Suggestion, CompletionFailure>();
+  private _tokens = 0;
+  private _fetches = 0;
+  private _latencies: number[] = [];
+  private _coreDelay = 200;
+  /** The user's typing rhythm (fed by the plugin with every keystroke in an editor). */
+  readonly rhythm = new KeyRhythm();
   private _latest = new LatestRequest();
   private _errors = new ErrorGate();
   private _blockedUntil = 0;
@@ -131,6 +162,19 @@ export class CodestralProvider implements IInlineCompletionProvider {
           type: 'array',
           items: { type: 'string' }
         },
+        skipAfter: {
+          title: 'No automatic request right after',
+          description:
+            'Characters after which no completion is requested while typing (it still is when you ask, Alt+\\).',
+          type: 'array',
+          items: { type: 'string' }
+        },
+        adaptiveDebounce: {
+          title: 'Adaptive delay',
+          description:
+            'Wait longer than the debounce delay when you type slowly or the backend answers slowly, so fewer requests are thrown away (at most 1 s in all).',
+          type: 'boolean'
+        },
         prefetch: {
           title: 'Warm up on cell entry',
           description:
@@ -150,10 +194,18 @@ export class CodestralProvider implements IInlineCompletionProvider {
     };
   }
 
-  configure(settings: Partial<ICodestralSettings> & { enabled?: boolean }): void {
-    const { enabled, ...ours } = settings;
+  configure(
+    settings: Partial<ICodestralSettings> & { enabled?: boolean; debouncerDelay?: number }
+  ): void {
+    const { enabled, debouncerDelay, ...ours } = settings;
     this.enabled = enabled ?? true;
+    this._coreDelay = debouncerDelay ?? 200;
     this.settings = { ...DEFAULT_SETTINGS, ...ours };
+  }
+
+  /** The core's debounce delay for this provider (ms). */
+  get debounceMs(): number {
+    return this._coreDelay;
   }
 
   /** Emitted when a completion starts, ends or fails (for the status bar). */
@@ -177,13 +229,19 @@ export class CodestralProvider implements IInlineCompletionProvider {
     return serverLanguage(name ?? found, fallback);
   }
 
-  /** The request body for the document the completer is in, or null when there is nothing to ask. */
+  /**
+   * The request for the document the completer is in: its body, the
+   * document's id and the place of the cursor (for the suggestion store), or
+   * null when there is nothing to ask.
+   */
   documentBody(
     widget: unknown,
     request: CompletionHandler.IRequest,
     options: IRequestOptions,
     cellId?: string
-  ): ICompletionBody | null {
+  ): ITarget | null {
+    const before = request.text.slice(0, request.offset);
+    const after = request.text.slice(request.offset);
     if (widget instanceof NotebookPanel) {
       const id = cellId ?? widget.content.activeCell?.model.id;
       if (!id) {
@@ -198,21 +256,38 @@ export class CodestralProvider implements IInlineCompletionProvider {
         cell?.cell_type === 'markdown'
           ? 'markdown'
           : this.language(kernelLanguage, request.mimeType, 'python');
-      return notebookRequestBody(cells, id, request, {
+      const notebook =
+        (widget.model?.getMetadata('codestral') as INotebookSettings | undefined) ?? null;
+      const body = notebookRequestBody(cells, id, request, {
         ...options,
         language,
         path: widget.context.path,
         kernelId: widget.sessionContext.session?.kernel?.id ?? null,
-        notebook: (widget.model?.getMetadata('codestral') as INotebookSettings | undefined) ?? null
+        notebook
       });
+      if (!body) {
+        return null;
+      }
+      // What else the model sees: the other cells (and the notebook's switch).
+      const others = cells.filter(c => c.id !== id);
+      const context = hashText(
+        JSON.stringify(notebook),
+        ...others.map(
+          c => `${c.cell_type}\u0000${c.source}\u0000${c.metadata?.tags.join(',') ?? ''}`
+        )
+      );
+      const document = widget.context.path;
+      return { body, document, place: { key: `${document}#${id}`, before, after, context } };
     }
     const doc = widget as IDocumentWidget<FileEditor> | undefined;
     if (doc?.content instanceof FileEditor) {
-      return fileBody(request.text, request.offset, {
+      const body = fileBody(request.text, request.offset, {
         ...options,
         language: this.language(undefined, request.mimeType, 'text'),
         path: doc.context.path
       });
+      const document = doc.context.path;
+      return { body, document, place: { key: document, before, after, context: '' } };
     }
     return null;
   }
@@ -227,33 +302,86 @@ export class CodestralProvider implements IInlineCompletionProvider {
       // takes effect at the click, before that round trip.
       return nothing;
     }
+    const fetchTicket = ++this._fetches;
     const automatic = context.triggerKind === InlineCompletionTriggerKind.Automatic;
     if (automatic && this.settings.trigger === 'manual') {
       return nothing;
     }
-    if (automatic && Date.now() < this._blockedUntil) {
-      return nothing; // rate limited: the status bar says until when
-    }
     // The request comes from the active cell's editor, now: its model id
     // says which cell it is, whatever text the others hold.
-    const body = this.documentBody(context.widget, request, this.options());
-    if (!body || this.settings.skipLanguages.includes(body.language ?? '')) {
+    const target = this.documentBody(context.widget, request, this.options());
+    if (!target || this.settings.skipLanguages.includes(target.body.language ?? '')) {
       return nothing;
+    }
+    // Typing along a suggestion, or back at a place answered before: answer
+    // from it, without asking the server (a streaming one goes on streaming).
+    const followed = this._store.follow(target.document, target.place);
+    if (followed) {
+      this.followed++;
+      return { items: [this._item(followed.suggestion, target.place)] };
+    }
+    if (automatic) {
+      if (Date.now() < this._blockedUntil) {
+        return nothing; // rate limited: the status bar says until when
+      }
+      const lineBefore = target.place.before.slice(target.place.before.lastIndexOf('\n') + 1);
+      const lineAfter = target.place.after.split('\n', 1)[0];
+      if (!worthAsking(lineBefore, lineAfter, this.settings.skipAfter)) {
+        return nothing;
+      }
+      const wait = this.settings.adaptiveDebounce
+        ? adaptiveDelay(this.rhythm.gapMs, this._expectedLatency(), this._coreDelay)
+        : 0;
+      if (wait > 0) {
+        await new Promise(resolve => setTimeout(resolve, wait));
+        if (fetchTicket !== this._fetches) {
+          return nothing; // another keystroke came meanwhile
+        }
+      }
     }
     // A newer request makes the one in flight useless: abort it, so the
     // server stops the backend too.
-    const { ticket, signal } = this._latest.begin();
-    const token = `codestral-${ticket}`;
-    this._streams.set(token, this._client.complete(body, signal));
-    return { items: [{ insertText: '', isIncomplete: true, token }] };
+    const { signal } = this._latest.begin();
+    const suggestion = new Suggestion(target.place);
+    this._store.add(target.document, suggestion);
+    this.requests++;
+    void this._pump(this._client.complete(target.body, signal), suggestion, target.document);
+    // Until its first text there is nothing to show (an empty ghost would linger when the
+    // answer is empty, an error or "off here").
+    await new Promise<void>(resolve => {
+      const stop = suggestion.listen(() => {
+        if (suggestion.text || suggestion.done) {
+          stop();
+          resolve();
+        }
+      });
+    });
+    const failure = this._failures.get(suggestion);
+    if (failure) {
+      this._failures.delete(suggestion); // shown once, by the completer's own error display
+      return { items: [{ insertText: '', error: { message: failure.message } }] };
+    }
+    if (!suggestion.text) {
+      return nothing;
+    }
+    return { items: [this._item(suggestion, target.place)] };
   }
 
-  async *stream(token: string): AsyncGenerator<{ response: IInlineCompletionItem }> {
-    const events = this._streams.get(token);
-    this._streams.delete(token);
-    if (!events) {
-      return;
-    }
+  /** An item of the core's list for `suggestion` as seen from `place` (streamed from it by token). */
+  private _item(suggestion: Suggestion, place: IPlace): IInlineCompletionItem {
+    const typed = place.before.length - suggestion.place.before.length;
+    const token = `codestral-${++this._tokens}`;
+    const insertText = suggestion.text.slice(typed);
+    this._follows.set(token, { suggestion, typed, shown: insertText });
+    return { insertText, isIncomplete: !suggestion.done, token };
+  }
+
+  /** Read a request's events into its suggestion, whoever shows it (the stream is not the core's to stop). */
+  private async _pump(
+    events: AsyncGenerator<IStreamEvent>,
+    suggestion: Suggestion,
+    document: string
+  ): Promise<void> {
     let text = '';
     this._activity.emit({ state: 'working' });
     try {
@@ -262,48 +390,109 @@ export class CodestralProvider implements IInlineCompletionProvider {
           const { kind, message, retry_after } = event.error;
           throw new CompletionFailure(kind, message, retry_after);
         }
-        if (event.delta) {
-          text += event.delta;
-          yield { response: { insertText: text, isIncomplete: true } };
-        }
         if (event.done && event.off) {
+          this._store.remove(document, suggestion);
+          suggestion.update('', true);
           this._activity.emit({ state: 'off', message: event.off });
           return;
         }
+        if (event.delta) {
+          text += event.delta;
+          suggestion.update(text);
+        }
         if (event.done) {
           this._errors.reset();
-          this._activity.emit({ state: 'idle', firstTokenMs: event.timings?.first_token_ms });
-          yield { response: { insertText: event.completion ?? text, isIncomplete: false } };
+          const firstTokenMs = event.timings?.first_token_ms;
+          if (typeof firstTokenMs === 'number') {
+            this._latencies.push(firstTokenMs);
+            this._latencies.splice(0, this._latencies.length - 20);
+          }
+          this._activity.emit({ state: 'idle', firstTokenMs });
+          suggestion.update(event.completion ?? text, true);
           return;
         }
       }
-      this._activity.emit({ state: 'idle' }); // aborted by a newer request
+      // Aborted by a newer request: it will never be complete, so it answers nothing later.
+      this._store.remove(document, suggestion);
+      suggestion.update(text, true);
+      this._activity.emit({ state: 'idle' });
     } catch (error) {
+      this._store.remove(document, suggestion);
       const failure =
         error instanceof CompletionFailure ? error : new CompletionFailure('error', String(error));
       if (failure.kind === 'cancelled') {
         this._activity.emit({ state: 'idle' });
-        return;
-      }
-      if (failure.kind === 'policy') {
+      } else if (failure.kind === 'policy') {
         // The course policy: not an error to show in the editor, a state for the bar.
         this._activity.emit({ state: 'off', message: failure.message });
+      } else {
+        if (failure.retryAfter) {
+          this._blockedUntil = Date.now() + failure.retryAfter * 1000;
+        }
+        this._activity.emit({
+          state: 'error',
+          message: failure.message,
+          retryAfter: failure.retryAfter
+        });
+        if (this._errors.shouldShow({ kind: failure.kind, message: failure.message })) {
+          this._failures.set(suggestion, failure);
+        }
+      }
+      suggestion.update(text, true);
+    }
+  }
+
+  async *stream(token: string): AsyncGenerator<{ response: IInlineCompletionItem }> {
+    const follow = this._follows.get(token);
+    this._follows.delete(token);
+    if (!follow) {
+      return;
+    }
+    const { suggestion, typed } = follow;
+    let shown = follow.shown;
+    for (;;) {
+      const rest = suggestion.text.slice(typed);
+      const failure = this._failures.get(suggestion);
+      if (failure) {
+        this._failures.delete(suggestion); // shown once
+        yield {
+          response: { insertText: rest, isIncomplete: false, error: { message: failure.message } }
+        };
         return;
       }
-      if (failure.retryAfter) {
-        this._blockedUntil = Date.now() + failure.retryAfter * 1000;
+      if (rest !== shown || suggestion.done) {
+        shown = rest;
+        yield { response: { insertText: rest, isIncomplete: !suggestion.done } };
       }
-      this._activity.emit({
-        state: 'error',
-        message: failure.message,
-        retryAfter: failure.retryAfter
+      if (suggestion.done) {
+        return;
+      }
+      await new Promise<void>(resolve => {
+        const stop = suggestion.listen(() => {
+          stop();
+          resolve();
+        });
       });
-      if (this._errors.shouldShow({ kind: failure.kind, message: failure.message })) {
-        yield {
-          response: { insertText: text, isIncomplete: false, error: { message: failure.message } }
-        };
-      }
     }
+  }
+
+  /** The median first-token time of the recent completions, or null before any. */
+  private _expectedLatency(): number | null {
+    if (!this._latencies.length) {
+      return null;
+    }
+    const sorted = [...this._latencies].sort((a, b) => a - b);
+    return sorted[Math.floor(sorted.length / 2)];
+  }
+
+  /** What is left of our suggestion on screen at the cursor of `editor`'s document, if any. */
+  visibleRest(widget: unknown, text: string, offset: number): string | null {
+    const request = { text, offset, mimeType: undefined } as CompletionHandler.IRequest;
+    const target = this.documentBody(widget, request, this.options());
+    if (!target) {
+      return null;
+    }
+    return this._store.follow(target.document, target.place)?.rest ?? null;
   }
 
   /** Let the model read the prompt of the active cell of `panel` ahead of the first keystroke. */
@@ -326,7 +515,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
       request,
       { ...this.options(), prefetch: true },
       cell.model.id
-    );
+    )?.body;
     if (!body || this.settings.skipLanguages.includes(body.language ?? '')) {
       return;
     }

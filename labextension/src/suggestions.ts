@@ -1,0 +1,343 @@
+/**
+ * Suggestions already made, and what they still offer as the user types.
+ *
+ * One store holds the recent suggestions of each document, the one still
+ * streaming included. A keystroke that follows a suggestion (the text typed
+ * since it was made is the start of it) is answered from it, without asking
+ * the server: the rest stays on screen, and a suggestion still streaming goes
+ * on streaming into it. Coming back to a place answered before (deleting a
+ * character and typing it again) finds the answer the same way. Pure: no
+ * JupyterLab imports, unit-tested in Node.
+ */
+
+/** Where a suggestion was made: the document's cell, the text around the cursor, the rest of the notebook. */
+export interface IPlace {
+  /** The document and the cell (its model id), or the file. */
+  key: string;
+  /** The cell's text before the cursor (code units, as the editor counts). */
+  before: string;
+  /** The cell's text after the cursor. */
+  after: string;
+  /** A hash of everything else the model saw (the other cells); when it changes, old answers are void. */
+  context: string;
+}
+
+/** A suggestion: the place it was made for, its text so far, whether it is complete. */
+export class Suggestion {
+  text = '';
+  done = false;
+  /** Called with the full text so far at each change, and once more when done. */
+  private _listeners = new Set<() => void>();
+
+  constructor(readonly place: IPlace) {}
+
+  update(text: string, done = false): void {
+    this.text = text;
+    this.done = this.done || done;
+    this._listeners.forEach(listener => listener());
+  }
+
+  /** Listen to changes; returns a function that stops listening. */
+  listen(listener: () => void): () => void {
+    this._listeners.add(listener);
+    return () => this._listeners.delete(listener);
+  }
+
+  /** Size in characters, for the store's memory bound. */
+  get size(): number {
+    return this.place.before.length + this.place.after.length + this.text.length;
+  }
+}
+
+/**
+ * What is left of `suggestion` for the user at `place`, or null when the place
+ * does not follow it: another cell, other text after the cursor, other cells
+ * changed, or typed text that departs from the suggestion. An empty string
+ * means the user typed all of it.
+ */
+export function typedAlong(suggestion: Suggestion, place: IPlace): string | null {
+  const made = suggestion.place;
+  if (made.key !== place.key || made.after !== place.after || made.context !== place.context) {
+    return null;
+  }
+  if (!place.before.startsWith(made.before)) {
+    return null;
+  }
+  const typed = place.before.slice(made.before.length);
+  if (!suggestion.text.startsWith(typed)) {
+    return null; // departed, or typed beyond what has streamed so far
+  }
+  return suggestion.text.slice(typed.length);
+}
+
+export interface IStoreLimits {
+  /** Suggestions kept per document. */
+  perDocument: number;
+  /** Documents kept (the least recently used is forgotten first). */
+  documents: number;
+  /** Characters kept over all suggestions (their places and texts). */
+  chars: number;
+}
+
+export const STORE_LIMITS: IStoreLimits = { perDocument: 32, documents: 16, chars: 1_000_000 };
+
+/** The answer for a place: the suggestion it follows and what is left of it. */
+export interface IFollow {
+  suggestion: Suggestion;
+  rest: string;
+}
+
+/** Recent suggestions per document, bounded in entries and memory. */
+export class SuggestionStore {
+  // Map iteration order is insertion order: re-inserting marks as recently used.
+  private _documents = new Map<string, Suggestion[]>();
+  private _chars = 0;
+  private _counted = new Map<Suggestion, number>(); // the size each suggestion is counted at
+
+  constructor(readonly limits: IStoreLimits = STORE_LIMITS) {}
+
+  get size(): number {
+    let n = 0;
+    this._documents.forEach(list => (n += list.length));
+    return n;
+  }
+
+  get chars(): number {
+    return this._chars;
+  }
+
+  /**
+   * The suggestion `place` follows, the one made closest to it first (the
+   * longest `before`), if any still has something to show.
+   */
+  follow(document: string, place: IPlace): IFollow | null {
+    const list = this._documents.get(document);
+    if (!list) {
+      return null;
+    }
+    if (list.length && list[0].place.context !== place.context) {
+      // Another cell changed: what the model said before may not hold.
+      this.forget(document);
+      return null;
+    }
+    let best: IFollow | null = null;
+    for (const suggestion of list) {
+      const rest = typedAlong(suggestion, place);
+      const useful = rest !== null && (rest.length > 0 || !suggestion.done);
+      if (
+        useful &&
+        (!best || suggestion.place.before.length > best.suggestion.place.before.length)
+      ) {
+        best = { suggestion, rest: rest as string };
+      }
+    }
+    if (best) {
+      this._touch(document, list);
+    }
+    return best;
+  }
+
+  /** Keep a new suggestion (it may still be streaming). */
+  add(document: string, suggestion: Suggestion): void {
+    const list = this._documents.get(document) ?? [];
+    if (list.length && list[0].place.context !== suggestion.place.context) {
+      this.forget(document);
+      return this.add(document, suggestion);
+    }
+    list.push(suggestion);
+    this._count(suggestion);
+    // A streaming suggestion grows: count its text again when it is done.
+    const stop = suggestion.listen(() => {
+      if (suggestion.done) {
+        stop();
+        if (this._counted.has(suggestion)) {
+          this._count(suggestion);
+          this._trim();
+        }
+      }
+    });
+    this._touch(document, list);
+    while (list.length > this.limits.perDocument) {
+      this._drop(list, 0);
+    }
+    this._trim();
+  }
+
+  /** Forget a suggestion that will not be completed (its request was aborted). */
+  remove(document: string, suggestion: Suggestion): void {
+    const list = this._documents.get(document);
+    const index = list?.indexOf(suggestion) ?? -1;
+    if (list && index >= 0) {
+      this._drop(list, index);
+    }
+  }
+
+  forget(document: string): void {
+    const list = this._documents.get(document);
+    while (list?.length) {
+      this._drop(list, 0);
+    }
+    this._documents.delete(document);
+  }
+
+  private _touch(document: string, list: Suggestion[]): void {
+    this._documents.delete(document);
+    this._documents.set(document, list);
+    while (this._documents.size > this.limits.documents) {
+      this.forget(this._documents.keys().next().value as string);
+    }
+  }
+
+  private _count(suggestion: Suggestion): void {
+    this._chars += suggestion.size - (this._counted.get(suggestion) ?? 0);
+    this._counted.set(suggestion, suggestion.size);
+  }
+
+  private _drop(list: Suggestion[], index: number): void {
+    const [gone] = list.splice(index, 1);
+    this._chars -= this._counted.get(gone) ?? 0;
+    this._counted.delete(gone);
+  }
+
+  private _trim(): void {
+    // The oldest suggestions of the least recently used documents go first.
+    for (const [document, list] of this._documents) {
+      while (this._chars > this.limits.chars && list.length) {
+        this._drop(list, 0);
+      }
+      if (!list.length) {
+        this._documents.delete(document);
+      }
+      if (this._chars <= this.limits.chars) {
+        return;
+      }
+    }
+  }
+}
+
+/** A short, stable hash of strings (FNV-1a, 32 bits, over UTF-16 code units), as a hex string. */
+export function hashText(...parts: string[]): string {
+  let h = 0x811c9dc5;
+  for (const part of parts) {
+    for (let i = 0; i < part.length; i++) {
+      h ^= part.charCodeAt(i);
+      h = Math.imul(h, 0x01000193);
+    }
+    h ^= 0xff; // a separator, so ("ab", "c") and ("a", "bc") differ
+    h = Math.imul(h, 0x01000193);
+  }
+  return (h >>> 0).toString(16).padStart(8, '0') + ':' + parts.reduce((n, p) => n + p.length, 0);
+}
+
+// -- partial acceptance -----------------------------------------------------------
+
+const WORD = /[\p{L}\p{N}_]/u;
+
+/**
+ * The next word of `text`, as an editor's Ctrl+Right moves: leading spaces
+ * (not past a line end), then an identifier or number, or else one run of
+ * the same kind of punctuation. A line break alone is a word.
+ */
+export function nextWord(text: string): string {
+  if (!text) {
+    return '';
+  }
+  if (text[0] === '\n') {
+    return '\n';
+  }
+  let i = 0;
+  while (i < text.length && (text[i] === ' ' || text[i] === '\t')) {
+    i++;
+  }
+  if (i >= text.length || text[i] === '\n') {
+    return text.slice(0, Math.max(i, 1));
+  }
+  const chars = Array.from(text.slice(i)); // whole code points
+  const isWord = WORD.test(chars[0]);
+  let taken = 0;
+  for (const ch of chars) {
+    if (ch === '\n' || ch === ' ' || ch === '\t') {
+      break;
+    }
+    const word = WORD.test(ch);
+    if (word !== isWord) {
+      break;
+    }
+    if (!isWord && taken > 0 && ch !== chars[0]) {
+      break; // punctuation: one run of the same character ("((" or "==")
+    }
+    taken += ch.length;
+  }
+  return text.slice(0, i + taken);
+}
+
+/** The next line of `text`: up to and with its line break (line breaks it starts with included). */
+export function nextLine(text: string): string {
+  const start = text.length - text.replace(/^\n+/, '').length;
+  const end = text.indexOf('\n', start);
+  return end < 0 ? text : text.slice(0, end + 1);
+}
+
+// -- when to ask ------------------------------------------------------------------
+
+/**
+ * Whether an automatic request makes sense at this cursor: not in the middle
+ * of a word (a character of a name right after the cursor), not right after
+ * one of `skipAfter`.
+ */
+export function worthAsking(lineBefore: string, lineAfter: string, skipAfter: string[]): boolean {
+  const next = Array.from(lineAfter)[0];
+  if (next !== undefined && WORD.test(next)) {
+    return false;
+  }
+  const previous = Array.from(lineBefore).pop();
+  return !(previous !== undefined && skipAfter.includes(previous));
+}
+
+/**
+ * How long to wait after a keystroke before asking, beyond what the core's
+ * debouncer already waited (`coreDelayMs`). In all: at least one and a half
+ * times the user's usual gap between keys (a shorter gap is not a pause: the
+ * next key is coming), and as long as the backend takes to answer (a slow
+ * backend's answer to a brief pause would be thrown away by the next key),
+ * within `min`..`max` ms. So it waits less when the backend answers fast.
+ */
+export function adaptiveDelay(
+  keyGapMs: number | null,
+  expectedLatencyMs: number | null,
+  coreDelayMs: number,
+  min = 100,
+  max = 1000
+): number {
+  const wanted = Math.max(1.5 * (keyGapMs ?? 0), expectedLatencyMs ?? 0);
+  const target = Math.min(max, Math.max(min, wanted));
+  return Math.max(0, Math.round(target - coreDelayMs));
+}
+
+/** The user's usual gap between keystrokes (the median of recent ones, pauses left out). */
+export class KeyRhythm {
+  private _gaps: number[] = [];
+  private _last = 0;
+
+  constructor(
+    readonly pauseMs = 1000,
+    readonly window = 30
+  ) {}
+
+  note(now: number): void {
+    const gap = now - this._last;
+    this._last = now;
+    if (gap > 0 && gap < this.pauseMs) {
+      this._gaps.push(gap);
+      this._gaps.splice(0, this._gaps.length - this.window);
+    }
+  }
+
+  get gapMs(): number | null {
+    if (this._gaps.length < 3) {
+      return null;
+    }
+    const sorted = [...this._gaps].sort((a, b) => a - b);
+    return sorted[Math.floor(sorted.length / 2)];
+  }
+}
