@@ -108,7 +108,8 @@ def jupyter_server(*args: str, env: dict[str, str] | None = None) -> Iterator[tu
         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.log_level=WARN", *args,
     ]
     child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")} | (env or {})
-    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.DEVNULL, stderr=log)
+    # Started in its root folder: what the notebooks' cells write (kernels run there) stays out of the tree.
+    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.DEVNULL, stderr=log, cwd=root)
     headers = {"Authorization": f"token {token}"}
     base = f"http://127.0.0.1:{port}"
     try:

@@ -71,6 +71,7 @@ class Results:
     prefetch_ms: list[float] = field(default_factory=list)  # reading the cell's whole prompt, unwarmed
     exact: list[bool] = field(default_factory=list)
     similarity: list[float] = field(default_factory=list)  # one per case, in the cases' order
+    completions: list[str] = field(default_factory=list)  # the quality probe's, one per case
     errors: int = 0
     memory_mb: float = 0.0
 
@@ -141,6 +142,7 @@ def run_config(spec: str, cases: list[Case], every: int, max_requests: int, befo
                         exact, similarity = score(completion, case.target)
                         results.exact.append(exact)
                         results.similarity.append(similarity)
+                        results.completions.append(completion)
             results.memory_mb = server_memory_mb(proc)
     return results
 
@@ -313,6 +315,7 @@ def main() -> None:
     parser.add_argument("--configs", default="before,stable")
     parser.add_argument("--before", default="6e1d113", help="git revision of the 'before' configuration")
     parser.add_argument("--notebooks", type=Path, default=BENCH_NOTEBOOKS)
+    parser.add_argument("--log", type=Path, help="write each case's quality probe per configuration here (JSON lines)")
     parser.add_argument("--along", action="store_true", help="what the user sees, with and without typing along")
     parser.add_argument("--cps", type=float, default=5.0, help="--along: characters a second")
     parser.add_argument("--think", type=float, default=0.8, help="--along: seconds paused after each word")
@@ -338,6 +341,12 @@ def main() -> None:
         sim = sum(r.similarity) / max(1, len(r.similarity))
         print(f"{name:<{width}}{warm['median']:>14.0f}{warm['p95']:>8.0f}{cold['median']:>14.0f}{cold['p95']:>8.0f}"
               f"{exact:>7.2f}{sim:>9.3f}{r.errors:>7}{r.memory_mb:>10.0f}")
+    if args.log:
+        with args.log.open("w") as log:
+            for name, r in table.items():
+                for case, completion, sim in zip(cases, r.completions, r.similarity, strict=False):
+                    log.write(json.dumps({"config": name, "case": f"{case.notebook}#{case.cell_index}:{case.line_index}",
+                                          "target": case.target, "completion": completion, "similarity": sim}) + "\n")
     names = list(table)
     if len(names) >= 2 and all(len(table[n].similarity) == len(cases) for n in names[:2]):
         first, second = (table[n].similarity for n in names[:2])
