@@ -18,7 +18,7 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
-from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Config
 from traitlets.config.loader import DeferredConfig, DeferredConfigString, LazyConfigValue
 
@@ -122,6 +122,21 @@ class CodestralExtension(ExtensionApp):
         "backends with repository tokens) a 'file' of its own before it.",
     ).tag(config=True)
     kernel_timeout = Float(1.0, help="Seconds to wait for the kernel's summary before going without.").tag(config=True)
+    backends = Dict(
+        help="Several backends at once, by name: {'codestral': {'backend': 'mistral'}, 'embedded': {'backend': "
+        "'embedded'}, 'strong': {'backend': 'openai', 'url': 'http://gpu-box:8000', 'model': '...'}}. Each may also "
+        "set url, model, api_key_env (the variable holding its key), fim_template, prompt_layout, redact_secrets, "
+        "first_token_timeout_ms (how long it may take to its first text before the next backend of the route takes "
+        "over; 1500 for remote backends) and cooldown_ms (how long a failed backend is skipped at first; it doubles "
+        "with each failure). Empty: the single backend of the settings above. "
+        "Default: $JUPYTER_CODESTRAL_BACKENDS (a JSON object).",
+    ).tag(config=True)
+    routes = Dict(
+        help="Which backends serve each kind of completion, in order of preference (the next takes over when one "
+        "fails): {'line': ['embedded'], 'block': ['codestral', 'embedded'], 'comment': [...], 'markdown': [...]}. "
+        "Default: $JUPYTER_CODESTRAL_ROUTES (a JSON object), else every backend, in the order given, for line, "
+        "block and comment completions (markdown only when configured).",
+    ).tag(config=True)
     disabled_paths = List(
         Unicode(),
         help="Course policy: glob patterns, relative to the server's root, of notebooks and files where "
@@ -304,6 +319,31 @@ class CodestralExtension(ExtensionApp):
         if value <= 0:  # 0 used to mean "the backend's default": it still does
             return int(getattr(self.kind, proposal.trait.name))
         return value
+
+    @default("backends")
+    def _default_backends(self) -> dict[str, Any]:
+        return self._json_object("backends", "JUPYTER_CODESTRAL_BACKENDS")
+
+    @default("routes")
+    def _default_routes(self) -> dict[str, Any]:
+        return self._json_object("routes", "JUPYTER_CODESTRAL_ROUTES")
+
+    def _json_object(self, trait: str, variable: str) -> dict[str, Any]:
+        named = self._env(trait, variable)
+        if named is None:
+            return {}
+        try:
+            value = json.loads(named)
+        except ValueError as error:
+            self._verdict(trait, f"{variable} is not valid JSON ({error}).")
+            return {}
+        good = isinstance(value, dict)
+        self._verdict(trait, None if good else f"{variable} must be a JSON object; it is {named!r}.")
+        return value if good else {}
+
+    def routing_problem(self, trait: str, problem: str | None) -> None:
+        """Record what is wrong with the backends or routes (found when the router is assembled)."""
+        self._verdict(trait, problem)
 
     @default("disabled_paths")
     def _default_disabled_paths(self) -> list[str]:

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from tornado import web
 
-from .backends import KINDS, Backend, BackendSettings, create_backend
-from .backends.mistral import mistral_key
+from .backends import ALIASES, KINDS, Backend, BackendSettings, create_backend
+from .backends.mistral import mistral_key, mistral_url
 from .context import ContextBudget
 from .kernel_summary import KernelNamespace
 from .policy import PathPolicy
 from .ratelimit import UserRateLimiter
 from .request import RequestLimits
+from .routing import COOLDOWN_FIRST_MS, REMOTE_FIRST_TOKEN_TIMEOUT_MS, Router, RouteSpec, parse_routes
 from .service import CompletionService, ServiceLimits, SessionPaths
 from .templates import PromptFormat
 
@@ -103,14 +104,109 @@ def session_path_lookup(app: CodestralExtension) -> SessionPaths | None:
     return paths
 
 
+# What each entry of CodestralExtension.backends may say.
+SPEC_KEYS = frozenset(
+    {
+        "backend",
+        "url",
+        "model",
+        "api_key_env",
+        "fim_template",
+        "prompt_layout",
+        "redact_secrets",
+        "first_token_timeout_ms",
+        "cooldown_ms",
+    }
+)
+
+
+def route_spec(app: CodestralExtension, name: str, raw: Any) -> RouteSpec:
+    """One named backend, from the single-backend settings with its own overrides; ValueError says what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f'backends[{name!r}] must be an object like {{"backend": "mistral"}}.')
+    unknown = sorted(set(raw) - SPEC_KEYS)
+    if unknown:
+        raise ValueError(
+            f"backends[{name!r}] has unknown setting {unknown[0]!r}; known: {', '.join(sorted(SPEC_KEYS))}."
+        )
+    kind_name = str(raw.get("backend", "")).strip().lower()
+    kind_name = ALIASES.get(kind_name, kind_name)
+    if kind_name not in KINDS:
+        raise ValueError(
+            f"backends[{name!r}]: unknown backend {raw.get('backend')!r}; choose one of {', '.join(KINDS)}."
+        )
+    kind = KINDS[kind_name]
+    url = str(raw.get("url") or (mistral_url(os.environ) if kind_name == "mistral" else kind.url)).rstrip("/")
+    if kind_name != "embedded" and not url.startswith(("http://", "https://")):
+        raise ValueError(f"backends[{name!r}]: the URL must start with http:// or https://; it is {url!r}.")
+    key_env = raw.get("api_key_env")
+    api_key: str | None
+    key_name: str | None
+    if key_env:
+        api_key, key_name = os.environ.get(str(key_env), "").strip() or None, str(key_env)
+    elif kind_name == "mistral":
+        api_key, key_name = mistral_key(url, os.environ)
+    else:
+        api_key, key_name = None, None
+    numbers: dict[str, float | None] = {}
+    for field_name, fallback in (
+        ("first_token_timeout_ms", None if kind_name == "embedded" else REMOTE_FIRST_TOKEN_TIMEOUT_MS),
+        ("cooldown_ms", COOLDOWN_FIRST_MS),
+    ):
+        value = raw.get(field_name, fallback)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise ValueError(f"backends[{name!r}].{field_name} must be a positive number of milliseconds.")
+        numbers[field_name] = value
+    redact = raw.get("redact_secrets", redacts_secrets(app) if kind_name == app.backend else kind_name != "embedded")
+    settings = replace(
+        backend_settings(app),
+        backend=kind_name,
+        url=url,
+        model=str(raw.get("model") or kind.model),
+        api_key=api_key,
+        key_name=key_name,
+        prompt=PromptFormat(
+            raw.get("prompt_layout") or kind.layout, raw.get("fim_template"), app.kernel_placement == "file"
+        ),
+        redact_secrets=bool(redact),
+    )
+    return RouteSpec(name, settings, numbers["first_token_timeout_ms"], numbers["cooldown_ms"] or COOLDOWN_FIRST_MS)
+
+
+def routed_backend(app: CodestralExtension) -> Backend | None:
+    """The router over ``app.backends`` (None when there are none, or they cannot work: the problem is recorded)."""
+    if not app.backends:
+        if app.routes:
+            app.routing_problem("routes", "routes are set but no backends are named (CodestralExtension.backends).")
+        return None
+    try:
+        specs = {name: route_spec(app, name, raw) for name, raw in app.backends.items()}
+    except ValueError as error:
+        app.routing_problem("backends", str(error))
+        return None
+    try:
+        routes = (
+            parse_routes(app.routes, set(specs))
+            if app.routes
+            else {kind: tuple(specs) for kind in ("line", "block", "comment")}
+        )
+    except ValueError as error:
+        app.routing_problem("routes", str(error))
+        return None
+    router = Router(specs, routes)
+    router.attach({name: create_backend(spec.settings) for name, spec in specs.items()})
+    return router
+
+
 def build_service(app: CodestralExtension, **overrides: Any) -> CompletionService:
     settings = backend_settings(app)
+    router = routed_backend(app)
     kernels = None
     manager = getattr(app.serverapp, "kernel_manager", None) if app.serverapp is not None else None
     if app.kernel_context and manager is not None:
         kernels = KernelNamespace(manager, timeout=app.kernel_timeout)
     return CompletionService(
-        usable_backend(app, settings),
+        router or usable_backend(app, settings),
         context_budget(app),
         ServiceLimits(
             max_body_bytes=app.max_body_bytes,

@@ -76,8 +76,8 @@ class CompleteHandler(CodestralHandler):
                     self.write(json.dumps(event) + "\n")
                     await self.flush()
                 elif "done" in event:
-                    reply = {k: event[k] for k in ("completion", "timings", "off") if k in event}
-                    self.finish({**reply, **self.service.backend.describe()})
+                    reply = {k: v for k, v in event.items() if k != "done"}
+                    self.finish({**self.service.backend.summary(), **reply})
             if streaming:
                 self.finish()
         except CompletionError as error:

@@ -19,6 +19,7 @@ from .namespace import KernelState
 from .postprocess import CompletionFilter, options_for
 from .redaction import redact_context
 from .request import CompletionRequest
+from .routing import route_kind
 
 
 def stop_sequences(context: FimContext, single_line: bool) -> tuple[str, ...]:
@@ -51,11 +52,13 @@ async def run_completion(
         context, redactions = redacted.context, redacted.count
     redaction_ms = _ms(time.perf_counter() - redacting)
     options = options_for(context, single_line=request.single_line)
+    route = route_kind(context, options.single_line)
     fim = FimRequest(
         context=context,
         max_tokens=request.max_tokens or max_tokens,
         stop=stop_sequences(context, options.single_line),
         prefetch=request.prefetch,
+        route=route,
     )
     completion = CompletionFilter(options)
     context_done = time.perf_counter()
@@ -77,6 +80,8 @@ async def run_completion(
     yield {
         "done": True,
         "completion": completion.text,
+        "route": route,
+        **fim.outcome,  # a routing backend says which backend answered
         "timings": {
             "context_ms": _ms(context_done - start),
             "first_token_ms": _ms((first_text or end) - start),

@@ -224,7 +224,7 @@ class CompletionService:
                     self.stats.record(event["timings"])
                     if self.log_prompts:
                         self.log.info("codestral completion: %r", event["completion"])
-                    event = {**event, **self._describe()}
+                    event = {**self._describe(), **event}
                 yield event
         except CompletionError as error:
             if error.kind == "cancelled":
@@ -238,7 +238,7 @@ class CompletionService:
             raise
 
     def _describe(self) -> dict[str, Any]:
-        info = self.backend.describe()
+        info = self.backend.summary()
         return {"backend": info["backend"], "model": info["model"]}
 
     def _done_event(self, completion: str, timings: dict[str, Any]) -> Event:

@@ -18,16 +18,21 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 MODEL_CACHE = os.environ.get("JUPYTER_CODESTRAL_CACHE_DIR") or platformdirs.user_cache_dir("jupyter-codestral")
 
 
-@pytest.fixture
-def fake_backend(jp_asyncio_loop: Any) -> Iterator[FakeFimServer]:
+def serve_fake(loop: Any) -> Iterator[FakeFimServer]:
+    """A loopback backend on the test server's event loop, for as long as the fixture lives."""
     fake = FakeFimServer()
 
     async def start() -> None:
         fake.start()
 
-    jp_asyncio_loop.run_until_complete(start())
+    loop.run_until_complete(start())
     yield fake
-    jp_asyncio_loop.run_until_complete(fake.stop())
+    loop.run_until_complete(fake.stop())
+
+
+@pytest.fixture
+def fake_backend(jp_asyncio_loop: Any) -> Iterator[FakeFimServer]:
+    yield from serve_fake(jp_asyncio_loop)
 
 
 @pytest.fixture

@@ -56,6 +56,9 @@ class FimRequest:
     max_tokens: int
     stop: tuple[str, ...] = ()
     prefetch: bool = False  # only read the prompt into the backend's cache; no text wanted
+    route: str = "block"  # the kind of completion (routing.route_kind), for backends that route
+    # Filled in by a routing backend: which backend answered (and why not the first).
+    outcome: dict[str, str] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -88,5 +91,10 @@ class Backend(abc.ABC):
     async def aclose(self) -> None:
         """Release connections and processes."""
 
-    def describe(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        """Who serves completions, in a few fields (for every reply)."""
         return {"backend": self.name, "model": self.settings.model, "base_url": self.settings.url}
+
+    def describe(self) -> dict[str, Any]:
+        """All the status says about the backend."""
+        return self.summary()

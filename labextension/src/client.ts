@@ -25,6 +25,16 @@ export interface IServerStatus {
   };
   /** Asked with a path: whether the course policy allows completions there. */
   policy?: { path: string; allowed: boolean; reason: string | null };
+  /** With several backends: each one's state (a failed one is skipped until `skipped_until`). */
+  backends?: Record<
+    string,
+    {
+      kind: string;
+      state: string;
+      skipped_until: number | null;
+      last_error: { kind: string; message: string } | null;
+    }
+  >;
   /** Whether prompts are redacted before they are sent, and how many secrets were. */
   redaction?: { on: boolean; redacted: number };
 }

@@ -58,6 +58,9 @@ export interface IStreamEvent {
   completion?: string;
   /** Why no completion was made here (the notebook or the cell turned them off). */
   off?: string;
+  /** The route taken and the backend that answered. */
+  route?: string;
+  backend?: string;
   timings?: Record<string, number>;
   error?: IErrorInfo;
 }

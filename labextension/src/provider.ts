@@ -71,6 +71,8 @@ export interface IActivity {
   state: 'idle' | 'working' | 'error' | 'off';
   message?: string;
   firstTokenMs?: number;
+  /** With several backends: the one that answered. */
+  backend?: string;
   retryAfter?: number;
 }
 
@@ -407,7 +409,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
             this._latencies.push(firstTokenMs);
             this._latencies.splice(0, this._latencies.length - 20);
           }
-          this._activity.emit({ state: 'idle', firstTokenMs });
+          this._activity.emit({ state: 'idle', firstTokenMs, backend: event.backend });
           suggestion.update(event.completion ?? text, true);
           return;
         }

@@ -114,6 +114,24 @@ export class CodestralStatus extends Widget {
         detail: `${who}: ${this._activity.message}`
       };
     }
+    const skipped = Object.entries(server.backends ?? {}).filter(
+      ([, b]) => b.state === 'cooling_down' && b.skipped_until
+    );
+    if (skipped.length && server.ready) {
+      // One backend is out for a while; another answers meanwhile.
+      const [name, b] = skipped[0];
+      const until = new Date((b.skipped_until as number) * 1000).toLocaleTimeString();
+      const what = b.last_error?.kind === 'rate_limited' ? 'rate-limited' : 'unavailable';
+      const using =
+        this._activity.backend && this._activity.backend !== name
+          ? this._activity.backend
+          : 'the next backend';
+      return {
+        label: `Codestral: ${name} ${what} until ${until} · using ${using}`,
+        state: 'fallback',
+        detail: `${name}: ${b.last_error?.message ?? what}`
+      };
+    }
     const problem = PROBLEMS[server.state];
     if (problem) {
       const reason = server.last_error?.message ?? problem;

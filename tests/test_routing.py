@@ -1,0 +1,188 @@
+"""Several backends: the route each completion takes, and the fallback when a backend fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import serve_fake, the_app
+from fake_backends import FAKE_KEY, FakeFimServer, Script
+
+from jupyter_codestral.context import ContextBudget, build_context
+from jupyter_codestral.request import parse_completion_request
+from jupyter_codestral.routing import route_kind
+
+# -- route kinds, from real cursor positions ----------------------------------------------
+
+
+def kind_at(source: str, marker: str = "|", language: str = "python", single_line: bool = False) -> str:
+    cursor = source.index(marker)
+    cells = [{"cell_type": "code", "source": "import pandas as pd"},
+             {"cell_type": "markdown" if language == "markdown" else "code", "source": source.replace(marker, "")}]
+    request = parse_completion_request(json.dumps({"cells": cells, "cell_index": 1, "cursor": cursor,
+                                                   "language": language}).encode())
+    return route_kind(build_context(request, ContextBudget(1024, 256)), single_line)
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [
+        ("df = pd.read_csv('x.csv')\ndf.|", "line"),  # the end of a line with code
+        ("total = compute(|, axis=1)", "line"),  # code to the right of the cursor
+        ("df = pd.read_csv('x.csv')\n|", "block"),  # a new line
+        ("def area(r):\n    |", "block"),  # an empty indented line
+        ("", "block"),
+        ("x = 1  # the number of |", "comment"),
+        ("# Load the data and |", "comment"),
+        ('def area(r):\n    """Return the |', "comment"),  # inside a docstring
+        ('s = "# not a comment" + |', "line"),  # a hash inside a string
+    ],
+)
+def test_the_route_kind_follows_the_cursor(source: str, kind: str) -> None:
+    assert kind_at(source + ("|" if "|" not in source else "")) == kind
+
+
+def test_markdown_and_single_line_routes() -> None:
+    assert kind_at("# Results\nThe model |", language="markdown") == "markdown"
+    assert kind_at("df = load()\n|", single_line=True) == "line"
+
+
+# -- over loopback: two backends --------------------------------------------------------------------
+
+
+@pytest.fixture
+def second_backend(jp_asyncio_loop: Any) -> Iterator[FakeFimServer]:
+    for fake in serve_fake(jp_asyncio_loop):
+        fake.script = Script(chunks=["from", "_fallback()"])
+        yield fake
+
+
+
+@pytest.fixture
+def codestral_config(fake_backend: FakeFimServer, second_backend: FakeFimServer,
+                     request: pytest.FixtureRequest) -> dict[str, Any]:
+    primary = {"backend": "mistral", "url": fake_backend.url, "cooldown_ms": 400,
+               **getattr(request, "param", {})}
+    return {
+        "backends": {
+            "codestral": primary,
+            "fallback": {"backend": "openai", "url": second_backend.url, "model": "qwen-fallback",
+                         "api_key_env": "CODESTRAL_API_KEY"},
+        },
+        "routes": {"line": ["codestral", "fallback"], "block": ["fallback"], "comment": ["codestral", "fallback"]},
+    }
+
+
+def end_of(source: str) -> dict[str, Any]:
+    cells = [{"cell_type": "code", "source": "import pandas as pd"}, {"cell_type": "code", "source": source}]
+    return {"cells": cells, "cell_index": 1, "cursor": len(source), "path": "r.ipynb"}
+
+
+async def test_each_reply_says_its_route_and_backend(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer
+) -> None:
+    status, body = await complete(end_of("df."))
+    assert status == 200 and body["route"] == "line" and body["backend"] == "codestral"
+    assert body["completion"] == "df.head()"  # the first backend's text
+    status, lines = await complete({**end_of("df = 1\n"), "stream": True})
+    assert status == 200 and lines[-1]["route"] == "block" and lines[-1]["backend"] == "fallback"
+    assert lines[-1]["completion"] == "from_fallback()"
+    assert fake_backend.request_count == 1 and second_backend.request_count == 1
+
+
+FAILURES = {
+    "unreachable": {},
+    "server_error": {"status": 500},
+    "rate_limited": {"status": 429, "headers": {"Retry-After": "30"}},
+    "first_token_timeout": {"delay_first": 3.0},
+    "key_refused": {"status": 401},
+}
+
+
+@pytest.mark.parametrize("codestral_config", [{"first_token_timeout_ms": 400}], indirect=True)
+@pytest.mark.parametrize("failure", list(FAILURES))
+async def test_the_next_backend_answers_when_the_first_fails(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer, failure: str,
+    jp_serverapp: Any, codestral_config: Any,
+) -> None:
+    if failure == "unreachable":
+        await fake_backend.stop()  # nothing listens there any more
+    else:
+        fake_backend.script = Script(**FAILURES[failure])
+    status, lines = await complete({**end_of("df."), "stream": True})
+    assert status == 200, lines
+    done = lines[-1]
+    assert done["completion"] == "from_fallback()" and done["backend"] == "fallback" and done["route"] == "line"
+    assert done["fallback_reason"]
+    state = the_app(jp_serverapp).service.status()["backends"]["codestral"]
+    assert state["state"] == "cooling_down" and state["last_error"]["message"]
+    if failure == "rate_limited":
+        assert state["skipped_until"] is not None and state["last_error"]["kind"] == "rate_limited"
+
+
+async def test_an_outage_costs_one_failure_then_the_first_backend_comes_back(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer, jp_fetch: Any
+) -> None:
+    fake_backend.script = Script(status=500)
+    status, body = await complete(end_of("df."))
+    assert status == 200 and body["backend"] == "fallback"
+    tried = fake_backend.request_count  # the failure, with its retry
+    for _ in range(3):  # during the cool-down: straight to the fallback, no time lost on the first
+        status, body = await complete(end_of("df."))
+        assert status == 200 and body["backend"] == "fallback" and "fallback_reason" not in body
+    assert fake_backend.request_count == tried
+    status_body = json.loads((await jp_fetch("codestral", "status")).body)
+    assert status_body["backends"]["codestral"]["state"] == "cooling_down"
+    assert status_body["routes"]["line"] == ["codestral", "fallback"]
+    # It recovers; after the cool-down the next request tries it again, and it serves again.
+    fake_backend.script = Script(chunks=["head()"])
+    await asyncio.sleep(0.5)
+    status, body = await complete(end_of("df."))
+    assert status == 200 and body["backend"] == "codestral" and body["completion"] == "head()"
+    status_body = json.loads((await jp_fetch("codestral", "status")).body)
+    assert status_body["backends"]["codestral"]["state"] == "ready"
+
+
+async def test_when_every_backend_fails_the_reply_says_why(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer
+) -> None:
+    fake_backend.script = Script(status=500)
+    second_backend.script = Script(status=500)
+    status, body = await complete(end_of("df."))
+    assert status == 502 and body["error"]["kind"] == "server_error"
+    assert FAKE_KEY not in json.dumps(body)
+
+
+@pytest.mark.parametrize(
+    ("codestral_config", "says"),
+    [
+        ({"backends": {"a": {"backend": "mistral"}}, "routes": {"line": ["b"]}}, "unknown backend 'b'"),
+        ({"backends": {"a": {"backend": "gpt"}}}, "unknown backend 'gpt'"),
+        ({"backends": {"a": {"backend": "openai", "price": 1}}}, "unknown setting 'price'"),
+        ({"backends": {"a": {"backend": "mistral"}}, "routes": {"inline": ["a"]}}, "Unknown route 'inline'"),
+        ({"backends": {"a": {"backend": "openai", "url": "gpu-box:8000"}}}, "must start with http"),
+    ],
+)
+async def test_a_wrong_routing_configuration_is_readable_and_the_server_runs(
+    complete: Any, jp_fetch: Any, codestral_config: Any, says: str
+) -> None:
+    status = json.loads((await jp_fetch("codestral", "status")).body)
+    assert says in status["config_error"] and "CodestralExtension." in status["config_error"]
+    code, body = await complete(end_of("df."))
+    assert code == 503 and says in body["error"]["message"]
+
+
+def test_routing_comes_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jupyter_codestral.app import CodestralExtension
+
+    monkeypatch.setenv("JUPYTER_CODESTRAL_BACKENDS", '{"embedded": {"backend": "local"}}')
+    monkeypatch.setenv("JUPYTER_CODESTRAL_ROUTES", '{"line": ["embedded"]}')
+    app = CodestralExtension()
+    assert app.backends == {"embedded": {"backend": "local"}} and app.routes == {"line": ["embedded"]}
+    monkeypatch.setenv("JUPYTER_CODESTRAL_BACKENDS", "{not json")
+    app = CodestralExtension()
+    assert app.backends == {}
+    assert "JUPYTER_CODESTRAL_BACKENDS is not valid JSON" in app.config_problems["backends"]
