@@ -30,13 +30,16 @@ from .service import CompletionService
 from .templates import LAYOUTS, TEMPLATES
 
 
-def _literal_list(text: str) -> list[Any] | None:
-    """``text`` as a Python or JSON list literal, or None."""
+def _literal(text: str, kind: type) -> Any:
+    """``text`` as a Python or JSON literal of ``kind`` (a list or a dict), or None."""
     try:
-        value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-        return None
-    return value if isinstance(value, list) else None
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            return None
+    return value if isinstance(value, kind) else None
 
 
 class CodestralExtension(ExtensionApp):
@@ -193,17 +196,17 @@ class CodestralExtension(ExtensionApp):
         mine = self._find_my_config(cfg)
         own = self.traits(config=True)
         bad: list[str] = []
-        lists: dict[str, list[Any]] = {}
+        literals: dict[str, Any] = {}
         for name, value in mine.items():
             trait = own.get(name)
             if trait is None or isinstance(value, LazyConfigValue):
                 continue
-            if isinstance(trait, List) and isinstance(value, DeferredConfigString):
-                # A list on the command line, as a literal ("--X.paths=['exams/**']"): traitlets
-                # only reads repeated flags for an extension's lists.
-                parsed = _literal_list(value)
+            if isinstance(trait, List | Dict) and isinstance(value, DeferredConfigString):
+                # A list or dict on the command line, as a literal ("--X.paths=['exams/**']",
+                # "--X.backends={...}"): traitlets reads only repeated flags for an extension's.
+                parsed = _literal(value, list if isinstance(trait, List) else dict)
                 if parsed is not None:
-                    lists[name] = value = parsed
+                    literals[name] = value = parsed
             check = getattr(trait, "validate", None)  # the trait's type check (not our cross-checks)
             try:
                 if check is not None:
@@ -211,13 +214,13 @@ class CodestralExtension(ExtensionApp):
             except (TraitError, ValueError) as error:
                 bad.append(name)
                 self.config_problems[name] = f"CodestralExtension.{name} = {value!r} cannot be used: {error}"
-        if bad or lists:
+        if bad or literals:
             cfg = deepcopy(cfg)
             for section in cfg.values():
                 if isinstance(section, Config):
                     for name in bad:
                         section.pop(name, None)
-                    for name, parsed in lists.items():
+                    for name, parsed in literals.items():
                         if name in section and name not in bad:
                             section[name] = parsed
         super()._load_config(cfg, section_names, traits)

@@ -9,6 +9,7 @@ the embedded model.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import socket
@@ -457,3 +458,25 @@ def test_accepting_the_next_word_and_the_next_line(
         page.keyboard.press("Control+ArrowRight")
         page.keyboard.type("X")
         assert cell_source(page, 4).startswith("ratesX = survival_rate_by_class()"), cell_source(page, 4)
+
+
+def test_with_the_first_backend_down_the_fallback_answers_and_the_bar_says_so(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fallback = fake_backend_threaded
+    fallback.script = Script(chunks=["sum()"])
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    backends = json.dumps({"codestral": {"backend": "mistral", "url": down},
+                           "fallback": {"backend": "mistral", "url": fallback.url}})
+    routes = json.dumps({"line": ["codestral", "fallback"], "block": ["codestral", "fallback"]})
+    with lab_with_backend(tmp_path, fallback, f"--CodestralExtension.backends={backends}",
+                          f"--CodestralExtension.routes={routes}") as url:
+        page = browser_page
+        open_notebook(page, url)
+        type_at_end_of_cell(page, 2, ".")
+        wait_ghost(page, "sum()")
+        page.wait_for_function("() => document.querySelector('.jp-CodestralStatus')?.dataset.state === 'fallback'",
+                               timeout=20_000)
+        label = page.locator(".jp-CodestralStatus").inner_text()
+        assert "codestral unavailable until" in label and "using fallback" in label, label
+        assert "connect" in (page.locator(".jp-CodestralStatus").get_attribute("title") or "").lower()
