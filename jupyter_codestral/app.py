@@ -22,7 +22,7 @@ from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default
 from traitlets.config import Config
 from traitlets.config.loader import DeferredConfig, DeferredConfigString, LazyConfigValue
 
-from .backends import ALIASES, KINDS, BackendKind
+from .backends import KINDS, BackendKind, kind_name, url_problem
 from .backends.mistral import mistral_url
 from .config import build_service
 from .handlers import CompleteHandler, StatusHandler
@@ -244,8 +244,7 @@ class CodestralExtension(ExtensionApp):
         return self._check_backend(proposal.value)
 
     def _check_backend(self, value: str) -> str:
-        value = value.strip().lower()
-        value = ALIASES.get(value, value)
+        value = kind_name(value)
         unknown = f"Unknown backend {value!r}; choose one of {', '.join(KINDS)}."
         self._verdict("backend", None if value in KINDS else unknown)
         return value
@@ -263,8 +262,7 @@ class CodestralExtension(ExtensionApp):
 
     def _check_url(self, value: str) -> str:
         value = value.strip().rstrip("/")
-        bad = self.backend != "embedded" and not value.startswith(("http://", "https://"))
-        self._verdict("url", f"The backend URL must start with http:// or https://; it is {value!r}." if bad else None)
+        self._verdict("url", url_problem(self.backend, value))
         return value
 
     @default("model")

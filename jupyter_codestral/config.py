@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tornado import web
 
-from .backends import ALIASES, KINDS, Backend, BackendSettings, create_backend
+from .backends import KINDS, Backend, BackendSettings, create_backend, kind_name, url_problem
 from .backends.mistral import mistral_key, mistral_url
 from .context import ContextBudget
 from .kernel_summary import KernelNamespace
@@ -83,9 +83,12 @@ def path_policy(app: CodestralExtension) -> PathPolicy:
     return PathPolicy(tuple(app.disabled_paths), None if allowed is None else tuple(allowed))
 
 
-def redacts_secrets(app: CodestralExtension) -> bool:
-    """Whether prompts are redacted: as configured, else for every backend whose prompts leave the process."""
-    return app.redact_secrets if app.redact_secrets is not None else app.backend != "embedded"
+def redacts_secrets(app: CodestralExtension, kind: str | None = None) -> bool:
+    """Whether prompts to a backend of ``kind`` (the configured one by default) are redacted: as
+    configured, else for every backend whose prompts leave the process."""
+    if app.redact_secrets is not None:
+        return app.redact_secrets
+    return (kind or app.backend) != "embedded"
 
 
 def session_path_lookup(app: CodestralExtension) -> SessionPaths | None:
@@ -129,38 +132,37 @@ def route_spec(app: CodestralExtension, name: str, raw: Any) -> RouteSpec:
         raise ValueError(
             f"backends[{name!r}] has unknown setting {unknown[0]!r}; known: {', '.join(sorted(SPEC_KEYS))}."
         )
-    kind_name = str(raw.get("backend", "")).strip().lower()
-    kind_name = ALIASES.get(kind_name, kind_name)
-    if kind_name not in KINDS:
-        raise ValueError(
-            f"backends[{name!r}]: unknown backend {raw.get('backend')!r}; choose one of {', '.join(KINDS)}."
-        )
-    kind = KINDS[kind_name]
-    url = str(raw.get("url") or (mistral_url(os.environ) if kind_name == "mistral" else kind.url)).rstrip("/")
-    if kind_name != "embedded" and not url.startswith(("http://", "https://")):
-        raise ValueError(f"backends[{name!r}]: the URL must start with http:// or https://; it is {url!r}.")
+    kind_id = kind_name(str(raw.get("backend", "")))
+    if kind_id not in KINDS:
+        kinds = ", ".join(KINDS)
+        raise ValueError(f"backends[{name!r}]: unknown backend {raw.get('backend')!r}; choose one of {kinds}.")
+    kind = KINDS[kind_id]
+    url = str(raw.get("url") or (mistral_url(os.environ) if kind_id == "mistral" else kind.url)).strip().rstrip("/")
+    problem = url_problem(kind_id, url)
+    if problem:
+        raise ValueError(f"backends[{name!r}]: {problem}")
     key_env = raw.get("api_key_env")
     api_key: str | None
     key_name: str | None
     if key_env:
         api_key, key_name = os.environ.get(str(key_env), "").strip() or None, str(key_env)
-    elif kind_name == "mistral":
+    elif kind_id == "mistral":
         api_key, key_name = mistral_key(url, os.environ)
     else:
         api_key, key_name = None, None
     numbers: dict[str, float | None] = {}
     for field_name, fallback in (
-        ("first_token_timeout_ms", None if kind_name == "embedded" else REMOTE_FIRST_TOKEN_TIMEOUT_MS),
+        ("first_token_timeout_ms", None if kind_id == "embedded" else REMOTE_FIRST_TOKEN_TIMEOUT_MS),
         ("cooldown_ms", COOLDOWN_FIRST_MS),
     ):
         value = raw.get(field_name, fallback)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
             raise ValueError(f"backends[{name!r}].{field_name} must be a positive number of milliseconds.")
         numbers[field_name] = value
-    redact = raw.get("redact_secrets", redacts_secrets(app) if kind_name == app.backend else kind_name != "embedded")
+    redact = raw.get("redact_secrets", redacts_secrets(app, kind_id))
     settings = replace(
         backend_settings(app),
-        backend=kind_name,
+        backend=kind_id,
         url=url,
         model=str(raw.get("model") or kind.model),
         api_key=api_key,

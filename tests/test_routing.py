@@ -186,3 +186,18 @@ def test_routing_comes_from_the_environment_as_json(monkeypatch: pytest.MonkeyPa
     app = CodestralExtension()
     assert app.backends == {}
     assert "JUPYTER_CODESTRAL_BACKENDS is not valid JSON" in app.config_problems["backends"]
+
+
+def test_the_global_redaction_setting_applies_to_every_named_backend() -> None:
+    from traitlets.config import Config
+
+    from jupyter_codestral.app import CodestralExtension
+    from jupyter_codestral.config import route_spec
+
+    remote = {"backend": "openai", "url": "http://127.0.0.1:9"}
+    default = CodestralExtension()
+    assert route_spec(default, "gpu", remote).settings.redact_secrets
+    assert not route_spec(default, "embedded", {"backend": "embedded"}).settings.redact_secrets
+    off = CodestralExtension(config=Config({"CodestralExtension": {"redact_secrets": False}}))
+    assert not route_spec(off, "gpu", remote).settings.redact_secrets
+    assert route_spec(off, "gpu", {**remote, "redact_secrets": True}).settings.redact_secrets

@@ -40,6 +40,19 @@ KINDS: dict[str, BackendKind] = {
 }
 
 
+def kind_name(value: str) -> str:
+    """A backend kind as written in a configuration, normalised (its former names accepted)."""
+    value = value.strip().lower()
+    return ALIASES.get(value, value)
+
+
+def url_problem(kind: str, url: str) -> str | None:
+    """Why ``url`` cannot reach a backend of ``kind``, or None."""
+    if kind != "embedded" and not url.startswith(("http://", "https://")):
+        return f"The backend URL must start with http:// or https://; it is {url!r}."
+    return None
+
+
 def create_backend(settings: BackendSettings) -> Backend:
     """The backend class named by ``settings.backend``."""
     from .embedded import EmbeddedBackend
@@ -60,4 +73,14 @@ def create_backend(settings: BackendSettings) -> Backend:
     return classes[settings.backend](settings)
 
 
-__all__ = ["ALIASES", "KINDS", "Backend", "BackendKind", "BackendSettings", "FimRequest", "create_backend"]
+__all__ = [
+    "ALIASES",
+    "KINDS",
+    "Backend",
+    "BackendKind",
+    "BackendSettings",
+    "FimRequest",
+    "create_backend",
+    "kind_name",
+    "url_problem",
+]
