@@ -168,3 +168,16 @@ def source_tree(revision: str | None) -> Iterator[dict[str, str]]:
         with tarfile.open(fileobj=BytesIO(archive)) as tar:
             tar.extractall(folder, filter="data")
         yield {"PYTHONPATH": folder + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def pauses(line: str, start: int = 0) -> list[int]:
+    """Where a user typing ``line`` from ``start`` pauses: after each word and each run of punctuation."""
+    points, kind = [], None
+    for i in range(start, len(line)):
+        ch = line[i]
+        now = "word" if (ch.isalnum() or ch == "_") else ("space" if ch.isspace() else "punct")
+        if kind is not None and now != kind and kind != "space":
+            points.append(i)
+        kind = now
+    points.append(len(line))
+    return sorted(set(points))

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from typing import Any
 
 import httpx
 import psutil
-from _common import BENCH_NOTEBOOKS, execute, jupyter_server, load_cells, source_tree, wait_model_ready
+from _common import BENCH_NOTEBOOKS, execute, jupyter_server, load_cells, pauses, source_tree, wait_model_ready
 
 from jupyter_codestral.evaluation import edit_similarity
 from jupyter_codestral.stats import percentile
@@ -95,18 +94,6 @@ class Cell:
 class Results:
     requests: list[Request] = field(default_factory=list)
     memory_mb: float = 0.0
-
-
-def pauses(line: str) -> list[int]:
-    """Where the user pauses while typing ``line``: after each word and each run of punctuation."""
-    points, kind = [], None
-    for i, ch in enumerate(line):
-        now = "word" if (ch.isalnum() or ch == "_") else ("space" if ch.isspace() else "punct")
-        if kind is not None and now != kind and kind != "space":
-            points.append(i)
-        kind = now
-    points.append(len(line))
-    return sorted(set(points))
 
 
 def cells_to_write(notebooks: list[tuple[str, list[dict[str, str]]]], count: int, seed: int,

@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 import psutil
-from _common import BENCH_NOTEBOOKS, jupyter_server, source_tree, summary, wait_model_ready
+from _common import BENCH_NOTEBOOKS, jupyter_server, pauses, source_tree, summary, wait_model_ready
 from tqdm import tqdm
 
 from jupyter_codestral.evaluation import Case, pick_cases, score
@@ -181,19 +181,6 @@ class Along:
     keys: int = 0
 
 
-def word_pauses(line: str, start: int) -> set[int]:
-    """Where the user pauses typing ``line`` from ``start``: after each word and run of punctuation."""
-    points, kind = set(), None
-    for i in range(start, len(line)):
-        ch = line[i]
-        now = "word" if (ch.isalnum() or ch == "_") else ("space" if ch.isspace() else "punct")
-        if kind is not None and now != kind and kind != "space":
-            points.add(i)
-        kind = now
-    points.add(len(line))
-    return points
-
-
 def follows(request: Shown, line: str, typed: int, moment: float) -> str | None:
     """What is left of ``request``'s suggestion for the user who typed ``line[:typed]`` (suggestions.ts's typedAlong)."""
     text = request.text_at(moment)
@@ -207,7 +194,7 @@ async def replay_along(client: httpx.AsyncClient, url: str, case: Case, along: b
                        debounce: float) -> Along:
     """Type ``case``'s line on a real timeline; count requests and keystrokes with a suggestion on screen."""
     line = case.line
-    stops = word_pauses(line, case.typed_from)
+    stops = set(pauses(line, case.typed_from))
     made: list[Shown] = []
     keys: list[tuple[float, int]] = []  # (time, characters typed) after each key
     inflight: asyncio.Task[None] | None = None
