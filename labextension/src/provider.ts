@@ -350,14 +350,9 @@ export class CodestralProvider implements IInlineCompletionProvider {
     void this._pump(this._client.complete(target.body, signal), suggestion, target.document);
     // Until its first text there is nothing to show (an empty ghost would linger when the
     // answer is empty, an error or "off here").
-    await new Promise<void>(resolve => {
-      const stop = suggestion.listen(() => {
-        if (suggestion.text || suggestion.done) {
-          stop();
-          resolve();
-        }
-      });
-    });
+    if (!suggestion.text && !suggestion.done) {
+      await suggestion.changed(() => !!suggestion.text || suggestion.done);
+    }
     const failure = this._failures.get(suggestion);
     if (failure) {
       this._failures.delete(suggestion); // shown once, by the completer's own error display
@@ -469,12 +464,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
       if (suggestion.done) {
         return;
       }
-      await new Promise<void>(resolve => {
-        const stop = suggestion.listen(() => {
-          stop();
-          resolve();
-        });
-      });
+      await suggestion.changed();
     }
   }
 

@@ -43,6 +43,18 @@ export class Suggestion {
     return () => this._listeners.delete(listener);
   }
 
+  /** Resolves at the next change after which `until` holds (any change by default). */
+  changed(until: () => boolean = () => true): Promise<void> {
+    return new Promise(resolve => {
+      const stop = this.listen(() => {
+        if (until()) {
+          stop();
+          resolve();
+        }
+      });
+    });
+  }
+
   /** Size in characters, for the store's memory bound. */
   get size(): number {
     return this.place.before.length + this.place.after.length + this.text.length;

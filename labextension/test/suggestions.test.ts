@@ -63,6 +63,18 @@ test('a suggestion still streaming keeps streaming into what is left of it', () 
   assert.equal(s.done, true);
 });
 
+test('waiting for a change resolves at the first change that satisfies the condition', async () => {
+  const s = new Suggestion(at('x = '));
+  const seen: string[] = [];
+  const anyChange = s.changed().then(() => seen.push(`any:${s.text}`));
+  const someText = s.changed(() => s.text.length >= 3).then(() => seen.push(`text:${s.text}`));
+  s.update('f');
+  await anyChange;
+  s.update('f(1');
+  await someText;
+  assert.deepEqual(seen, ['any:f', 'text:f(1']);
+});
+
 test('the store answers from the suggestion made closest to the cursor', () => {
   const store = new SuggestionStore();
   store.add('nb', made(at('x = '), 'compute(a, b)'));
