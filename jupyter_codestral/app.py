@@ -129,16 +129,30 @@ class CodestralExtension(ExtensionApp):
         help="Several backends at once, by name: {'codestral': {'backend': 'mistral'}, 'embedded': {'backend': "
         "'embedded'}, 'strong': {'backend': 'openai', 'url': 'http://gpu-box:8000', 'model': '...'}}. Each may also "
         "set url, model, api_key_env (the variable holding its key), fim_template, prompt_layout, redact_secrets, "
-        "first_token_timeout_ms (how long it may take to its first text before the next backend of the route takes "
-        "over; 1500 for remote backends) and cooldown_ms (how long a failed backend is skipped at first; it doubles "
-        "with each failure). Empty: the single backend of the settings above. "
+        "price_per_million ({'input': 0.3, 'output': 0.9}), first_token_timeout_ms (how long it may take to its "
+        "first text before the next backend of the route takes over; 1500 for remote backends) and cooldown_ms "
+        "(how long a failed backend is skipped at first; it doubles with each failure). Empty: the single "
+        "backend of the settings above (with only a Codestral key set: "
+        "Codestral, and the embedded model when Codestral fails). "
         "Default: $JUPYTER_CODESTRAL_BACKENDS (a JSON object).",
     ).tag(config=True)
     routes = Dict(
         help="Which backends serve each kind of completion, in order of preference (the next takes over when one "
         "fails): {'line': ['embedded'], 'block': ['codestral', 'embedded'], 'comment': [...], 'markdown': [...]}. "
+        "A route may also hedge: {'block': {'backends': ['strong', 'embedded'], 'hedge_ms': 400}} starts the next "
+        "backend too when the first has sent no text after 400 ms; the first to send text answers. "
         "Default: $JUPYTER_CODESTRAL_ROUTES (a JSON object), else every backend, in the order given, for line, "
         "block and comment completions (markdown only when configured).",
+    ).tag(config=True)
+    price_per_million = Dict(
+        help="What the single backend costs per million tokens, {'input': 0.3, 'output': 0.9}, for the usage table "
+        "(named backends set their own price_per_million). Empty: no cost shown.",
+    ).tag(config=True)
+    usage_file = Unicode(
+        "",
+        help="A JSON file where the usage table (requests and tokens per backend and day) is kept across restarts. "
+        "Empty (the default): usage is counted for the server's life only and written nowhere. "
+        "Default: $JUPYTER_CODESTRAL_USAGE_FILE.",
     ).tag(config=True)
     disabled_paths = List(
         Unicode(),
@@ -169,6 +183,7 @@ class CodestralExtension(ExtensionApp):
     # -- where values came from, and what is wrong with them ------------------------
     def __init__(self, **kwargs: Any) -> None:
         self.config_problems: dict[str, str] = {}
+        self.backend_from_key = False
         self._from_env: dict[str, str] = {}  # trait -> the variable its value came from
         super().__init__(**kwargs)
 
@@ -237,6 +252,7 @@ class CodestralExtension(ExtensionApp):
         if named is not None:
             return self._check_backend(named)
         keys = any(os.environ.get(k, "").strip() for k in ("CODESTRAL_API_KEY", "MISTRAL_API_KEY"))
+        self.backend_from_key = keys  # nothing chose a backend, a key did: Codestral with a fallback
         return "mistral" if keys else "embedded"
 
     @validate("backend")
@@ -345,6 +361,10 @@ class CodestralExtension(ExtensionApp):
     def routing_problem(self, trait: str, problem: str | None) -> None:
         """Record what is wrong with the backends or routes (found when the router is assembled)."""
         self._verdict(trait, problem)
+
+    @default("usage_file")
+    def _default_usage_file(self) -> str:
+        return self._env("usage_file", "JUPYTER_CODESTRAL_USAGE_FILE") or ""
 
     @default("disabled_paths")
     def _default_disabled_paths(self) -> list[str]:

@@ -20,9 +20,18 @@ from .kernel_summary import KernelNamespace
 from .policy import PathPolicy
 from .ratelimit import UserRateLimiter
 from .request import RequestLimits
-from .routing import COOLDOWN_FIRST_MS, REMOTE_FIRST_TOKEN_TIMEOUT_MS, Router, RouteSpec, parse_routes
+from .routing import (
+    COOLDOWN_FIRST_MS,
+    REMOTE_FIRST_TOKEN_TIMEOUT_MS,
+    ROUTE_KINDS,
+    Route,
+    Router,
+    RouteSpec,
+    parse_routes,
+)
 from .service import CompletionService, ServiceLimits, SessionPaths
 from .templates import PromptFormat
+from .usage import Price, UsageLedger
 
 if TYPE_CHECKING:
     from .app import CodestralExtension
@@ -119,6 +128,7 @@ SPEC_KEYS = frozenset(
         "redact_secrets",
         "first_token_timeout_ms",
         "cooldown_ms",
+        "price_per_million",
     }
 )
 
@@ -172,17 +182,32 @@ def route_spec(app: CodestralExtension, name: str, raw: Any) -> RouteSpec:
         ),
         redact_secrets=bool(redact),
     )
-    return RouteSpec(name, settings, numbers["first_token_timeout_ms"], numbers["cooldown_ms"] or COOLDOWN_FIRST_MS)
+    price = Price.parse(raw.get("price_per_million"), f"backends[{name!r}].price_per_million")
+    return RouteSpec(
+        name, settings, numbers["first_token_timeout_ms"], numbers["cooldown_ms"] or COOLDOWN_FIRST_MS, price
+    )
 
 
-def routed_backend(app: CodestralExtension) -> Backend | None:
-    """The router over ``app.backends`` (None when there are none, or they cannot work: the problem is recorded)."""
-    if not app.backends:
+def default_backends(app: CodestralExtension) -> dict[str, Any]:
+    """What serves completions when no backends are named: with only a Codestral (or Mistral) key set,
+    Codestral, and the embedded model when Codestral fails (loaded only then); else nothing named."""
+    if app.backends or app.routes or app.backend != "mistral" or not app.backend_from_key:
+        return app.backends
+    return {
+        "codestral": {"backend": "mistral", "url": app.url, "model": app.model},
+        "embedded": {"backend": "embedded"},
+    }
+
+
+def routed_backend(app: CodestralExtension) -> Router | None:
+    """The router over the named backends (None when there are none, or they cannot work: the problem is recorded)."""
+    named = default_backends(app)
+    if not named:
         if app.routes:
             app.routing_problem("routes", "routes are set but no backends are named (CodestralExtension.backends).")
         return None
     try:
-        specs = {name: route_spec(app, name, raw) for name, raw in app.backends.items()}
+        specs = {name: route_spec(app, name, raw) for name, raw in named.items()}
     except ValueError as error:
         app.routing_problem("backends", str(error))
         return None
@@ -190,7 +215,7 @@ def routed_backend(app: CodestralExtension) -> Backend | None:
         routes = (
             parse_routes(app.routes, set(specs))
             if app.routes
-            else {kind: tuple(specs) for kind in ("line", "block", "comment")}
+            else {kind: Route(tuple(specs)) for kind in ROUTE_KINDS if kind != "markdown"}
         )
     except ValueError as error:
         app.routing_problem("routes", str(error))
@@ -200,16 +225,33 @@ def routed_backend(app: CodestralExtension) -> Backend | None:
     return router
 
 
+def usage_ledger(app: CodestralExtension, backend: Backend, chars_per_token: float) -> UsageLedger:
+    """The usage table, with the prices configured for each backend."""
+    if isinstance(backend, Router):
+        prices = {name: spec.price for name, spec in backend.specs.items() if spec.price is not None}
+    else:
+        try:
+            price = Price.parse(app.price_per_million or None, "CodestralExtension.price_per_million")
+        except ValueError as error:
+            app.routing_problem("price_per_million", str(error))
+            price = None
+        prices = {backend.label: price} if price is not None else {}
+    return UsageLedger(prices, chars_per_token, app.usage_file or None)
+
+
 def build_service(app: CodestralExtension, **overrides: Any) -> CompletionService:
     settings = backend_settings(app)
     router = routed_backend(app)
+    backend = router or usable_backend(app, settings)
+    budget = context_budget(app)
+    usage = usage_ledger(app, backend, budget.chars_per_token)  # before config_error: a bad price is one
     kernels = None
     manager = getattr(app.serverapp, "kernel_manager", None) if app.serverapp is not None else None
     if app.kernel_context and manager is not None:
         kernels = KernelNamespace(manager, timeout=app.kernel_timeout)
     return CompletionService(
-        router or usable_backend(app, settings),
-        context_budget(app),
+        backend,
+        budget,
         ServiceLimits(
             max_body_bytes=app.max_body_bytes,
             request=RequestLimits(max_cells=app.max_cells, max_total_chars=app.max_body_bytes),
@@ -222,5 +264,6 @@ def build_service(app: CodestralExtension, **overrides: Any) -> CompletionServic
         config_error=config_error(app),
         log_prompts=app.log_prompts,
         log=app.log,
+        usage=usage,
         **overrides,
     )

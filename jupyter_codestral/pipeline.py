@@ -20,6 +20,7 @@ from .postprocess import CompletionFilter, options_for
 from .redaction import redact_context
 from .request import CompletionRequest
 from .routing import route_kind
+from .usage import UsageLedger
 
 
 def stop_sequences(context: FimContext, single_line: bool) -> tuple[str, ...]:
@@ -42,6 +43,7 @@ async def run_completion(
     budget: ContextBudget,
     max_tokens: int,
     kernel: KernelState | None = None,
+    ledger: UsageLedger | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     start = time.perf_counter()
     context = build_context(request, budget, kernel)
@@ -59,12 +61,13 @@ async def run_completion(
         stop=stop_sequences(context, options.single_line),
         prefetch=request.prefetch,
         route=route,
+        ledger=ledger,
     )
     completion = CompletionFilter(options)
     context_done = time.perf_counter()
     first_text: float | None = None
 
-    async with aclosing(backend.stream(fim)) as pieces:
+    async with aclosing(backend.serve(fim)) as pieces:
         async for piece in pieces:
             delta = completion.feed(piece)
             if delta:

@@ -33,6 +33,7 @@ from .backends.base import Backend, BackendSettings, FimRequest
 from .context import FimContext
 from .errors import BackendError, CompletionError, backend_error
 from .stats import percentile
+from .usage import Price
 
 ROUTE_KINDS = ("line", "block", "comment", "markdown")
 
@@ -67,6 +68,7 @@ class RouteSpec:
     settings: BackendSettings
     first_token_timeout_ms: float | None  # None: wait as long as the backend's own timeout
     cooldown_ms: float = COOLDOWN_FIRST_MS
+    price: Price | None = None  # per million tokens, for the usage table
 
 
 @dataclass
@@ -99,12 +101,63 @@ class Health:
         self.last_error = {**error.to_json()["error"], "at": time.time()}
 
 
+@dataclass(frozen=True)
+class Route:
+    """The backends for one kind of completion, in order of preference."""
+
+    backends: tuple[str, ...]
+    hedge_ms: float | None = None  # start the next backend too after this long without text
+
+
+async def _first_piece(pieces: AsyncGenerator[str, None]) -> str | None:
+    """The stream's first piece (None: it ended without text)."""
+    try:
+        return await anext(pieces)
+    except StopAsyncIteration:
+        return None
+
+
+@dataclass
+class Attempt:
+    """One backend of a route working on the request, and the wait for its first text."""
+
+    name: str
+    spec: RouteSpec
+    pieces: AsyncGenerator[str, None]
+    first: asyncio.Task[str | None]
+    started: float  # perf_counter seconds
+    deadline: float | None  # monotonic seconds: no text by then, and the next backend takes over
+
+    @classmethod
+    def start(cls, name: str, router: Router, request: FimRequest) -> Attempt:
+        pieces = router.backends[name].serve(request)
+        spec = router.specs[name]
+        timeout = spec.first_token_timeout_ms
+        return cls(
+            name,
+            spec,
+            pieces,
+            asyncio.ensure_future(_first_piece(pieces)),
+            time.perf_counter(),
+            time.monotonic() + timeout / 1000 if timeout else None,
+        )
+
+    def overdue(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    async def abandon(self) -> None:
+        """Stop it at once: the backend's call is cancelled (an HTTP backend's connection closed)."""
+        self.first.cancel()
+        await asyncio.wait([self.first])
+        await self.pieces.aclose()
+
+
 class Router(Backend):
     """A backend made of named backends and the routes between them."""
 
     name = "routed"
 
-    def __init__(self, specs: Mapping[str, RouteSpec], routes: Mapping[str, tuple[str, ...]]) -> None:
+    def __init__(self, specs: Mapping[str, RouteSpec], routes: Mapping[str, Route]) -> None:
         first = next(iter(specs.values()))
         super().__init__(first.settings)
         self.specs = dict(specs)
@@ -117,72 +170,101 @@ class Router(Backend):
 
     def attach(self, backends: Mapping[str, Backend]) -> None:
         self.backends = dict(backends)
+        for name, backend in self.backends.items():
+            backend.label = name
         self.supports_prefetch = any(b.supports_prefetch for b in self.backends.values())
 
     # -- lifetime ----------------------------------------------------------------------
     async def start(self) -> None:
-        for backend in self.backends.values():
-            await backend.start()
+        # Backends that only stand in for another start when first needed (the embedded model
+        # behind Codestral loads only if Codestral fails).
+        leading = {route.backends[0] for route in self.routes.values()}
+        for name in leading:
+            await self.backends[name].start()
 
     async def aclose(self) -> None:
         for backend in self.backends.values():
             await backend.aclose()
 
     # -- serving -----------------------------------------------------------------------
+    def serve(self, request: FimRequest) -> AsyncGenerator[str, None]:
+        return self.stream(request)  # each backend's call is counted, not the router's
+
     def _hide_keys(self, text: str) -> str:
         for backend in self.backends.values():
             text = backend.settings.redact(text)
         return text
 
     async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
-        chain = self.routes.get(request.route, ())
-        if not chain:
+        route = self.routes.get(request.route)
+        if route is None:
             return  # no backend for this kind of completion: nothing to show
+        chain = route.backends
         if request.prefetch:
             chain = tuple(n for n in chain if self.backends[n].supports_prefetch)[:1]
             if not chain:
                 return
         now = time.monotonic()
         # Backends cooling down are skipped, unless all of them are.
-        ready = [name for name in chain if self.health[name].available(now)] or list(chain)
+        waiting = [name for name in chain if self.health[name].available(now)] or list(chain)
+        running: list[Attempt] = []
+        winner: Attempt | None = None
         last_error: CompletionError | None = None
-        for name in ready:
-            started = time.perf_counter()
-            pieces = self.backends[name].stream(request)
-            spec = self.specs[name]
-            try:
-                timeout = spec.first_token_timeout_ms
-                first = await asyncio.wait_for(anext(pieces), timeout / 1000 if timeout else None)
-            except StopAsyncIteration:
-                first = None  # an empty completion is an answer
-            except TimeoutError:
-                await pieces.aclose()
-                last_error = backend_error(
-                    "timeout", f"{name} sent no text within {spec.first_token_timeout_ms:.0f} ms."
-                )
-                self.health[name].failed(last_error, spec.cooldown_ms)
-                continue
-            except CompletionError as error:
-                await pieces.aclose()
-                if error.kind == "cancelled":
-                    raise
-                error.message = self._hide_keys(error.message)
-                last_error = error
-                self.health[name].failed(error, spec.cooldown_ms)
-                continue
-            self.health[name].succeeded((time.perf_counter() - started) * 1000)
-            request.outcome["backend"] = name
-            if last_error is not None:
-                request.outcome["fallback_reason"] = last_error.message
+        hedge_at: float | None = None  # when the next backend starts too, if the running ones are silent
+        try:
+            while winner is None:
+                if not running or (hedge_at is not None and time.monotonic() >= hedge_at):
+                    if waiting:
+                        running.append(Attempt.start(waiting.pop(0), self, request))
+                        hedge = route.hedge_ms is not None and waiting
+                        hedge_at = time.monotonic() + route.hedge_ms / 1000 if hedge and route.hedge_ms else None
+                    elif running:
+                        hedge_at = None
+                    else:
+                        break  # every backend of the chain failed
+                deadlines = [a.deadline for a in running if a.deadline is not None]
+                deadlines += [hedge_at] if hedge_at is not None else []
+                timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+                await asyncio.wait([a.first for a in running], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for attempt in list(running):
+                    if attempt.first.done():
+                        running.remove(attempt)
+                        error = attempt.first.exception()
+                        if error is None:
+                            winner = attempt  # its first text (or an empty completion: also an answer)
+                            break
+                        await attempt.pieces.aclose()
+                        if not isinstance(error, CompletionError) or error.kind == "cancelled":
+                            raise error
+                        error.message = self._hide_keys(error.message)
+                        last_error = self._failed(attempt, error)
+                    elif attempt.overdue():
+                        running.remove(attempt)
+                        await attempt.abandon()
+                        timeout_ms = attempt.spec.first_token_timeout_ms
+                        message = f"{attempt.name} sent no text within {timeout_ms:.0f} ms."
+                        last_error = self._failed(attempt, backend_error("timeout", message))
+        finally:
+            for attempt in running:  # hedges that lost, or every one when this request was stopped
+                await attempt.abandon()
+        if winner is None:
+            assert last_error is not None  # the chain is never empty here
+            raise BackendError(last_error.kind, last_error.message, last_error.status, last_error.retry_after)
+        self.health[winner.name].succeeded((time.perf_counter() - winner.started) * 1000)
+        request.outcome["backend"] = winner.name
+        if last_error is not None:
+            request.outcome["fallback_reason"] = last_error.message
+        async with aclosing(winner.pieces):
+            first = winner.first.result()
             if first is None:
                 return
-            async with aclosing(pieces):
-                yield first
-                async for piece in pieces:
-                    yield piece
-            return
-        assert last_error is not None  # the chain is never empty here
-        raise BackendError(last_error.kind, last_error.message, last_error.status, last_error.retry_after)
+            yield first
+            async for piece in winner.pieces:
+                yield piece
+
+    def _failed(self, attempt: Attempt, error: CompletionError) -> CompletionError:
+        self.health[attempt.name].failed(error, attempt.spec.cooldown_ms)
+        return error
 
     # -- status ------------------------------------------------------------------------
     @property
@@ -191,7 +273,7 @@ class Router(Backend):
         now = time.monotonic()
         states = {n: self.backends[n].state for n in self.backends}
         usable = {n for n, s in states.items() if s == "ready" and self.health[n].available(now)}
-        if all(not chain or usable & set(chain) for chain in self.routes.values()):
+        if all(usable & set(route.backends) for route in self.routes.values()):
             return "ready"
         return "loading" if "loading" in states.values() else "failing"
 
@@ -224,28 +306,43 @@ class Router(Backend):
         return {
             **self.summary(),
             "backends": backends,
-            "routes": {kind: list(chain) for kind, chain in self.routes.items()},
+            "routes": {kind: list(route.backends) for kind, route in self.routes.items()},
+            "hedge_ms": {kind: route.hedge_ms for kind, route in self.routes.items() if route.hedge_ms is not None},
         }
 
 
 # -- configuration ----------------------------------------------------------------------
 
 
-def parse_routes(value: Any, names: set[str]) -> dict[str, tuple[str, ...]]:
-    """``{"line": ["embedded"], ...}`` checked against the backends' names; ValueError says what is wrong."""
+def parse_routes(value: Any, names: set[str]) -> dict[str, Route]:
+    """``{"line": ["embedded"], "block": {"backends": [...], "hedge_ms": 400}}`` checked against the
+    backends' names; ValueError says what is wrong."""
     if not isinstance(value, dict):
         raise ValueError('routes must be an object like {"line": ["embedded"], "block": ["codestral"]}.')
-    routes: dict[str, tuple[str, ...]] = {}
-    for kind, chain in value.items():
+    routes: dict[str, Route] = {}
+    for kind, raw in value.items():
         if kind not in ROUTE_KINDS:
             raise ValueError(f"Unknown route {kind!r}; routes are {', '.join(ROUTE_KINDS)}.")
+        hedge_ms = None
+        chain = raw
+        if isinstance(raw, dict):
+            unknown = sorted(set(raw) - {"backends", "hedge_ms"})
+            if unknown:
+                raise ValueError(f"The route {kind!r} has unknown setting {unknown[0]!r}; known: backends, hedge_ms.")
+            chain, hedge_ms = raw.get("backends"), raw.get("hedge_ms")
+            if hedge_ms is not None and (
+                isinstance(hedge_ms, bool) or not isinstance(hedge_ms, int | float) or hedge_ms < 0
+            ):
+                raise ValueError(f"The route {kind!r}: hedge_ms must be a number of milliseconds.")
         if isinstance(chain, str):
             chain = [chain]
         if not isinstance(chain, list) or not all(isinstance(n, str) for n in chain):
             raise ValueError(f"The route {kind!r} must be a list of backend names.")
+        if not chain:
+            continue  # no backend: no completions of this kind
         unknown = [n for n in chain if n not in names]
         if unknown:
             known = ", ".join(sorted(names)) or "none"
             raise ValueError(f"The route {kind!r} names unknown backend {unknown[0]!r} (configured: {known}).")
-        routes[kind] = tuple(chain)
+        routes[kind] = Route(tuple(chain), None if hedge_ms is None else float(hedge_ms))
     return routes

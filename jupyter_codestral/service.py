@@ -24,6 +24,7 @@ from .policy import PathPolicy, notebook_reason
 from .ratelimit import UserRateLimiter
 from .request import CompletionRequest, RequestLimits, parse_completion_request
 from .stats import ServiceStats
+from .usage import UsageLedger
 
 Event = dict[str, Any]
 DocumentKey = tuple[str, str]  # (user, document)
@@ -111,6 +112,7 @@ class CompletionService:
         config_error: str | None = None,
         log_prompts: bool = False,
         log: logging.Logger | None = None,
+        usage: UsageLedger | None = None,
     ) -> None:
         self.backend = backend
         self.budget = budget
@@ -123,6 +125,7 @@ class CompletionService:
         self.log_prompts = log_prompts
         self.log = log or logging.getLogger(__name__)
         self.stats = ServiceStats()
+        self.usage = usage or UsageLedger(chars_per_token=budget.chars_per_token)
         self._latest: dict[DocumentKey, Completion] = {}
 
     # -- lifetime ------------------------------------------------------------
@@ -134,6 +137,7 @@ class CompletionService:
         for completion in list(self._latest.values()):
             completion.stop()
         await self.backend.aclose()
+        await self.usage.aclose()
 
     # -- requests ------------------------------------------------------------
     def parse(self, body: bytes, user: str) -> CompletionRequest:
@@ -218,6 +222,7 @@ class CompletionService:
                 self.budget,
                 max_tokens=self.limits.max_tokens,
                 kernel=kernel,
+                ledger=self.usage,
             )
             async for event in events:
                 if "done" in event:
@@ -264,6 +269,7 @@ class CompletionService:
             "latency": self.stats.to_json(),
             "budget": {"prefix_tokens": self.budget.prefix_tokens, "suffix_tokens": self.budget.suffix_tokens},
             "redaction": {"on": backend.settings.redact_secrets, "redacted": self.stats.redacted},
+            "usage": self.usage.day(),
             **({"policy": self._path_status(path)} if path is not None else {}),
         }
 

@@ -36,9 +36,10 @@ def fake_backend(jp_asyncio_loop: Any) -> Iterator[FakeFimServer]:
 
 
 @pytest.fixture
-def codestral_config() -> dict[str, Any]:
-    """Extra ``CodestralExtension`` settings for one test (edit before the server starts)."""
-    return {}
+def codestral_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Extra ``CodestralExtension`` settings for one test (parametrize it indirectly, or edit it before
+    the server starts)."""
+    return dict(getattr(request, "param", {}))
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ class Script:
     malformed_after: int | None = None  # send a broken event after this many chunks
     omit_done: bool = False  # end the stream without its final marker
     fail_times: int | None = None  # answer `status` this many times, then succeed
+    report_usage: bool = True  # end with the tokens used, in the wire format's own fields
 
 
 @dataclass
@@ -62,6 +63,7 @@ class FakeFimServer:
         self.disconnects = 0
         self.finished = 0
         self.in_flight = 0
+        self.reported: list[tuple[int, int]] = []  # (prompt, completion) tokens, as reported
         self._server: tornado.httpserver.HTTPServer | None = None
         self.port = 0
 
@@ -93,6 +95,7 @@ class FakeFimServer:
     def reset(self, **script: Any) -> None:
         self.script = Script(**script)
         self.requests.clear()
+        self.reported.clear()
         self.disconnects = self.finished = 0
 
     @property
@@ -116,6 +119,7 @@ class FakeHandler(tornado.web.RequestHandler):
         self.fake = fake
         self._closed = False
         self._gone = asyncio.Event()
+        self.usage: tuple[int, int] | None = None
 
     def on_connection_close(self) -> None:
         if not self._closed:
@@ -131,6 +135,10 @@ class FakeHandler(tornado.web.RequestHandler):
         raise NotImplementedError
 
     def done(self) -> bytes:
+        return b""
+
+    def usage_event(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        """The event that reports the tokens used (empty: this format reports them in done())."""
         return b""
 
     def error_json(self, status: int) -> Any:
@@ -207,6 +215,11 @@ class FakeHandler(tornado.web.RequestHandler):
                 return
             self.write(self.event(piece, last=i == len(pieces) - 1))
             await self.flush()
+        if script.report_usage:
+            # The fake's tokens: four bytes of the request body each, one per chunk sent.
+            self.usage = (len(self.request.body) // 4, len(pieces))
+            self.write(self.usage_event(*self.usage))
+            fake.reported.append(self.usage)
         if not script.omit_done:
             self.write(self.done())
         self.finish()
@@ -260,6 +273,18 @@ class MistralHandler(FakeHandler):
             }
         )
 
+    def usage_event(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return _sse(
+            {
+                "id": "cmpl-fake",
+                "object": "chat.completion.chunk",
+                "model": "codestral-latest",
+                "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens},
+            }
+        )
+
     def done(self) -> bytes:
         return b"data: [DONE]\n\n"
 
@@ -269,6 +294,14 @@ class OpenAIHandler(FakeHandler):
 
     def event(self, text: str, last: bool) -> bytes:
         return _sse({"id": "cmpl-fake", "object": "text_completion", "choices": [{"index": 0, "text": text, "finish_reason": "stop" if last else None}]})
+
+    def usage_event(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        body = json.loads(self.request.body)
+        if not (body.get("stream_options") or {}).get("include_usage"):
+            return b""
+        return _sse({"id": "cmpl-fake", "object": "text_completion", "choices": [],
+                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                               "total_tokens": prompt_tokens + completion_tokens}})
 
     def done(self) -> bytes:
         return b"data: [DONE]\n\n"
@@ -287,7 +320,10 @@ class OllamaHandler(FakeHandler):
         return (json.dumps({"model": "fake", "response": text, "done": False}) + "\n").encode()
 
     def done(self) -> bytes:
-        return (json.dumps({"model": "fake", "response": "", "done": True, "done_reason": "stop"}) + "\n").encode()
+        final = {"model": "fake", "response": "", "done": True, "done_reason": "stop"}
+        if self.usage is not None:
+            final |= {"prompt_eval_count": self.usage[0], "eval_count": self.usage[1]}
+        return (json.dumps(final) + "\n").encode()
 
 
 class InfillHandler(FakeHandler):
@@ -298,7 +334,11 @@ class InfillHandler(FakeHandler):
         return _sse({"content": text, "stop": False})
 
     def done(self) -> bytes:
-        return _sse({"content": "", "stop": True, "tokens_cached": 0, "timings": {"prompt_ms": 1.0, "predicted_ms": 1.0}})
+        final: dict[str, Any] = {"content": "", "stop": True, "tokens_cached": 0,
+                                 "timings": {"prompt_ms": 1.0, "predicted_ms": 1.0}}
+        if self.usage is not None:
+            final |= {"tokens_evaluated": self.usage[0], "tokens_predicted": self.usage[1]}
+        return _sse(final)
 
 
 def main() -> None:

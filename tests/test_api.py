@@ -75,11 +75,6 @@ async def test_bad_requests_get_a_clear_4xx(complete: Any, fake_backend: FakeFim
     assert fake_backend.requests == []
 
 
-@pytest.fixture
-def codestral_config(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return getattr(request, "param", {})
-
-
 @pytest.mark.parametrize("codestral_config", [{"max_body_bytes": 2000}], indirect=True)
 async def test_an_oversized_notebook_gets_413(complete: Any, codestral_config: Any) -> None:
     big = notebook_request(cells=[{"cell_type": "code", "source": "x = 1\n" * 1000}], cell_index=0, cursor=0)

@@ -479,4 +479,7 @@ def test_with_the_first_backend_down_the_fallback_answers_and_the_bar_says_so(
                                timeout=20_000)
         label = page.locator(".jp-CodestralStatus").inner_text()
         assert "codestral unavailable until" in label and "using fallback" in label, label
-        assert "connect" in (page.locator(".jp-CodestralStatus").get_attribute("title") or "").lower()
+        title = page.locator(".jp-CodestralStatus").get_attribute("title") or ""
+        assert "connect" in title.lower()
+        # The tooltip also says what today's completions used, per backend.
+        assert "Usage today" in title and "fallback: " in title and "tokens in" in title, title

@@ -7,9 +7,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import MODEL_CACHE, NOTEBOOK, write_notebook
+from conftest import MODEL_CACHE, NOTEBOOK, notebook_request, write_notebook
 from fake_backends import FAKE_KEY, FakeFimServer
 
 from jupyter_codestral.embedded.model_files import BUNDLED, ensure_model
@@ -34,7 +35,7 @@ def mistral_env(fake: FakeFimServer) -> dict[str, str]:
     return {"CODESTRAL_API_KEY": FAKE_KEY, "JUPYTER_CODESTRAL_URL": fake.url}
 
 
-@pytest.mark.parametrize("verb", [[], ["complete"], ["doctor"], ["bench"]])
+@pytest.mark.parametrize("verb", [[], ["complete"], ["doctor"], ["bench"], ["usage"]])
 async def test_every_verb_has_help(verb: list[str]) -> None:
     code, out, _ = await cli(*verb, "--help")
     assert code == 0 and "usage: jupyter codestral" in out
@@ -141,3 +142,38 @@ async def test_doctor_says_a_model_file_without_its_hash_was_not_verified(tmp_pa
     code, out, err = await cli("doctor", env={"JUPYTER_CODESTRAL_BACKEND": "local", "JUPYTER_CODESTRAL_MODEL_PATH": str(model)})
     assert "not verified (no sha256 given" in out, out + err
     assert "sha256 verified" not in out
+
+
+@pytest.mark.parametrize("codestral_config", [{"price_per_million": {"input": 0.3, "output": 0.9}}], indirect=True)
+async def test_usage_prints_todays_table_from_the_running_server(
+    complete: Any, jp_serverapp: Any, jp_http_port: int, jp_base_url: str, fake_backend: FakeFimServer,
+    codestral_config: Any,
+) -> None:
+    for _ in range(3):
+        status, _ = await complete(notebook_request())
+        assert status == 200
+    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
+    code, out, err = await cli("usage", "--url", url, "--token", jp_serverapp.identity_provider.token)
+    assert code == 0, err
+    header, mistral, total = out.splitlines()[1:4]
+    assert header.split()[:4] == ["backend", "requests", "cancelled", "failed"] and header.endswith("cost")
+    prompt = sum(p for p, _ in fake_backend.reported)
+    completion = sum(c for _, c in fake_backend.reported)
+    assert mistral.split()[:2] == ["mistral", "3"] and f"{prompt:,}" in mistral and total.startswith("total")
+    assert mistral.split()[-1] == f"{(prompt * 0.3 + completion * 0.9) / 1e6:.4f}"
+    code, out, _ = await cli("usage", "--url", url, "--token", jp_serverapp.identity_provider.token, "--json")
+    assert json.loads(out)["backends"]["mistral"]["completion_tokens"] == completion
+
+
+async def test_usage_without_a_server_reads_the_usage_file_or_says_why_there_is_none(tmp_path: Path) -> None:
+    from jupyter_codestral.usage import Call, UsageLedger
+
+    path = tmp_path / "usage.json"
+    ledger = UsageLedger(path=path)
+    ledger.record(Call("codestral", "served", 1200, 30, estimated=False, prefetch=False))
+    await ledger.aclose()
+    home = {"HOME": str(tmp_path), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}  # no running servers here
+    code, out, _ = await cli("usage", env={**home, "JUPYTER_CODESTRAL_USAGE_FILE": str(path)})
+    assert code == 0 and "codestral" in out and "1,200" in out and "no prices are set" in out
+    code, _, err = await cli("usage", env=home)
+    assert code == 1 and "No running Jupyter server with jupyter-codestral" in err

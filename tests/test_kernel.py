@@ -103,11 +103,6 @@ async def test_an_unknown_kernel_id_is_harmless(complete: Any, fake_backend: Fak
     assert code == 200 and reply["timings"]["kernel_summary"] is False
 
 
-@pytest.fixture
-def codestral_config(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return getattr(request, "param", {})
-
-
 @pytest.mark.parametrize("codestral_config", [{"kernel_context": False}], indirect=True)
 async def test_the_setting_turns_it_off(jp_serverapp: Any, complete: Any, fake_backend: FakeFimServer,
                                         codestral_config: Any, kernel: Any) -> None:

@@ -64,15 +64,16 @@ def second_backend(jp_asyncio_loop: Any) -> Iterator[FakeFimServer]:
 @pytest.fixture
 def codestral_config(fake_backend: FakeFimServer, second_backend: FakeFimServer,
                      request: pytest.FixtureRequest) -> dict[str, Any]:
-    primary = {"backend": "mistral", "url": fake_backend.url, "cooldown_ms": 400,
-               **getattr(request, "param", {})}
+    param = dict(getattr(request, "param", {}))  # the first backend's settings, and perhaps other routes
+    routes = param.pop("routes", None)
+    primary = {"backend": "mistral", "url": fake_backend.url, "cooldown_ms": 400, **param}
     return {
         "backends": {
             "codestral": primary,
             "fallback": {"backend": "openai", "url": second_backend.url, "model": "qwen-fallback",
                          "api_key_env": "CODESTRAL_API_KEY"},
         },
-        "routes": {"line": ["codestral", "fallback"], "block": ["fallback"], "comment": ["codestral", "fallback"]},
+        "routes": routes or {"line": ["codestral", "fallback"], "block": ["fallback"], "comment": ["codestral", "fallback"]},
     }
 
 
@@ -201,3 +202,101 @@ def test_the_global_redaction_setting_applies_to_every_named_backend() -> None:
     off = CodestralExtension(config=Config({"CodestralExtension": {"redact_secrets": False}}))
     assert not route_spec(off, "gpu", remote).settings.redact_secrets
     assert route_spec(off, "gpu", {**remote, "redact_secrets": True}).settings.redact_secrets
+
+
+# -- hedging ----------------------------------------------------------------------------------------
+
+
+def hedged(hedge_ms: float) -> dict[str, Any]:
+    return {"routes": {"line": {"backends": ["codestral", "fallback"], "hedge_ms": hedge_ms}}}
+
+
+@pytest.mark.parametrize("codestral_config", [hedged(300)], indirect=True)
+async def test_a_silent_first_backend_is_hedged_after_hedge_ms_and_the_loser_cancelled(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer, jp_fetch: Any, codestral_config: Any
+) -> None:
+    fake_backend.script = Script(chunks=["slow()"], delay_first=1.2)  # within its first-token timeout
+    status, body = await complete(end_of("df."))
+    assert status == 200 and body["backend"] == "fallback" and body["completion"] == "from_fallback()"
+    started_after = second_backend.requests[0].at - fake_backend.requests[0].at
+    assert 0.28 <= started_after < 1.0  # the second started only after hedge_ms, long before the first spoke
+    for _ in range(100):  # the loser's connection is closed at once, before it could answer
+        if fake_backend.disconnects:
+            break
+        await asyncio.sleep(0.01)
+    assert fake_backend.disconnects == 1 and fake_backend.finished == 0
+    usage = json.loads((await jp_fetch("codestral", "status")).body)["usage"]["backends"]
+    assert usage["codestral"]["cancelled"] == 1 and usage["fallback"]["cancelled"] == 0
+    # A hedge lost is not a failure: the first backend is not cooled down.
+    assert json.loads((await jp_fetch("codestral", "status")).body)["backends"]["codestral"]["state"] == "ready"
+
+
+@pytest.mark.parametrize("codestral_config", [hedged(300)], indirect=True)
+async def test_a_first_backend_that_answers_before_hedge_ms_is_not_hedged(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer, codestral_config: Any
+) -> None:
+    fake_backend.script = Script(chunks=["head()"], delay_first=0.05)
+    status, body = await complete(end_of("df."))
+    assert status == 200 and body["backend"] == "codestral" and body["completion"] == "head()"
+    await asyncio.sleep(0.4)
+    assert second_backend.request_count == 0
+
+
+@pytest.mark.parametrize("codestral_config", [hedged(300)], indirect=True)
+async def test_a_hedge_that_fails_leaves_the_first_backend_to_answer(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer, codestral_config: Any
+) -> None:
+    fake_backend.script = Script(chunks=["head()"], delay_first=0.6)
+    second_backend.script = Script(status=500)
+    status, body = await complete(end_of("df."))
+    assert status == 200 and body["backend"] == "codestral" and body["completion"] == "head()"
+    assert second_backend.request_count >= 1
+
+
+@pytest.mark.parametrize(
+    ("codestral_config", "says"),
+    [
+        ({"routes": {"line": {"backends": ["codestral"], "hedge": 3}}}, "unknown setting 'hedge'"),
+        ({"routes": {"line": {"backends": ["codestral"], "hedge_ms": "soon"}}}, "hedge_ms must be a number"),
+    ],
+    indirect=["codestral_config"],
+)
+async def test_a_wrong_hedge_is_readable(jp_fetch: Any, codestral_config: Any, says: str) -> None:
+    status = json.loads((await jp_fetch("codestral", "status")).body)
+    assert says in status["config_error"]
+
+
+# -- with only a Codestral key: Codestral, and the embedded model when it fails ------------------------
+
+
+@pytest.mark.slow
+async def test_a_codestral_key_alone_means_codestral_with_the_embedded_model_loaded_on_first_need(
+    fake_backend: FakeFimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_codestral.app import CodestralExtension
+    from jupyter_codestral.config import build_service
+
+    for name in ("JUPYTER_CODESTRAL_BACKEND", "JUPYTER_CODESTRAL_BACKENDS", "JUPYTER_CODESTRAL_ROUTES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CODESTRAL_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("JUPYTER_CODESTRAL_URL", fake_backend.url)
+    service = build_service(CodestralExtension())
+    try:
+        await service.start()
+        status = service.status()
+        assert status["routes"] == {kind: ["codestral", "embedded"] for kind in ("line", "block", "comment")}
+        assert status["backends"]["codestral"]["base_url"] == fake_backend.url
+        assert status["backends"]["embedded"]["state"] == "idle" and status["backends"]["embedded"]["worker_pid"] is None
+        assert status["state"] == "ready"  # Codestral can answer: nothing waits for the embedded model
+
+        request = service.parse(json.dumps(end_of("df.")).encode(), "u")
+        done = [event async for event in service.serve(request, "u")][-1]
+        assert done["backend"] == "codestral" and service.status()["backends"]["embedded"]["worker_pid"] is None
+
+        fake_backend.script = Script(status=401)  # the key stops working: now the embedded model is needed
+        request = service.parse(json.dumps(end_of("df.")).encode(), "u")
+        with pytest.raises(Exception, match="embedded model is not ready"):
+            [event async for event in service.serve(request, "u")]
+        assert service.status()["backends"]["embedded"]["state"] != "idle"  # it is loading now
+    finally:
+        await service.aclose()

@@ -51,11 +51,6 @@ async def test_the_request_cannot_choose_the_backend_host(complete: Any, fake_ba
     assert len(fake_backend.requests) == 1 and fake_backend.last.path == "/v1/fim/completions"
 
 
-@pytest.fixture
-def codestral_config(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return getattr(request, "param", {})
-
-
 SECRET_CODE = "customer_ledger_7f3a = load_private()"
 
 

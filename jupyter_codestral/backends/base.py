@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from ..context import FimContext
 from ..templates import PromptFormat
+from ..usage import Usage, metered
+
+if TYPE_CHECKING:
+    from ..usage import UsageLedger
 
 # Waits between retries grow from this many seconds (not a user setting; tests shorten it).
 RETRY_BACKOFF = 0.2
@@ -59,6 +63,10 @@ class FimRequest:
     route: str = "block"  # the kind of completion (routing.route_kind), for backends that route
     # Filled in by a routing backend: which backend answered (and why not the first).
     outcome: dict[str, str] = field(default_factory=dict)
+    # Where each call to a backend is counted (usage.py), and the figures the backend reported
+    # for this call (each call gets its own, Backend.serve).
+    ledger: UsageLedger | None = field(default=None, repr=False)
+    usage: Usage = field(default_factory=Usage, repr=False)
 
     @property
     def prefix(self) -> str:
@@ -78,12 +86,20 @@ class Backend(abc.ABC):
 
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
+        self.label = self.name  # the name users see: the backend's name in the routes, else its kind
         self.state = "ready"
         self.rate_limited_until: float | None = None  # wall-clock seconds
 
     @abc.abstractmethod
     def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
-        """Yield pieces of the completion as they arrive; raise :class:`~jupyter_codestral.errors.BackendError`."""
+        """Yield pieces of the completion as they arrive; raise :class:`~jupyter_codestral.errors.BackendError`.
+
+        Where the backend reports the tokens a call used, put them in ``request.usage``."""
+
+    def serve(self, request: FimRequest) -> AsyncGenerator[str, None]:
+        """:meth:`stream`, with the call counted in the request's usage ledger."""
+        call = replace(request, usage=Usage())
+        return metered(self.stream(call), call, self.label)
 
     async def start(self) -> None:
         """Begin any slow preparation (model loading) without waiting for it."""

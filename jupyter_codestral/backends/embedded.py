@@ -34,7 +34,7 @@ class EmbeddedBackend(Backend):
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
-        self.state = "starting"
+        self.state = "idle"  # until start(): at once on a server's start, or when a route first needs it
         self.progress: float | None = None
         self.fatal: str | None = None
         self.restarts = 0
@@ -215,6 +215,8 @@ class EmbeddedBackend(Backend):
                 if event["event"] == "text":
                     yield event["text"]
                 elif event["event"] == "done":
+                    timings = event.get("timings") or {}
+                    request.usage.report(timings.get("prompt_tokens"), timings.get("generated_tokens"))
                     finished = True
                     return
                 else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -162,9 +162,12 @@ class HttpBackend(Backend):
         response: httpx.Response = await retrying(self._attempt, payload, slot)
         return response
 
-    async def post_stream(
-        self, payload: dict[str, Any], events: Callable[[httpx.Response], AsyncIterator[str]]
-    ) -> AsyncIterator[str]:
+    def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
+        """The completion's pieces from the backend's streaming response (and its usage figures
+        into ``request.usage``)."""
+        raise NotImplementedError
+
+    async def post_stream(self, payload: dict[str, Any], request: FimRequest) -> AsyncIterator[str]:
         slot = pool.Slot(self.connection_slots)
         try:
             async with asyncio.timeout(self.settings.timeout):
@@ -178,7 +181,7 @@ class HttpBackend(Backend):
         async with slot:
             response = await self._open(payload, slot)
             try:
-                async for piece in events(response):
+                async for piece in self.events(response, request):
                     yield piece
             except (httpx.HTTPError, SSEError) as exc:
                 raise self._failed(self.transport_error(exc)) from None

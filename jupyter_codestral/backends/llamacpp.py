@@ -46,16 +46,17 @@ class LlamaCppBackend(HttpBackend):
             }
         else:
             payload |= {"input_prefix": context.prefix, "input_suffix": context.suffix, "input_extra": []}
-        async for piece in self.post_stream(payload, self._events):
+        async for piece in self.post_stream(payload, request):
             yield piece
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[str]:
+    async def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
         events = sse_json(response, self.settings.url, self.host_label)
         async for event in events:
             if event is None:
                 return
             yield str(event.get("content") or "")
             if event.get("stop"):
+                request.usage.report(event.get("tokens_evaluated"), event.get("tokens_predicted"))
                 await drain(events)
                 return
         raise backend_error("bad_reply", f"{self.settings.url} ended the stream before its last event.")

@@ -60,8 +60,8 @@ class MistralBackend(HttpBackend):
         }
         if request.stop:
             payload["stop"] = list(request.stop)
-        async for piece in self.post_stream(payload, self._events):
+        async for piece in self.post_stream(payload, request):
             yield piece
 
-    def _events(self, response: httpx.Response) -> AsyncIterator[str]:
-        return choice_stream(response, self.settings.url, self.host_label, "delta", "content")
+    def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
+        return choice_stream(response, self.settings.url, self.host_label, request.usage, "delta", "content")

@@ -30,10 +30,10 @@ class OllamaBackend(HttpBackend):
                 "stop": list(request.stop),
             },
         }
-        async for piece in self.post_stream(payload, self._events):
+        async for piece in self.post_stream(payload, request):
             yield piece
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[str]:
+    async def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
         # One JSON object per line; the last has "done": true.
         lines = response.aiter_lines()
         async for line in lines:
@@ -49,6 +49,7 @@ class OllamaBackend(HttpBackend):
                 raise backend_error("server_error", f"Ollama reported: {event['error']}")
             yield str(event.get("response") or "")
             if event.get("done"):
+                request.usage.report(event.get("prompt_eval_count"), event.get("eval_count"))
                 await drain(lines)
                 return
         raise backend_error("bad_reply", f'{self.settings.url} ended the stream before "done".')

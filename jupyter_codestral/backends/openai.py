@@ -27,13 +27,15 @@ class OpenAIBackend(HttpBackend):
             "max_tokens": request.max_tokens,
             "temperature": self.settings.temperature,
             "stream": True,
+            # vLLM, LM Studio and llama.cpp's server then end with the tokens used (others ignore it).
+            "stream_options": {"include_usage": True},
         }
         if self.settings.openai_suffix:
             payload |= {"prompt": request.prefix, "suffix": request.suffix, "stop": list(request.stop)}
         else:
             payload |= {"prompt": self.raw_prompt(request), "stop": self.stop_sequences(request)}
-        async for piece in self.post_stream(payload, self._events):
+        async for piece in self.post_stream(payload, request):
             yield piece
 
-    def _events(self, response: httpx.Response) -> AsyncIterator[str]:
-        return choice_stream(response, self.settings.url, self.host_label, "text")
+    def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
+        return choice_stream(response, self.settings.url, self.host_label, request.usage, "text")

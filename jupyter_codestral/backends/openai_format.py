@@ -10,6 +10,7 @@ import httpx
 from httpx_sse import EventSource
 
 from ..errors import BackendError, backend_error
+from ..usage import Usage
 
 
 def error_detail(body: bytes) -> str:
@@ -78,10 +79,16 @@ def choice_text(payload: dict[str, Any], *path: str) -> str:
     return node or ""
 
 
-async def choice_stream(response: httpx.Response, url: str, host_label: str, *path: str) -> AsyncIterator[str]:
-    """The text of ``choices[0][path...]`` from each event of an OpenAI-style stream ending in ``[DONE]``."""
+async def choice_stream(
+    response: httpx.Response, url: str, host_label: str, usage: Usage, *path: str
+) -> AsyncIterator[str]:
+    """The text of ``choices[0][path...]`` from each event of an OpenAI-style stream ending in
+    ``[DONE]``; the ``usage`` an event carries (usually the last) goes into ``usage``."""
     async for event in sse_json(response, url, host_label):
         if event is None:
             return
+        usage.report_openai(event)
+        if event.get("choices") == [] and "usage" in event:
+            continue  # the usage-only event of stream_options.include_usage
         yield choice_text(event, *path)
     raise backend_error("bad_reply", f"{url} ended the stream before [DONE].")

@@ -37,6 +37,24 @@ export interface IServerStatus {
   >;
   /** Whether prompts are redacted before they are sent, and how many secrets were. */
   redaction?: { on: boolean; redacted: number };
+  /** Today's requests and tokens per backend, and their cost where prices are set. */
+  usage?: IUsageDay;
+}
+
+/** One backend's (or the total) usage over a day, as `codestral/status` reports it. */
+export interface IUsageRow {
+  requests: number;
+  cancelled: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  estimated: number;
+  cost: number | null;
+}
+
+export interface IUsageDay {
+  date: string;
+  backends: Record<string, IUsageRow>;
+  total: IUsageRow;
 }
 
 /**

@@ -1,6 +1,6 @@
 import { Widget } from '@lumino/widgets';
 
-import { IServerStatus } from './client';
+import { IServerStatus, IUsageDay } from './client';
 import { IActivity } from './provider';
 
 /** What an HTTP backend's state says, in the bar (its last error says why, on hover). */
@@ -161,7 +161,34 @@ export class CodestralStatus extends Widget {
   private render(): void {
     const { label, state, detail } = this.describe();
     this.node.textContent = label;
-    this.node.title = detail;
+    const usage = this._server?.usage ? usageLines(this._server.usage) : [];
+    this.node.title = [detail, ...usage].join('\n');
     this.node.dataset.state = state;
   }
+}
+
+/** A token count as people read it: 950, 12.3k, 4.5M. */
+function count(n: number): string {
+  if (n < 1000) {
+    return String(n);
+  }
+  return n < 1_000_000 ? `${(n / 1000).toFixed(1)}k` : `${(n / 1_000_000).toFixed(1)}M`;
+}
+
+/** Today's usage, a line per backend, for the tooltip. */
+export function usageLines(day: IUsageDay): string[] {
+  const rows = Object.entries(day.backends).filter(([, row]) => row.requests > 0);
+  if (!rows.length) {
+    return [];
+  }
+  const lines = rows.map(([name, row]) => {
+    const cost = row.cost === null ? '' : `, cost ${row.cost.toFixed(4)}`;
+    const cancelled = row.cancelled ? ` (${row.cancelled} cancelled)` : '';
+    const estimated = row.estimated ? ' (some estimated)' : '';
+    return (
+      `  ${name}: ${row.requests} requests${cancelled}, ` +
+      `${count(row.prompt_tokens)} tokens in, ${count(row.completion_tokens)} out${estimated}${cost}`
+    );
+  });
+  return [`Usage today (${day.date}):`, ...lines];
 }

@@ -1,0 +1,284 @@
+"""What completions cost: requests and tokens per backend, per day, and their price.
+
+Every call to a backend is metered (:meth:`Backend.serve
+<jupyter_codestral.backends.base.Backend.serve>` wraps its stream in
+:func:`metered`).  The tokens are the backend's own figures where it reports
+them (Mistral's and OpenAI's ``usage``, Ollama's eval counts, llama.cpp's
+``tokens_evaluated``/``tokens_predicted``, the embedded worker's count);
+otherwise they are estimated from the text's length, and the tally says how
+many requests were estimated.
+
+A call ends in one of three ways:
+
+- ``served``: the backend finished, or we stopped reading once the completion
+  was complete;
+- ``cancelled``: a newer keystroke replaced it, the browser left, it lost a
+  hedge, or it sent no text in time.  The prompt was sent, so its tokens
+  count (remote APIs bill them);
+- ``failed``: refused or unreachable; no tokens are counted.
+
+Nothing is written to disk unless ``CodestralExtension.usage_file`` says where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .context import ContextBudget, estimate_tokens
+from .errors import CompletionError
+
+if TYPE_CHECKING:
+    from .backends.base import FimRequest
+
+log = logging.getLogger(__name__)
+
+# How often a changed ledger is written to usage_file, at most.
+SAVE_EVERY_S = 5.0
+
+
+@dataclass
+class Usage:
+    """The tokens one call used, as its backend reported them (None: not reported)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def report(self, prompt_tokens: Any = None, completion_tokens: Any = None) -> None:
+        """Keep the figures that are counts (servers send null or omit what they do not know)."""
+        if isinstance(prompt_tokens, int) and not isinstance(prompt_tokens, bool) and prompt_tokens >= 0:
+            self.prompt_tokens = prompt_tokens
+        if isinstance(completion_tokens, int) and not isinstance(completion_tokens, bool) and completion_tokens >= 0:
+            self.completion_tokens = completion_tokens
+
+    def report_openai(self, payload: Mapping[str, Any]) -> None:
+        """An OpenAI-style ``usage`` object, when the event carries one."""
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            self.report(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+
+@dataclass(frozen=True)
+class Price:
+    """Money per million tokens, in the currency the prices were given in."""
+
+    input: float
+    output: float
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> Price | None:
+        """``{"input": 0.3, "output": 0.9}``; ValueError names ``where`` when it is not that."""
+        if value is None:
+            return None
+        ok = isinstance(value, dict) and set(value) <= {"input", "output"} and value
+        numbers = [value.get(k, 0) for k in ("input", "output")] if ok else []
+        if not ok or not all(isinstance(n, int | float) and not isinstance(n, bool) and n >= 0 for n in numbers):
+            raise ValueError(f'{where} must be like {{"input": 0.3, "output": 0.9}} (money per million tokens).')
+        return cls(float(numbers[0]), float(numbers[1]))
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+
+@dataclass
+class Tally:
+    """One backend's usage over one day."""
+
+    requests: int = 0  # every call, prefetches and cancelled ones included
+    prefetches: int = 0  # calls that only read a prompt into the backend's cache
+    cancelled: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0  # of every call that reached the model, cancelled ones included
+    completion_tokens: int = 0
+    cancelled_prompt_tokens: int = 0  # the part of the two above spent on cancelled calls
+    cancelled_completion_tokens: int = 0
+    estimated: int = 0  # calls whose tokens are estimates (the backend reported none)
+
+    def add(self, other: Tally) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One finished call to one backend."""
+
+    backend: str
+    outcome: str  # served, cancelled, failed
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool
+    prefetch: bool
+
+    def tally(self) -> Tally:
+        counted = self.outcome != "failed"
+        prompt, completion = (self.prompt_tokens, self.completion_tokens) if counted else (0, 0)
+        cancelled = self.outcome == "cancelled"
+        return Tally(
+            requests=1,
+            prefetches=int(self.prefetch),
+            cancelled=int(cancelled),
+            failed=int(self.outcome == "failed"),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cancelled_prompt_tokens=prompt if cancelled else 0,
+            cancelled_completion_tokens=completion if cancelled else 0,
+            estimated=int(self.estimated and counted),
+        )
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+class UsageLedger:
+    """Usage per day and backend for the server's life (and in ``path``, when given)."""
+
+    def __init__(
+        self,
+        prices: Mapping[str, Price] | None = None,
+        chars_per_token: float = ContextBudget.chars_per_token,
+        path: str | Path | None = None,
+        clock: Callable[[], str] = today,
+    ) -> None:
+        self.prices = dict(prices or {})
+        self.chars_per_token = chars_per_token
+        self.path = Path(path).expanduser() if path else None
+        self.clock = clock
+        self.days: dict[str, dict[str, Tally]] = {}
+        self._dirty = False
+        self._saver: asyncio.Task[None] | None = None
+        if self.path is not None:
+            self._load(self.path)
+
+    def estimate(self, text: str) -> int:
+        return estimate_tokens(text, self.chars_per_token)
+
+    def record(self, call: Call) -> None:
+        day = self.days.setdefault(self.clock(), {})
+        day.setdefault(call.backend, Tally()).add(call.tally())
+        self._dirty = True
+        if self.path is not None and (self._saver is None or self._saver.done()):
+            with contextlib.suppress(RuntimeError):  # no running loop (tools): saved on close
+                self._saver = asyncio.get_running_loop().create_task(self._save_soon())
+
+    # -- reading -------------------------------------------------------------
+    def day(self, date: str | None = None) -> dict[str, Any]:
+        """One day's table as JSON: per backend, and the total (costs only where prices are set)."""
+        date = date or self.clock()
+        rows = self.days.get(date, {})
+        total = Tally()
+        backends: dict[str, Any] = {}
+        costs: list[float] = []
+        for name, tally in sorted(rows.items()):
+            total.add(tally)
+            price = self.prices.get(name)
+            cost = price.cost(tally.prompt_tokens, tally.completion_tokens) if price else None
+            if cost is not None:
+                costs.append(cost)
+            backends[name] = {**asdict(tally), "cost": None if cost is None else round(cost, 6)}
+        for name in self.prices:  # priced backends appear even before their first call
+            backends.setdefault(name, {**asdict(Tally()), "cost": 0.0})
+        return {
+            "date": date,
+            "backends": backends,
+            "total": {**asdict(total), "cost": round(sum(costs), 6) if costs else None},
+            "prices": {name: asdict(price) for name, price in self.prices.items()},
+            "estimate_note": f"estimated: about {self.chars_per_token:g} characters per token",
+            "saved_to": str(self.path) if self.path is not None else None,
+        }
+
+    # -- persistence (only with a path) ------------------------------------------
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as error:
+            log.warning("jupyter_codestral: cannot read the usage file %s (%s); starting a new one", path, error)
+            return
+        names = {f.name for f in fields(Tally)}
+        for date, rows in (data.get("days") or {}).items():
+            self.days[date] = {
+                backend: Tally(**{k: int(v) for k, v in row.items() if k in names})
+                for backend, row in rows.items()
+                if isinstance(row, dict)
+            }
+
+    async def _save_soon(self) -> None:
+        await asyncio.sleep(SAVE_EVERY_S)
+        await self.save()
+
+    async def save(self) -> None:
+        """Write the ledger to its file (in a thread: the event loop never waits on the disk)."""
+        if self.path is None or not self._dirty:
+            return
+        self._dirty = False
+        data = {"days": {d: {b: asdict(t) for b, t in rows.items()} for d, rows in self.days.items()}}
+        try:
+            await asyncio.to_thread(_write_atomically, self.path, json.dumps(data, indent=1))
+        except OSError as error:
+            log.warning("jupyter_codestral: cannot write the usage file %s: %s", self.path, error)
+
+    async def aclose(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+        await self.save()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+async def metered(pieces: AsyncGenerator[str, None], request: FimRequest, backend: str) -> AsyncGenerator[str, None]:
+    """``pieces`` unchanged; when they end, the call is recorded in the request's ledger."""
+    ledger = request.ledger
+    if ledger is None:
+        async for piece in pieces:
+            yield piece
+        return
+    text: list[str] = []
+    outcome = "cancelled"  # unless it ends otherwise (CancelledError: superseded, or the client left)
+    try:
+        async for piece in pieces:
+            text.append(piece)
+            yield piece
+        outcome = "served"
+    except CompletionError as error:
+        outcome = "cancelled" if error.kind == "cancelled" else "failed"
+        raise
+    except GeneratorExit:
+        # Closed by the reader: the completion was complete, or the router gave up waiting for it.
+        outcome = "served" if text else "cancelled"
+        raise
+    finally:
+        await pieces.aclose()
+        usage = request.usage
+        estimated = usage.prompt_tokens is None or usage.completion_tokens is None
+        context = request.context
+        ledger.record(
+            Call(
+                backend=backend,
+                outcome=outcome,
+                prompt_tokens=usage.prompt_tokens
+                if usage.prompt_tokens is not None
+                else ledger.estimate(context.prefix + context.suffix),
+                completion_tokens=usage.completion_tokens
+                if usage.completion_tokens is not None
+                else ledger.estimate("".join(text)),
+                estimated=estimated,
+                prefetch=request.prefetch,
+            )
+        )
