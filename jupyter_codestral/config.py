@@ -129,6 +129,8 @@ SPEC_KEYS = frozenset(
         "first_token_timeout_ms",
         "cooldown_ms",
         "price_per_million",
+        "prefix_tokens",
+        "suffix_tokens",
     }
 )
 
@@ -183,8 +185,15 @@ def route_spec(app: CodestralExtension, name: str, raw: Any) -> RouteSpec:
         redact_secrets=bool(redact),
     )
     price = Price.parse(raw.get("price_per_million"), f"backends[{name!r}].price_per_million")
+    budget = None
+    if "prefix_tokens" in raw or "suffix_tokens" in raw:
+        sizes = {key: raw.get(key, getattr(app, key)) for key in ("prefix_tokens", "suffix_tokens")}
+        for key, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"backends[{name!r}].{key} must be a positive number of tokens.")
+        budget = replace(context_budget(app), **sizes)
     return RouteSpec(
-        name, settings, numbers["first_token_timeout_ms"], numbers["cooldown_ms"] or COOLDOWN_FIRST_MS, price
+        name, settings, numbers["first_token_timeout_ms"], numbers["cooldown_ms"] or COOLDOWN_FIRST_MS, price, budget
     )
 
 

@@ -46,12 +46,23 @@ async def run_completion(
     ledger: UsageLedger | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     start = time.perf_counter()
+    redact = backend.settings.redact_secrets  # before the context reaches a backend that sends it away
+    contexts: dict[ContextBudget, FimContext] = {}
+
+    def context_for(budget: ContextBudget) -> FimContext:
+        """The context within ``budget`` (a routed backend may have a budget of its own), redacted."""
+        if budget not in contexts:
+            context = build_context(request, budget, kernel)
+            contexts[budget] = redact_context(context).context if redact else context
+        return contexts[budget]
+
     context = build_context(request, budget, kernel)
     redactions = 0
     redacting = time.perf_counter()
-    if backend.settings.redact_secrets:  # before the context reaches a backend that sends it away
+    if redact:
         redacted = redact_context(context)
         context, redactions = redacted.context, redacted.count
+    contexts[budget] = context
     redaction_ms = _ms(time.perf_counter() - redacting)
     options = options_for(context, single_line=request.single_line)
     route = route_kind(context, options.single_line)
@@ -62,6 +73,7 @@ async def run_completion(
         prefetch=request.prefetch,
         route=route,
         ledger=ledger,
+        context_for=context_for,
     )
     completion = CompletionFilter(options)
     context_done = time.perf_counter()

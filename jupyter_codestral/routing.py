@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .backends.base import Backend, BackendSettings, FimRequest
-from .context import FimContext
+from .context import ContextBudget, FimContext
 from .errors import BackendError, CompletionError, backend_error
 from .stats import percentile
 from .usage import Price
@@ -69,6 +69,7 @@ class RouteSpec:
     first_token_timeout_ms: float | None  # None: wait as long as the backend's own timeout
     cooldown_ms: float = COOLDOWN_FIRST_MS
     price: Price | None = None  # per million tokens, for the usage table
+    budget: ContextBudget | None = None  # a context budget of its own (None: the extension's)
 
 
 @dataclass
@@ -130,8 +131,10 @@ class Attempt:
 
     @classmethod
     def start(cls, name: str, router: Router, request: FimRequest) -> Attempt:
-        pieces = router.backends[name].serve(request)
         spec = router.specs[name]
+        if spec.budget is not None and request.context_for is not None:
+            request = replace(request, context=request.context_for(spec.budget))
+        pieces = router.backends[name].serve(request)
         timeout = spec.first_token_timeout_ms
         return cls(
             name,

@@ -300,3 +300,21 @@ async def test_a_codestral_key_alone_means_codestral_with_the_embedded_model_loa
         assert service.status()["backends"]["embedded"]["state"] != "idle"  # it is loading now
     finally:
         await service.aclose()
+
+
+# -- a context budget per backend ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codestral_config", [{"prefix_tokens": 300}], indirect=True)
+async def test_each_backend_reads_the_context_its_own_budget_allows(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer, codestral_config: Any
+) -> None:
+    earlier = [{"cell_type": "code", "source": f"step_{i} = load_part({i})  # part {i} of the data"} for i in range(30)]
+    body = {**end_of("df."), "cells": [*earlier, {"cell_type": "code", "source": "df."}], "cell_index": 30,
+            "cursor": 3}
+    fake_backend.script = Script(status=500)  # codestral (300 tokens) fails, the fallback (the default) answers
+    status, reply = await complete(body)
+    assert status == 200 and reply["backend"] == "fallback"
+    small, large = fake_backend.last.body["prompt"], second_backend.last.body["prompt"]
+    assert small.endswith("df.") and "step_29" in small and "step_0 " not in small
+    assert "step_0 " in large and len(large) > len(small)

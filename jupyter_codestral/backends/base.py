@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ..context import FimContext
+from ..context import ContextBudget, FimContext
 from ..templates import PromptFormat
 from ..usage import Usage, metered
 
@@ -67,6 +67,8 @@ class FimRequest:
     # for this call (each call gets its own, Backend.serve).
     ledger: UsageLedger | None = field(default=None, repr=False)
     usage: Usage = field(default_factory=Usage, repr=False)
+    # The same request's context within another budget (for a routed backend with its own).
+    context_for: Callable[[ContextBudget], FimContext] | None = field(default=None, repr=False)
 
     @property
     def prefix(self) -> str:
