@@ -131,6 +131,7 @@ SPEC_KEYS = frozenset(
         "price_per_million",
         "prefix_tokens",
         "suffix_tokens",
+        "timeout",
     }
 )
 
@@ -172,6 +173,9 @@ def route_spec(app: CodestralExtension, name: str, raw: Any) -> RouteSpec:
             raise ValueError(f"backends[{name!r}].{field_name} must be a positive number of milliseconds.")
         numbers[field_name] = value
     redact = raw.get("redact_secrets", redacts_secrets(app, kind_id))
+    timeout = raw.get("timeout", app.timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ValueError(f"backends[{name!r}].timeout must be a positive number of seconds.")
     settings = replace(
         backend_settings(app),
         backend=kind_id,
@@ -183,6 +187,7 @@ def route_spec(app: CodestralExtension, name: str, raw: Any) -> RouteSpec:
             raw.get("prompt_layout") or kind.layout, raw.get("fim_template"), app.kernel_placement == "file"
         ),
         redact_secrets=bool(redact),
+        timeout=float(timeout),
     )
     price = Price.parse(raw.get("price_per_million"), f"backends[{name!r}].price_per_million")
     budget = None

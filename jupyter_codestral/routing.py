@@ -15,8 +15,9 @@ A backend that fails before any text (unreachable, 5xx after its retries,
 loading, its key refused) hands the same request to the next one, and is
 skipped for a cool-down (a 429's Retry-After, else a back-off that grows
 with each failure) so an outage does not cost every keystroke a timeout.
-When the cool-down ends, the next request tries it again: that request is
-the probe.
+When the cool-down ends, a probe (a one-token completion of ``x = 1``) asks
+the backend in the background; only once it answers do completions go to
+it again, so no keystroke waits on a backend that is still down.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .backends.base import Backend, BackendSettings, FimRequest
 from .context import ContextBudget, FimContext
 from .errors import BackendError, CompletionError, backend_error
 from .stats import percentile
-from .usage import Price
+from .usage import Price, UsageLedger
 
 ROUTE_KINDS = ("line", "block", "comment", "markdown")
 
@@ -41,6 +42,18 @@ ROUTE_KINDS = ("line", "block", "comment", "markdown")
 REMOTE_FIRST_TOKEN_TIMEOUT_MS = 1500.0
 COOLDOWN_FIRST_MS = 5000.0
 COOLDOWN_MAX_MS = 300_000.0
+
+# What a probe asks a backend that failed: the smallest completion there is.
+PROBE_CONTEXT = FimContext(
+    before="",
+    cell_prefix="x = 1\ny = ",
+    cell_suffix="",
+    after="",
+    language="python",
+    is_notebook=False,
+    cells_before=0,
+    cells_after=0,
+)
 
 _STRINGS = re.compile(r"""("|')(?:\\.|(?!\1).)*\1""")
 
@@ -82,14 +95,18 @@ class Health:
     last_error: dict[str, Any] | None = None
     served: int = 0
     first_text_ms: list[float] = field(default_factory=list)
+    probing: bool = False  # a probe will say when it is back (until then it is skipped)
 
     def available(self, now: float) -> bool:
-        return now >= self.until
+        return self.until == 0.0 or (not self.probing and now >= self.until)
 
-    def succeeded(self, first_text_ms: float) -> None:
+    def recovered(self) -> None:
         self.failures = 0
         self.until = 0.0
         self.until_wall = None
+
+    def succeeded(self, first_text_ms: float) -> None:
+        self.recovered()
         self.served += 1
         self.first_text_ms.append(first_text_ms)
         del self.first_text_ms[:-100]
@@ -170,6 +187,8 @@ class Router(Backend):
         # Redacted once for all: any backend of the chain may be the one that sends it away.
         self.settings = replace(first.settings, redact_secrets=any(s.settings.redact_secrets for s in specs.values()))
         self.supports_prefetch = False
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._ledger: UsageLedger | None = None  # where probes are counted (the requests' ledger)
 
     def attach(self, backends: Mapping[str, Backend]) -> None:
         self.backends = dict(backends)
@@ -186,6 +205,8 @@ class Router(Backend):
             await self.backends[name].start()
 
     async def aclose(self) -> None:
+        for probe in self._probes.values():
+            probe.cancel()
         for backend in self.backends.values():
             await backend.aclose()
 
@@ -199,6 +220,7 @@ class Router(Backend):
         return text
 
     async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
+        self._ledger = request.ledger
         route = self.routes.get(request.route)
         if route is None:
             return  # no backend for this kind of completion: nothing to show
@@ -267,7 +289,35 @@ class Router(Backend):
 
     def _failed(self, attempt: Attempt, error: CompletionError) -> CompletionError:
         self.health[attempt.name].failed(error, attempt.spec.cooldown_ms)
+        self._probe_later(attempt.name)
         return error
+
+    # -- bringing a failed backend back ---------------------------------------------------
+    def _probe_later(self, name: str) -> None:
+        if name not in self._probes or self._probes[name].done():
+            self.health[name].probing = True
+            self._probes[name] = asyncio.ensure_future(self._probe(name))
+
+    async def _probe(self, name: str) -> None:
+        """At the end of each cool-down, a one-token completion; the backend is back once it answers."""
+        health, spec = self.health[name], self.specs[name]
+        while True:
+            await asyncio.sleep(max(0.0, health.until - time.monotonic()))
+            request = FimRequest(context=PROBE_CONTEXT, max_tokens=1, route="line", ledger=self._ledger)
+            try:
+                timeout = (spec.first_token_timeout_ms or 30_000) / 1000
+                async with asyncio.timeout(timeout), aclosing(self.backends[name].serve(request)) as pieces:
+                    async for _ in pieces:
+                        break
+            except CompletionError as error:
+                health.failed(error, spec.cooldown_ms)
+                continue
+            except TimeoutError:
+                health.failed(backend_error("timeout", f"{name} sent no text within {timeout:g} s."), spec.cooldown_ms)
+                continue
+            health.recovered()
+            health.probing = False
+            return
 
     # -- status ------------------------------------------------------------------------
     @property

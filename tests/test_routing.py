@@ -165,6 +165,8 @@ async def test_when_every_backend_fails_the_reply_says_why(
         ({"backends": {"a": {"backend": "openai", "price": 1}}}, "unknown setting 'price'"),
         ({"backends": {"a": {"backend": "mistral"}}, "routes": {"inline": ["a"]}}, "Unknown route 'inline'"),
         ({"backends": {"a": {"backend": "openai", "url": "gpu-box:8000"}}}, "must start with http"),
+        ({"backends": {"a": {"backend": "openai", "timeout": 0}}}, "timeout must be a positive number"),
+        ({"backends": {"a": {"backend": "openai", "prefix_tokens": "all"}}}, "prefix_tokens must be a positive"),
     ],
 )
 async def test_a_wrong_routing_configuration_is_readable_and_the_server_runs(
@@ -318,3 +320,29 @@ async def test_each_backend_reads_the_context_its_own_budget_allows(
     small, large = fake_backend.last.body["prompt"], second_backend.last.body["prompt"]
     assert small.endswith("df.") and "step_29" in small and "step_0 " not in small
     assert "step_0 " in large and len(large) > len(small)
+
+
+async def test_a_failed_backend_is_probed_in_the_background_and_no_keystroke_waits_on_it(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer, jp_fetch: Any
+) -> None:
+    fake_backend.script = Script(status=500)
+    status, body = await complete(end_of("df."))
+    assert status == 200 and body["backend"] == "fallback"
+    user_requests = len(fake_backend.requests)  # the failure and its retry
+    for _ in range(6):  # keystrokes during the outage, across cool-downs: all straight to the fallback
+        await asyncio.sleep(0.25)
+        status, body = await complete(end_of("df."))
+        assert status == 200 and body["backend"] == "fallback" and "fallback_reason" not in body
+    probes = fake_backend.requests[user_requests:]
+    assert probes, "the backend was probed after its cool-down"
+    assert all(r.body["max_tokens"] == 1 and r.body["prompt"].endswith("x = 1\ny = ") for r in probes)
+    # It recovers: a probe finds out, and only then do completions go to it again.
+    fake_backend.script = Script(chunks=["head()"])
+    for _ in range(60):
+        state = json.loads((await jp_fetch("codestral", "status")).body)["backends"]["codestral"]["state"]
+        if state == "ready":
+            break
+        await asyncio.sleep(0.1)
+    assert state == "ready"
+    status, body = await complete(end_of("df."))
+    assert status == 200 and body["backend"] == "codestral" and body["completion"] == "head()"
