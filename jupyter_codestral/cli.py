@@ -426,14 +426,22 @@ def usage_table(day: dict[str, Any]) -> str:
 
 
 async def server_usage(url: str, token: str) -> dict[str, Any]:
-    import httpx
+    import aiohttp
+    from yarl import URL
 
     headers = {"Authorization": f"token {token}"} if token else {}
-    async with httpx.AsyncClient(headers=headers, timeout=10, trust_env=False) as client:
-        response = await client.get(f"{url.rstrip('/')}/codestral/status")
-    if response.status_code != 200:
-        raise ConfigError(f"{url} answered {response.status_code} to codestral/status (is the token right?).")
-    usage: dict[str, Any] = response.json()["usage"]
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with (
+            aiohttp.ClientSession(headers=headers, timeout=timeout) as session,
+            # As given: a base URL's escapes ("/user%40host/") must reach the server unchanged.
+            session.get(URL(f"{url.rstrip('/')}/codestral/status", encoded=True)) as response,
+        ):
+            if response.status != 200:
+                raise ConfigError(f"{url} answered {response.status} to codestral/status (is the token right?).")
+            usage: dict[str, Any] = (await response.json())["usage"]
+    except aiohttp.ClientError as error:
+        raise ConfigError(f"Cannot read codestral/status at {url}: {error}") from None
     return usage
 
 

@@ -74,7 +74,8 @@ class CompleteHandler(CodestralHandler):
                         self.set_header("Cache-Control", "no-store")
                         self.set_header("X-Accel-Buffering", "no")  # proxies must not buffer the stream
                     self.write(json.dumps(event) + "\n")
-                    await self.flush()
+                    if not completion.ready:  # events that arrived together go out in one write
+                        await self.flush()
                 elif "done" in event:
                     reply = {k: v for k, v in event.items() if k != "done"}
                     self.finish({**self.service.backend.summary(), **reply})

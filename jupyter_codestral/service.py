@@ -83,6 +83,11 @@ class Completion:
     def done(self) -> bool:
         return self._task.done()
 
+    @property
+    def ready(self) -> int:
+        """Events already waiting to be read (a writer flushes once for all of them)."""
+        return self._queue.qsize()
+
     def __aiter__(self) -> Completion:
         return self
 

@@ -234,9 +234,10 @@ async def test_abandoned_requests_under_pool_contention_leave_no_connection_behi
 ) -> None:
     # More users than backend connections, each abandoning requests at any
     # moment (waiting for a connection, connecting, waiting for the answer).
-    # httpcore 1.0.9 loses a pool slot for good when a request is cancelled
-    # while its new connection is being set up (encode/httpcore#1093); once
-    # the slots are gone every completion would time out.
+    # A client that loses a pool slot for good when a request is cancelled
+    # while its connection is being set up (httpx's httpcore 1.0.9 did:
+    # encode/httpcore#1093) would, once the slots are gone, time out on
+    # every completion.
     fake_backend.reset(delay_first=0.05)
     url = f"{server_url}/complete"
     rng = __import__("random").Random(3)

@@ -8,13 +8,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-from httpx_sse import SSEError
+import aiohttp
+from multidict import CIMultiDictProxy
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..errors import BackendError, backend_error
 from ..templates import FimTemplate
-from . import pool
 from .base import Backend, BackendSettings, FimRequest
 from .openai_format import error_detail
 
@@ -47,28 +46,47 @@ def _retryable(error: BaseException) -> bool:
     return isinstance(error, BackendError) and error.retryable
 
 
+class NotAnEventStream(Exception):
+    """The server answered 200 with something other than the stream it was asked for."""
+
+
 class HttpBackend(Backend):
-    """A backend on the other side of an HTTP connection."""
+    """A backend on the other side of an HTTP connection.
+
+    One aiohttp session per backend, opened on first use (on the server's event loop): its pool keeps
+    connections alive between keystrokes, and cancelling a request (a newer keystroke) closes its
+    connection, which is how the backend learns that nobody wants the rest."""
 
     path = ""
     host_label = "The completion server"
+    content_type = "text/event-stream"  # what a streaming answer must be
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
-        timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-        self.client = httpx.AsyncClient(
-            base_url=settings.url.rstrip("/"),
-            headers=headers,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=20),
-            trust_env=False,  # the backend URL comes from configuration only, never a proxy variable
-        )
+        self.headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        # Requests wait for a connection here, where the wait has a readable timeout of its own.
         self.connection_slots = asyncio.Semaphore(settings.max_connections)
         self.template: FimTemplate = settings.prompt.template_for(settings.model)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                base_url=self.settings.url.rstrip("/") + "/",
+                headers=self.headers,
+                # sock_read: the first byte, or the next chunk; no limit on the whole stream.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.settings.connect_timeout, sock_read=self.settings.timeout
+                ),
+                connector=aiohttp.TCPConnector(limit=self.settings.max_connections, keepalive_timeout=60),
+                trust_env=False,  # the backend URL comes from configuration only, never a proxy variable
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def raw_prompt(self, request: FimRequest) -> str:
         return self.settings.prompt.render(self.template, request.context)
@@ -80,7 +98,7 @@ class HttpBackend(Backend):
     def auth_message(self, status: int, detail: str) -> str:
         return f"{self.host_label} at {self.settings.url} refused the request ({status}): {detail}"
 
-    def status_error(self, status: int, body: bytes, headers: httpx.Headers) -> BackendError:
+    def status_error(self, status: int, body: bytes, headers: CIMultiDictProxy[str]) -> BackendError:
         detail = self.settings.redact(error_detail(body)) or "no details"
         if status in (401, 403):
             return backend_error("auth", self.auth_message(status, detail))
@@ -100,19 +118,18 @@ class HttpBackend(Backend):
 
     def transport_error(self, exc: Exception) -> BackendError:
         url = self.settings.url
-        if isinstance(exc, httpx.ConnectTimeout):
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return backend_error(
                 "unreachable", f"Could not connect to {url} within {self.settings.connect_timeout:g} s."
             )
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TimeoutError):  # aiohttp's read timeout is one too
             return backend_error("timeout", f"{url} sent nothing for {self.settings.timeout:g} s.")
-        if isinstance(exc, httpx.ConnectError):
-            return backend_error(
-                "unreachable", f"Cannot reach {url}: {self.settings.redact(str(exc)) or 'connection refused'}."
-            )
-        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            reason = self.settings.redact(str(exc.os_error) if exc.os_error else str(exc)) or "connection refused"
+            return backend_error("unreachable", f"Cannot reach {url}: {reason}.")
+        if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
             return backend_error("bad_reply", f"{url} closed the connection before the completion was finished.")
-        if isinstance(exc, SSEError):
+        if isinstance(exc, NotAnEventStream):
             return backend_error("bad_reply", f"{url} did not answer with an event stream: {exc}")
         return backend_error("bad_reply", f"{url}: {self.settings.redact(str(exc))}")
 
@@ -136,21 +153,27 @@ class HttpBackend(Backend):
             self.rate_limited_until = None
             self.state = "ready"
 
-    async def _attempt(self, payload: dict[str, Any], slot: pool.Slot) -> httpx.Response:
+    async def _attempt(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
         """One POST; the streaming response, or the backend's error."""
-        request = self.client.build_request("POST", self.path, json=payload)
         try:
-            response = await pool.send(self.client, request, slot)
-        except httpx.HTTPError as exc:
+            response = await self.session.post(self.path.lstrip("/"), json=payload)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._failed(self.transport_error(exc)) from None
-        if response.status_code >= 400:
-            body = await response.aread()
-            await response.aclose()
-            raise self._failed(self.status_error(response.status_code, body, response.headers))
+        if response.status >= 400:
+            try:
+                body = await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                body = b""
+            response.release()
+            raise self._failed(self.status_error(response.status, body, response.headers))
+        if self.content_type not in response.headers.get("Content-Type", self.content_type):
+            response.close()
+            error = NotAnEventStream(f"its Content-Type is {response.headers.get('Content-Type')!r}")
+            raise self._failed(self.transport_error(error))
         self.state = "ready"
         return response
 
-    async def _open(self, payload: dict[str, Any], slot: pool.Slot) -> httpx.Response:
+    async def _open(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
         """POST and return the streaming response, retrying 5xx before any text."""
         self._check_rate_limit()
         retrying = AsyncRetrying(
@@ -159,33 +182,37 @@ class HttpBackend(Backend):
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
-        response: httpx.Response = await retrying(self._attempt, payload, slot)
+        response: aiohttp.ClientResponse = await retrying(self._attempt, payload)
         return response
 
-    def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
         """The completion's pieces from the backend's streaming response (and its usage figures
         into ``request.usage``)."""
         raise NotImplementedError
 
     async def post_stream(self, payload: dict[str, Any], request: FimRequest) -> AsyncIterator[str]:
-        slot = pool.Slot(self.connection_slots)
         try:
             async with asyncio.timeout(self.settings.timeout):
-                await slot.take()  # waiting here, unlike in httpcore's pool, is safe to cancel
+                await self.connection_slots.acquire()
         except TimeoutError:
             raise backend_error(
                 "timeout",
                 f"All {self.settings.max_connections} connections to {self.settings.url} stayed busy "
                 f"for {self.settings.timeout:g} s (CodestralExtension.backend_connections).",
             ) from None
-        async with slot:
-            response = await self._open(payload, slot)
+        try:
+            response = await self._open(payload)
+            finished = False
             try:
                 async for piece in self.events(response, request):
                     yield piece
-            except (httpx.HTTPError, SSEError) as exc:
+                finished = True
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._failed(self.transport_error(exc)) from None
             finally:
-                # Closing an unfinished response drops the connection, which is
-                # how the backend learns that nobody wants the rest.
-                await response.aclose()
+                if finished:
+                    response.release()  # read to its end: the connection goes back to the pool
+                else:
+                    response.close()  # dropping the connection tells the backend to stop
+        finally:
+            self.connection_slots.release()

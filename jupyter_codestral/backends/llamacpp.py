@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from ..errors import backend_error
 from ..templates import split_layout_parts, stable_suffix
@@ -49,7 +49,7 @@ class LlamaCppBackend(HttpBackend):
         async for piece in self.post_stream(payload, request):
             yield piece
 
-    async def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
+    async def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
         events = sse_json(response, self.settings.url, self.host_label)
         async for event in events:
             if event is None:

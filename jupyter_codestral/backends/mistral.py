@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
-import httpx
+import aiohttp
 
 from ..errors import backend_error
 from .base import FimRequest
@@ -63,5 +63,5 @@ class MistralBackend(HttpBackend):
         async for piece in self.post_stream(payload, request):
             yield piece
 
-    def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
         return choice_stream(response, self.settings.url, self.host_label, request.usage, "delta", "content")

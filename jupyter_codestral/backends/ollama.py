@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 
-import httpx
+import aiohttp
 
 from ..errors import backend_error
 from .base import FimRequest
 from .http import HttpBackend
-from .openai_format import drain, malformed
+from .openai_format import drain, lines, malformed
 
 
 class OllamaBackend(HttpBackend):
     name = "ollama"
     path = "/api/generate"
     host_label = "Ollama"
+    content_type = "application/x-ndjson"
 
     async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
         payload = {
@@ -33,10 +34,10 @@ class OllamaBackend(HttpBackend):
         async for piece in self.post_stream(payload, request):
             yield piece
 
-    async def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
+    async def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
         # One JSON object per line; the last has "done": true.
-        lines = response.aiter_lines()
-        async for line in lines:
+        body = lines(response)
+        async for line in body:
             if not line.strip():
                 continue
             try:
@@ -50,6 +51,6 @@ class OllamaBackend(HttpBackend):
             yield str(event.get("response") or "")
             if event.get("done"):
                 request.usage.report(event.get("prompt_eval_count"), event.get("eval_count"))
-                await drain(lines)
+                await drain(body)
                 return
         raise backend_error("bad_reply", f'{self.settings.url} ended the stream before "done".')

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from .base import FimRequest
 from .http import HttpBackend
@@ -37,5 +37,5 @@ class OpenAIBackend(HttpBackend):
         async for piece in self.post_stream(payload, request):
             yield piece
 
-    def events(self, response: httpx.Response, request: FimRequest) -> AsyncIterator[str]:
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
         return choice_stream(response, self.settings.url, self.host_label, request.usage, "text")

@@ -6,8 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-from httpx_sse import EventSource
+import aiohttp
 
 from ..errors import BackendError, backend_error
 from ..usage import Usage
@@ -46,11 +45,36 @@ async def drain(rest: AsyncIterator[Any]) -> None:
         pass
 
 
-async def sse_json(response: httpx.Response, url: str, host_label: str) -> AsyncIterator[dict[str, Any] | None]:
+async def lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The body's lines as they arrive, without their line ends."""
+    async for raw in response.content:
+        yield raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
+async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The data of each server-sent event, as the event-stream format defines it (WHATWG HTML
+    §9.2): ``data:`` lines, joined by newlines, make one event when a blank line follows; comment
+    lines (``:``) and the other fields are skipped.  (aiohttp has no SSE reader; these are its
+    rules for the one field we read.)"""
+    data: list[str] = []
+    async for line in lines(response):
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+async def sse_json(response: aiohttp.ClientResponse, url: str, host_label: str) -> AsyncIterator[dict[str, Any] | None]:
     """Each SSE data payload as JSON; ``None`` for the ``[DONE]`` sentinel."""
-    events = EventSource(response).aiter_sse()
+    events = sse_data(response)
     async for event in events:
-        data = event.data.strip()
+        data = event.strip()
         if not data:
             continue
         if data == "[DONE]":
@@ -80,7 +104,7 @@ def choice_text(payload: dict[str, Any], *path: str) -> str:
 
 
 async def choice_stream(
-    response: httpx.Response, url: str, host_label: str, usage: Usage, *path: str
+    response: aiohttp.ClientResponse, url: str, host_label: str, usage: Usage, *path: str
 ) -> AsyncIterator[str]:
     """The text of ``choices[0][path...]`` from each event of an OpenAI-style stream ending in
     ``[DONE]``; the ``usage`` an event carries (usually the last) goes into ``usage``."""
