@@ -21,10 +21,7 @@ from .context import CELL_SEPARATOR, FimContext
 #   of the cursor's line, so its start survives typing, cell moves and
 #   executions, and a KV cache keeps what it has read (benchmarks/RESULTS.md:
 #   later cells did not make the embedded model's completions better).
-# "anchored": the earlier cells as one file, the later cells as a second, and
-#   the current cell as the FIM file: typing and new cells at the end keep
-#   what was read; a cell move re-reads the later cells and the current cell.
-LAYOUTS = ("inline", "split", "stable", "anchored")
+LAYOUTS = ("inline", "split", "stable")
 
 
 @dataclass(frozen=True)
@@ -198,13 +195,6 @@ def render_prompt(template: FimTemplate, context: FimContext, layout: str = "inl
         files.append(("kernel_namespace.py", context.namespace))
         prefix = context.code_prefix
     near, far, later = split_layout_parts(context)
-    if layout == "anchored" and template.supports_files:
-        earlier = prefix[: len(prefix) - len(context.header + context.cell_prefix)]
-        files.append(("notebook.py", earlier))
-        if later.strip():
-            files.append(("later_cells.py", later))
-        suffix = near + _cell_end_marker(context, far)
-        return template.render(context.header + context.cell_prefix, suffix, files=files, current_file="cell.py")
     if layout == "split" and later.strip():
         files.append(("later_cells.py", later))
         suffix = near + _cell_end_marker(context, far)
