@@ -80,12 +80,13 @@ class CompleteHandler(CodestralHandler):
                     reply = {k: v for k, v in event.items() if k != "done"}
                     self.finish({**self.service.backend.summary(), **reply})
             if streaming:
-                self.finish()
+                # (APIHandler.finish would otherwise label a stream still unsent as JSON.)
+                self.finish(set_content_type=NDJSON)
         except CompletionError as error:
             if client_gone(self.request):
                 return
             if streaming:  # the error is the stream's last line
-                self.finish(json.dumps(error.to_json()) + "\n")
+                self.finish(json.dumps(error.to_json()) + "\n", set_content_type=NDJSON)
             else:
                 self.send_json(error.status, error.to_json(), error.retry_after)
         except StreamClosedError:
