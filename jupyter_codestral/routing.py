@@ -55,6 +55,9 @@ PROBE_CONTEXT = FimContext(
     cells_after=0,
 )
 
+# How long a probe of a backend without a first-token timeout (the embedded model) may take.
+PROBE_TIMEOUT_MS = 30_000.0
+
 _STRINGS = re.compile(r"""("|')(?:\\.|(?!\1).)*\1""")
 
 
@@ -90,15 +93,17 @@ class Health:
     """What the router knows about one backend from its last calls."""
 
     failures: int = 0
-    until: float = 0.0  # monotonic seconds: skipped before then
+    # Monotonic seconds: when the next probe asks the failed backend; 0 while it is in use (it is
+    # skipped from its failure until a probe finds it answering again).
+    until: float = 0.0
     until_wall: float | None = None  # the same, as wall-clock seconds (for the status bar)
     last_error: dict[str, Any] | None = None
     served: int = 0
     first_text_ms: list[float] = field(default_factory=list)
-    probing: bool = False  # a probe will say when it is back (until then it is skipped)
 
-    def available(self, now: float) -> bool:
-        return self.until == 0.0 or (not self.probing and now >= self.until)
+    @property
+    def available(self) -> bool:
+        return self.until == 0.0
 
     def recovered(self) -> None:
         self.failures = 0
@@ -172,6 +177,10 @@ class Attempt:
         await self.pieces.aclose()
 
 
+def no_text(name: str, timeout_ms: float) -> CompletionError:
+    return backend_error("timeout", f"{name} sent no text within {timeout_ms:.0f} ms.")
+
+
 class Router(Backend):
     """A backend made of named backends and the routes between them."""
 
@@ -188,7 +197,6 @@ class Router(Backend):
         self.settings = replace(first.settings, redact_secrets=any(s.settings.redact_secrets for s in specs.values()))
         self.supports_prefetch = False
         self._probes: dict[str, asyncio.Task[None]] = {}
-        self._ledger: UsageLedger | None = None  # where probes are counted (the requests' ledger)
 
     def attach(self, backends: Mapping[str, Backend]) -> None:
         self.backends = dict(backends)
@@ -220,7 +228,6 @@ class Router(Backend):
         return text
 
     async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
-        self._ledger = request.ledger
         route = self.routes.get(request.route)
         if route is None:
             return  # no backend for this kind of completion: nothing to show
@@ -229,9 +236,8 @@ class Router(Backend):
             chain = tuple(n for n in chain if self.backends[n].supports_prefetch)[:1]
             if not chain:
                 return
-        now = time.monotonic()
         # Backends cooling down are skipped, unless all of them are.
-        waiting = [name for name in chain if self.health[name].available(now)] or list(chain)
+        waiting = [name for name in chain if self.health[name].available] or list(chain)
         running: list[Attempt] = []
         winner: Attempt | None = None
         last_error: CompletionError | None = None
@@ -241,8 +247,8 @@ class Router(Backend):
                 if not running or (hedge_at is not None and time.monotonic() >= hedge_at):
                     if waiting:
                         running.append(Attempt.start(waiting.pop(0), self, request))
-                        hedge = route.hedge_ms is not None and waiting
-                        hedge_at = time.monotonic() + route.hedge_ms / 1000 if hedge and route.hedge_ms else None
+                        hedge_ms = route.hedge_ms if waiting else None
+                        hedge_at = None if hedge_ms is None else time.monotonic() + hedge_ms / 1000
                     elif running:
                         hedge_at = None
                     else:
@@ -262,13 +268,12 @@ class Router(Backend):
                         if not isinstance(error, CompletionError) or error.kind == "cancelled":
                             raise error
                         error.message = self._hide_keys(error.message)
-                        last_error = self._failed(attempt, error)
+                        last_error = self._failed(attempt.name, error, request.ledger)
                     elif attempt.overdue():
                         running.remove(attempt)
                         await attempt.abandon()
-                        timeout_ms = attempt.spec.first_token_timeout_ms
-                        message = f"{attempt.name} sent no text within {timeout_ms:.0f} ms."
-                        last_error = self._failed(attempt, backend_error("timeout", message))
+                        error = no_text(attempt.name, attempt.spec.first_token_timeout_ms or 0)
+                        last_error = self._failed(attempt.name, error, request.ledger)
         finally:
             for attempt in running:  # hedges that lost, or every one when this request was stopped
                 await attempt.abandon()
@@ -287,45 +292,40 @@ class Router(Backend):
             async for piece in winner.pieces:
                 yield piece
 
-    def _failed(self, attempt: Attempt, error: CompletionError) -> CompletionError:
-        self.health[attempt.name].failed(error, attempt.spec.cooldown_ms)
-        self._probe_later(attempt.name)
+    def _failed(self, name: str, error: CompletionError, ledger: UsageLedger | None) -> CompletionError:
+        """Skip ``name`` from now on, until a probe (counted in ``ledger``) finds it answering again."""
+        self.health[name].failed(error, self.specs[name].cooldown_ms)
+        if name not in self._probes or self._probes[name].done():
+            self._probes[name] = asyncio.ensure_future(self._probe(name, ledger))
         return error
 
     # -- bringing a failed backend back ---------------------------------------------------
-    def _probe_later(self, name: str) -> None:
-        if name not in self._probes or self._probes[name].done():
-            self.health[name].probing = True
-            self._probes[name] = asyncio.ensure_future(self._probe(name))
-
-    async def _probe(self, name: str) -> None:
+    async def _probe(self, name: str, ledger: UsageLedger | None) -> None:
         """At the end of each cool-down, a one-token completion; the backend is back once it answers."""
         health, spec = self.health[name], self.specs[name]
+        timeout_ms = spec.first_token_timeout_ms or PROBE_TIMEOUT_MS
         while True:
             await asyncio.sleep(max(0.0, health.until - time.monotonic()))
-            request = FimRequest(context=PROBE_CONTEXT, max_tokens=1, route="line", ledger=self._ledger)
+            request = FimRequest(context=PROBE_CONTEXT, max_tokens=1, route="line", ledger=ledger)
             try:
-                timeout = (spec.first_token_timeout_ms or 30_000) / 1000
-                async with asyncio.timeout(timeout), aclosing(self.backends[name].serve(request)) as pieces:
+                async with asyncio.timeout(timeout_ms / 1000), aclosing(self.backends[name].serve(request)) as pieces:
                     async for _ in pieces:
                         break
             except CompletionError as error:
                 health.failed(error, spec.cooldown_ms)
                 continue
             except TimeoutError:
-                health.failed(backend_error("timeout", f"{name} sent no text within {timeout:g} s."), spec.cooldown_ms)
+                health.failed(no_text(name, timeout_ms), spec.cooldown_ms)
                 continue
             health.recovered()
-            health.probing = False
             return
 
     # -- status ------------------------------------------------------------------------
     @property
     def state(self) -> str:
         """Ready when some backend of every route can answer now."""
-        now = time.monotonic()
         states = {n: self.backends[n].state for n in self.backends}
-        usable = {n for n, s in states.items() if s == "ready" and self.health[n].available(now)}
+        usable = {n for n, s in states.items() if s == "ready" and self.health[n].available}
         if all(usable & set(route.backends) for route in self.routes.values()):
             return "ready"
         return "loading" if "loading" in states.values() else "failing"
@@ -339,7 +339,6 @@ class Router(Backend):
         return {"backend": self.name, "model": ", ".join(models), "base_url": None}
 
     def describe(self) -> dict[str, Any]:
-        now = time.monotonic()
         backends = {}
         for name, backend in self.backends.items():
             health = self.health[name]
@@ -347,8 +346,8 @@ class Router(Backend):
             backends[name] = {
                 **backend.describe(),
                 "kind": backend.settings.backend,
-                "state": backend.state if health.available(now) else "cooling_down",
-                "skipped_until": health.until_wall if not health.available(now) else None,
+                "state": backend.state if health.available else "cooling_down",
+                "skipped_until": None if health.available else health.until_wall,
                 "last_error": health.last_error,
                 "served": health.served,
                 "first_text_ms": {

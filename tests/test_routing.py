@@ -233,6 +233,16 @@ async def test_a_silent_first_backend_is_hedged_after_hedge_ms_and_the_loser_can
     assert json.loads((await jp_fetch("codestral", "status")).body)["backends"]["codestral"]["state"] == "ready"
 
 
+@pytest.mark.parametrize("codestral_config", [hedged(0)], indirect=True)
+async def test_a_hedge_of_zero_ms_starts_both_backends_at_once(
+    complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer, codestral_config: Any
+) -> None:
+    fake_backend.script = Script(chunks=["slow()"], delay_first=1.2)
+    status, body = await complete(end_of("df."))
+    assert status == 200 and body["backend"] == "fallback"
+    assert second_backend.requests[0].at - fake_backend.requests[0].at < 0.2
+
+
 @pytest.mark.parametrize("codestral_config", [hedged(300)], indirect=True)
 async def test_a_first_backend_that_answers_before_hedge_ms_is_not_hedged(
     complete: Any, fake_backend: FakeFimServer, second_backend: FakeFimServer, codestral_config: Any
