@@ -46,24 +46,27 @@ async def run_completion(
     ledger: UsageLedger | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     start = time.perf_counter()
-    redact = backend.settings.redact_secrets  # before the context reaches a backend that sends it away
+
+    def redacted(context: FimContext) -> tuple[FimContext, int]:
+        """Before the context reaches a backend that sends it away: secrets replaced (and how many)."""
+        if not backend.settings.redact_secrets:
+            return context, 0
+        done = redact_context(context)
+        return done.context, done.count
+
     contexts: dict[ContextBudget, FimContext] = {}
 
-    def context_for(budget: ContextBudget) -> FimContext:
-        """The context within ``budget`` (a routed backend may have a budget of its own), redacted."""
-        if budget not in contexts:
-            context = build_context(request, budget, kernel)
-            contexts[budget] = redact_context(context).context if redact else context
-        return contexts[budget]
+    def context_for(within: ContextBudget) -> FimContext:
+        """The context within another budget (a routed backend may have one of its own)."""
+        if within not in contexts:
+            contexts[within] = redacted(build_context(request, within, kernel))[0]
+        return contexts[within]
 
     context = build_context(request, budget, kernel)
-    redactions = 0
     redacting = time.perf_counter()
-    if redact:
-        redacted = redact_context(context)
-        context, redactions = redacted.context, redacted.count
-    contexts[budget] = context
+    context, redactions = redacted(context)
     redaction_ms = _ms(time.perf_counter() - redacting)
+    contexts[budget] = context
     options = options_for(context, single_line=request.single_line)
     route = route_kind(context, options.single_line)
     fim = FimRequest(
