@@ -163,19 +163,19 @@ def route_spec(app: CodestralExtension, name: str, raw: Any) -> RouteSpec:
         api_key, key_name = mistral_key(url, os.environ)
     else:
         api_key, key_name = None, None
-    numbers: dict[str, float | None] = {}
-    for field_name, fallback in (
-        ("first_token_timeout_ms", None if kind_id == "embedded" else REMOTE_FIRST_TOKEN_TIMEOUT_MS),
-        ("cooldown_ms", COOLDOWN_FIRST_MS),
-    ):
-        value = raw.get(field_name, fallback)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-            raise ValueError(f"backends[{name!r}].{field_name} must be a positive number of milliseconds.")
-        numbers[field_name] = value
-    redact = raw.get("redact_secrets", redacts_secrets(app, kind_id))
+    first_token_timeout_ms = raw.get(
+        "first_token_timeout_ms", None if kind_id == "embedded" else REMOTE_FIRST_TOKEN_TIMEOUT_MS
+    )
+    cooldown_ms = raw.get("cooldown_ms", COOLDOWN_FIRST_MS)
     timeout = raw.get("timeout", app.timeout)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise ValueError(f"backends[{name!r}].timeout must be a positive number of seconds.")
+    for key, value, unit in (
+        ("first_token_timeout_ms", first_token_timeout_ms, "milliseconds"),
+        ("cooldown_ms", cooldown_ms, "milliseconds"),
+        ("timeout", timeout, "seconds"),
+    ):
+        if value is not None or key == "timeout":  # null: no first-token timeout, the usual cool-down
+            check_positive(value, f"backends[{name!r}].{key}", unit)
+    redact = raw.get("redact_secrets", redacts_secrets(app, kind_id))
     settings = replace(
         backend_settings(app),
         backend=kind_id,
@@ -194,12 +194,15 @@ def route_spec(app: CodestralExtension, name: str, raw: Any) -> RouteSpec:
     if "prefix_tokens" in raw or "suffix_tokens" in raw:
         sizes = {key: raw.get(key, getattr(app, key)) for key in ("prefix_tokens", "suffix_tokens")}
         for key, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"backends[{name!r}].{key} must be a positive number of tokens.")
+            check_positive(value, f"backends[{name!r}].{key}", "tokens", whole=True)
         budget = replace(context_budget(app), **sizes)
-    return RouteSpec(
-        name, settings, numbers["first_token_timeout_ms"], numbers["cooldown_ms"] or COOLDOWN_FIRST_MS, price, budget
-    )
+    return RouteSpec(name, settings, first_token_timeout_ms, cooldown_ms or COOLDOWN_FIRST_MS, price, budget)
+
+
+def check_positive(value: Any, where: str, unit: str, whole: bool = False) -> None:
+    """ValueError unless ``value`` is a positive number (a whole one, for ``whole``)."""
+    if isinstance(value, bool) or not isinstance(value, int if whole else int | float) or value <= 0:
+        raise ValueError(f"{where} must be a positive number of {unit}.")
 
 
 def default_backends(app: CodestralExtension) -> dict[str, Any]:
