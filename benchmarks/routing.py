@@ -45,6 +45,7 @@ from typing import Any
 import httpx
 from _common import BENCH_NOTEBOOKS, free_port, jupyter_server, wait_for
 from tqdm import tqdm
+from typing_replay import timed_stream
 
 from jupyter_codestral.embedded.model_files import MODELS, ensure_model
 from jupyter_codestral.evaluation import Case, pick_cases, score
@@ -125,27 +126,6 @@ def target_for(case: Case, kind: str) -> str:
     return case.target if kind == "line" else case.line.strip()
 
 
-def ask(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    """(ms to the first streamed text, the done event); an error event raises."""
-    start = time.perf_counter()
-    first = None
-    done: dict[str, Any] = {}
-    with client.stream("POST", url, json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {response.read().decode()[:200]}")
-        for line in response.iter_lines():
-            if not line:
-                continue
-            event = json.loads(line)
-            if "error" in event:
-                raise RuntimeError(event["error"]["message"])
-            if "delta" in event and first is None:
-                first = time.perf_counter()
-            if event.get("done"):
-                done = event
-    return ((first or time.perf_counter()) - start) * 1000, done
-
-
 def run_config(name: str, backends: dict[str, Any], routes: dict[str, Any], cases: dict[str, list[Case]],
                args: argparse.Namespace) -> Results:
     results = Results()
@@ -161,8 +141,8 @@ def run_config(name: str, backends: dict[str, Any], routes: dict[str, Any], case
         for kind, case in tqdm(work, desc=name, unit="case"):
             body = request_for(case, kind, args.max_tokens)
             try:
-                first_ms, done = ask(client, url, body)
-                warm_ms, _ = ask(client, url, body)
+                first_ms, done = timed_stream(client, url, body)
+                warm_ms, _ = timed_stream(client, url, body)
             except RuntimeError as error:
                 results.outcomes.append(Outcome(kind, float("nan"), float("nan"), False, 0.0, None, str(error)[:120]))
                 continue

@@ -84,10 +84,15 @@ def timed_completion(client: httpx.Client, url: str, body: dict[str, Any]) -> tu
 
 def timed_completion_with_timings(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, str, dict[str, Any]]:
     """Also the server's timings for the request."""
-    timings: dict[str, Any] = {}
+    ttft, done = timed_stream(client, url, body)
+    return ttft, done.get("completion", ""), done.get("timings", {})
+
+
+def timed_stream(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """(ms to the first streamed text or the end, the stream's done event); an error event raises."""
+    done: dict[str, Any] = {}
     start = time.perf_counter()
     first = None
-    completion = ""
     with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{response.status_code}: {response.read().decode()[:200]}")
@@ -98,12 +103,11 @@ def timed_completion_with_timings(client: httpx.Client, url: str, body: dict[str
             if "delta" in event and first is None:
                 first = time.perf_counter()
             if event.get("done"):
-                completion = event["completion"]
-                timings = event["timings"]
+                done = event
             if "error" in event:
                 raise RuntimeError(event["error"]["message"])
     end = time.perf_counter()
-    return ((first or end) - start) * 1000, completion, timings
+    return ((first or end) - start) * 1000, done
 
 
 def server_memory_mb(proc: Any) -> float:
