@@ -61,6 +61,14 @@ def jp_server_config(fake_backend: FakeFimServer, codestral_config: dict[str, An
     }
 
 
+async def wait_until(check: Callable[[], Any], seconds: float = 1.0, step: float = 0.01) -> None:
+    """Wait until ``check()`` is true, or ``seconds`` have passed (the caller then asserts what it wanted)."""
+    for _ in range(max(1, round(seconds / step))):
+        if check():
+            return
+        await asyncio.sleep(step)
+
+
 def the_app(jp_serverapp: Any) -> Any:
     """The running CodestralExtension of a test server."""
     (app,) = jp_serverapp.extension_manager.extension_apps["jupyter_codestral"]

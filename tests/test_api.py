@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import NOTEBOOK, notebook_request, the_app
+from conftest import NOTEBOOK, notebook_request, the_app, wait_until
 from fake_backends import FAKE_KEY, FakeFimServer
 
 
@@ -152,10 +152,7 @@ async def test_a_disconnect_cancels_the_backend_request(jp_serverapp: Any, serve
             first = json.loads(await anext(lines))
             assert "delta" in first
         # leaving the block closes our connection mid-stream
-    for _ in range(100):
-        if fake_backend.disconnects:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: fake_backend.disconnects)
     assert fake_backend.disconnects == 1 and fake_backend.finished == 0
     assert the_app(jp_serverapp).service.stats.cancelled == 1
 
@@ -168,10 +165,7 @@ async def test_a_plain_request_aborted_before_any_token_cancels_the_backend(
     async with httpx.AsyncClient(headers=jp_auth_header) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.post(url, json=notebook_request(), timeout=0.3)
-    for _ in range(100):
-        if fake_backend.disconnects:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: fake_backend.disconnects)
     assert fake_backend.disconnects == 1 and fake_backend.finished == 0
 
 
@@ -199,10 +193,7 @@ async def test_a_newer_request_for_the_same_document_supersedes_the_one_in_fligh
         assert rest[-1]["error"]["kind"] == "cancelled" and "newer request" in rest[-1]["error"]["message"]
         assert newer.status_code == 200 and newer.json()["completion"].endswith("head()")
         assert (await other_doc).status_code == 200 and (await prefetch).status_code == 200
-    for _ in range(100):  # the backend notices the closed connection at its next write
-        if fake_backend.disconnects:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: fake_backend.disconnects)  # the backend notices the closed connection at its next write
     assert fake_backend.disconnects == 1
     assert the_app(jp_serverapp).service.in_flight() == 0
 

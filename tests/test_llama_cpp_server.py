@@ -12,7 +12,6 @@ found out about it (and the README says):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import MODEL_CACHE, the_app
+from conftest import MODEL_CACHE, the_app, wait_until
 
 from jupyter_codestral.embedded.model_files import BUNDLED, ensure_model
 
@@ -111,10 +110,8 @@ async def test_the_real_server_stops_generating_when_the_request_is_cancelled(
             async for line in response.aiter_lines():
                 if line.strip() and "delta" in json.loads(line):
                     break  # text is streaming: the user typed on, the browser aborts
-    for _ in range(100):  # our relay drops its connection to the server, and the server notices
-        if llama_cpp_server.output().count("Disconnected from client") > before:
-            break
-        await asyncio.sleep(0.1)
+    # Our relay drops its connection to the server, and the server notices.
+    await wait_until(lambda: llama_cpp_server.output().count("Disconnected from client") > before, 10, 0.1)
     assert llama_cpp_server.output().count("Disconnected from client") > before, llama_cpp_server.output()[-2000:]
     usage = the_app(jp_serverapp).service.usage.day()["backends"]["strong"]
     assert usage["cancelled"] == 1 and usage["cancelled_prompt_tokens"] > 0

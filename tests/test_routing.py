@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import serve_fake, the_app
+from conftest import serve_fake, the_app, wait_until
 from fake_backends import FAKE_KEY, FakeFimServer, Script
 
 from jupyter_codestral.context import ContextBudget, build_context
@@ -222,10 +222,7 @@ async def test_a_silent_first_backend_is_hedged_after_hedge_ms_and_the_loser_can
     assert status == 200 and body["backend"] == "fallback" and body["completion"] == "from_fallback()"
     started_after = second_backend.requests[0].at - fake_backend.requests[0].at
     assert 0.28 <= started_after < 1.0  # the second started only after hedge_ms, long before the first spoke
-    for _ in range(100):  # the loser's connection is closed at once, before it could answer
-        if fake_backend.disconnects:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: fake_backend.disconnects)  # the loser's connection is closed at once
     assert fake_backend.disconnects == 1 and fake_backend.finished == 0
     usage = json.loads((await jp_fetch("codestral", "status")).body)["usage"]["backends"]
     assert usage["codestral"]["cancelled"] == 1 and usage["fallback"]["cancelled"] == 0

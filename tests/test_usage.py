@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import notebook_request
+from conftest import notebook_request, wait_until
 from fake_backends import FakeFimServer, Script
 
 from jupyter_codestral.usage import Call, Price, UsageLedger
@@ -95,8 +95,7 @@ async def test_a_cancelled_request_counts_its_prompt_and_the_price_applies(
     async with httpx.AsyncClient(headers=jp_auth_header, timeout=10) as client:
         await client.get(f"{server_url}/status")  # one user (the login cookie), so the newer request supersedes
         older = asyncio.create_task(client.post(f"{server_url}/complete", json=notebook_request(stream=True)))
-        while fake_backend.in_flight == 0:
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: fake_backend.in_flight, 5)
         fake_backend.script = Script(chunks=["df", ".head()"])
         newer = await client.post(f"{server_url}/complete", json=notebook_request())
         assert newer.status_code == 200
