@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import NOTEBOOK, notebook_request, the_app
+from conftest import NOTEBOOK, notebook_request
 from fake_backends import FakeFimServer
 from secret_corpus import ORDINARY, SECRETS
 
