@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
@@ -40,6 +41,14 @@ def _literal(text: str, kind: type) -> Any:
         except (ValueError, SyntaxError):
             return None
     return value if isinstance(value, kind) else None
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_patterns(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 class CodestralExtension(ExtensionApp):
@@ -340,24 +349,13 @@ class CodestralExtension(ExtensionApp):
 
     @default("backends")
     def _default_backends(self) -> dict[str, Any]:
-        return self._json_object("backends", "JUPYTER_CODESTRAL_BACKENDS")
+        value = self._json_env("backends", "JUPYTER_CODESTRAL_BACKENDS", _is_object, "a JSON object")
+        return value if value is not None else {}
 
     @default("routes")
     def _default_routes(self) -> dict[str, Any]:
-        return self._json_object("routes", "JUPYTER_CODESTRAL_ROUTES")
-
-    def _json_object(self, trait: str, variable: str) -> dict[str, Any]:
-        named = self._env(trait, variable)
-        if named is None:
-            return {}
-        try:
-            value = json.loads(named)
-        except ValueError as error:
-            self._verdict(trait, f"{variable} is not valid JSON ({error}).")
-            return {}
-        good = isinstance(value, dict)
-        self._verdict(trait, None if good else f"{variable} must be a JSON object; it is {named!r}.")
-        return value if good else {}
+        value = self._json_env("routes", "JUPYTER_CODESTRAL_ROUTES", _is_object, "a JSON object")
+        return value if value is not None else {}
 
     def routing_problem(self, trait: str, problem: str | None) -> None:
         """Record what is wrong with the backends or routes (found when the router is assembled)."""
@@ -376,15 +374,22 @@ class CodestralExtension(ExtensionApp):
         return self._path_list("allowed_paths", "JUPYTER_CODESTRAL_ALLOWED_PATHS")
 
     def _path_list(self, trait: str, variable: str) -> list[str] | None:
+        value: list[str] | None = self._json_env(trait, variable, _is_patterns, "a JSON list of glob patterns")
+        return value
+
+    def _json_env(self, trait: str, variable: str, is_good: Callable[[Any], bool], shape: str) -> Any:
+        """``$variable`` read as JSON of the wanted ``shape``; None when it is unset, or cannot be used (the
+        problem is then recorded for ``trait``)."""
         named = self._env(trait, variable)
         if named is None:
             return None
         try:
             value = json.loads(named)
-        except ValueError:
-            value = None
-        good = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        self._verdict(trait, None if good else f"{variable} must be a JSON list of glob patterns; it is {named!r}.")
+        except ValueError as error:
+            self._verdict(trait, f"{variable} is not valid JSON ({error}); {variable} must be {shape}.")
+            return None
+        good = is_good(value)
+        self._verdict(trait, None if good else f"{variable} must be {shape}; it is {named!r}.")
         return value if good else None
 
     # -- the server extension --------------------------------------------------------
