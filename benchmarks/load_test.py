@@ -18,9 +18,12 @@ Reported per number of users: requests served, errors, requests abandoned and
 how many of those the backend saw cancelled, the overhead (time minus the
 backend's 100 ms) at p50/p95/p99, the server's memory after warm-up and at
 the end, its connections to the backend at the end, the server's CPU per
-request.
+request.  With ``--rounds N`` the floor and the completion runs alternate N
+times, and the server's CPU per completion is also given as a multiple of the
+floor's in the same round (a busy machine drifts by a third between runs;
+alternating keeps each ratio's two halves close in time), with the median.
 
-    python benchmarks/load_test.py [--users 10,50,100] [--duration 15]
+    python benchmarks/load_test.py [--users 10,50,100] [--duration 15] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -223,6 +227,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--interval", type=float, default=0.15)
     parser.add_argument("--backend-delay", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=1, help="floor and completion runs, alternated")
     args = parser.parse_args()
 
     nb = notebook()
@@ -246,7 +251,7 @@ def main() -> None:
         floor = Target("jupyter GET api/status (floor)", base.replace("/codestral", "/api/status"),
                        [("Host", host), *token_headers.items(), ("Cookie", cookie)], lambda n: b"", "GET", 0.0)
         for users in [int(u) for u in args.users.split(",")]:
-            for target in (direct, floor, server):
+            for target in (direct, *[floor, server] * args.rounds):
                 pid = proc.pid if target is not direct else None
                 rows.append((target, users, asyncio.run(run(target, users, args.duration, args.interval,
                                                             args.backend_delay, backend, pid))))
@@ -269,6 +274,14 @@ def main() -> None:
               + f"{r['client_cpu_ms_per_request']:>11.2f}")
         for sample in t.error_samples[:3]:
             print(f"      error: {sample}")
+    if args.rounds > 1:
+        for users in [int(u) for u in args.users.split(",")]:
+            cpu = {name: [r["server_cpu_ms_per_request"] for t, u, r in rows if t.name == name and u == users]
+                   for name in (floor.name, server.name)}
+            ratios = [c / f for f, c in zip(cpu[floor.name], cpu[server.name], strict=True)]
+            print(f"{users} users: server CPU per completion / per floor request, by round: "
+                  + ", ".join(f"{c:.2f}/{f:.2f} = {r:.2f}x" for f, c, r in zip(cpu[floor.name], cpu[server.name], ratios, strict=True))
+                  + f"; median {statistics.median(ratios):.2f}x")
     print("p50/p95/p99: overhead in ms = time seen by the user - the backend's 100 ms (the baseline rows are what the "
           "load generator and the backend add by themselves; the floor rows are the time of Jupyter's status endpoint, "
           "which calls no backend). 'at backend': abandoned requests that had reached the "

@@ -74,7 +74,8 @@ class CompleteHandler(CodestralHandler):
                         self.set_header("Cache-Control", "no-store")
                         self.set_header("X-Accel-Buffering", "no")  # proxies must not buffer the stream
                     self.write(json.dumps(event) + "\n")
-                    if not completion.ready:  # events that arrived together go out in one write
+                    # Events that arrived together go out in one write; the last goes with the end of the body.
+                    if not completion.ready and "done" not in event:
                         await self.flush()
                 elif "done" in event:
                     reply = {k: v for k, v in event.items() if k != "done"}
@@ -91,6 +92,10 @@ class CompleteHandler(CodestralHandler):
                 self.send_json(error.status, error.to_json(), error.retry_after)
         except StreamClosedError:
             completion.stop(CLIENT_LEFT)
+        finally:
+            # The completion's task holds the handler (Jupyter keeps it in the task's context):
+            # let go of it, or each request is a reference cycle for the garbage collector.
+            self._completion = None
 
     def on_connection_close(self) -> None:
         # The browser aborted (a newer keystroke) or closed: stop paying for tokens.

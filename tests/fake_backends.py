@@ -43,6 +43,7 @@ class Script:
     omit_done: bool = False  # end the stream without its final marker
     fail_times: int | None = None  # answer `status` this many times, then succeed
     report_usage: bool = True  # end with the tokens used, in the wire format's own fields
+    one_write: bool = False  # send every event in one write (tokens that arrive together)
 
 
 @dataclass
@@ -214,7 +215,8 @@ class FakeHandler(tornado.web.RequestHandler):
             if self._closed:
                 return
             self.write(self.event(piece, last=i == len(pieces) - 1))
-            await self.flush()
+            if not script.one_write:
+                await self.flush()
         if script.report_usage:
             # The fake's tokens: four bytes of the request body each, one per chunk sent.
             self.usage = (len(self.request.body) // 4, len(pieces))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from typing import Any
@@ -32,14 +33,34 @@ async def test_plain_completion_sends_earlier_cells_in_prompt_and_later_in_suffi
     assert "\n# %%" in sent["stop"]
 
 
-async def test_streamed_and_plain_replies_agree(complete: Any) -> None:
+async def test_streamed_and_plain_replies_agree(complete: Any, fake_backend: FakeFimServer) -> None:
     _, plain = await complete(notebook_request())
+    fake_backend.reset(delay_between=0.05)  # tokens that arrive apart are shown apart
     status, lines = await complete(notebook_request(stream=True))
     assert status == 200
     deltas = [line["delta"] for line in lines if "delta" in line]
     assert len(deltas) >= 2  # it really streamed in pieces
     assert lines[-1]["done"] is True
     assert "".join(deltas) == lines[-1]["completion"] == plain["completion"]
+
+
+async def test_a_completion_leaves_no_reference_cycles(complete: Any) -> None:
+    """Nothing a completion allocates waits for the cyclic garbage collector: under load its
+    full passes over Jupyter's heap cost more than the completion itself."""
+    await complete(notebook_request(stream=True))  # first-use allocations (sessions, pools)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector would free is kept in gc.garbage
+    try:
+        for stream in (True, False, True):
+            status, _ = await complete(notebook_request(stream=stream))
+            assert status == 200
+        gc.collect()
+        ours = sorted({type(o).__module__ + "." + type(o).__qualname__ for o in gc.garbage
+                       if type(o).__module__.startswith(("jupyter_codestral", "tenacity"))})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert ours == []
 
 
 async def test_plain_file_request(complete: Any, fake_backend: FakeFimServer) -> None:

@@ -14,6 +14,7 @@ from traitlets.config import Config
 from jupyter_codestral.app import CodestralExtension
 from jupyter_codestral.backends import create_backend
 from jupyter_codestral.backends.base import Backend, FimRequest
+from jupyter_codestral.backends.openai_format import EventStream, LineBuffer
 from jupyter_codestral.config import backend_settings
 from jupyter_codestral.context import ContextBudget, build_context
 from jupyter_codestral.errors import BackendError
@@ -212,3 +213,31 @@ async def test_backend_404_suggests_the_wrong_kind_of_server(fake: FakeFimServer
     backend = make(fake, "openai")
     backend.path = "/nothing-here"  # type: ignore[misc]
     await expect_error(backend, "rejected", "404")
+
+
+def test_line_buffer_joins_lines_and_characters_split_between_pieces() -> None:
+    buffer = LineBuffer()
+    encoded = "x = 'é'\r\ny = 1\nlast".encode()
+    cut = encoded.index(b"\xa9")  # inside the two bytes of "é"
+    assert buffer.feed(encoded[:cut]) == []
+    assert buffer.feed(encoded[cut:]) == ["x = 'é'", "y = 1"]
+    assert buffer.feed(b"", final=True) == ["last"]
+
+
+def test_event_stream_follows_the_event_stream_rules() -> None:
+    events = EventStream()
+    assert events.feed(b": a comment\nevent: x\ndata: {\"a\"") == []
+    assert events.feed(b": 1}\n\ndata:first\ndata: second\n\ndata: tail") == ['{"a": 1}', "first\nsecond"]
+    assert events.feed(b"", final=True) == ["tail"]
+
+
+@pytest.mark.parametrize("name", ["mistral", "openai", "ollama", "llamacpp"])
+async def test_tokens_that_arrive_together_are_one_piece(fake: FakeFimServer, name: str) -> None:
+    backend = make(fake, name)
+    try:
+        fake.reset(chunks=["df", ".he", "ad()"], one_write=True)
+        assert [piece async for piece in backend.stream(fim_request())] == ["df.head()"]
+        fake.reset(chunks=["df", ".he", "ad()"], delay_between=0.05)
+        assert [piece async for piece in backend.stream(fim_request())] == ["df", ".he", "ad()"]
+    finally:
+        await backend.aclose()

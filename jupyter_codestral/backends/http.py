@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -176,23 +177,40 @@ class HttpBackend(Backend):
     async def _open(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
         """POST and return the streaming response, retrying 5xx before any text."""
         self._check_rate_limit()
+        # The first attempt goes without tenacity: its retry state is a reference cycle, garbage
+        # that only the cyclic collector frees, a cost on every keystroke for a rare failure.
+        try:
+            return await self._attempt(payload)
+        except BackendError as error:
+            if not _retryable(error) or self.settings.retries < 1:
+                raise
+        backoff = self.settings.retry_backoff
+        await asyncio.sleep(min(backoff, 2.0))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.settings.retries + 1),
-            wait=wait_exponential(multiplier=self.settings.retry_backoff, max=2.0),
+            stop=stop_after_attempt(self.settings.retries),
+            wait=wait_exponential(multiplier=2 * backoff, max=2.0),  # 1, 2, 4... times backoff, as from the first
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
         response: aiohttp.ClientResponse = await retrying(self._attempt, payload)
         return response
 
-    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
+    def payload(self, request: FimRequest) -> dict[str, Any]:
+        """The JSON body of the backend's streaming request for ``request``."""
+        raise NotImplementedError
+
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
         """The completion's pieces from the backend's streaming response (and its usage figures
         into ``request.usage``)."""
         raise NotImplementedError
 
-    async def post_stream(self, payload: dict[str, Any], request: FimRequest) -> AsyncIterator[str]:
+    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
+        payload = self.payload(request)
         try:
-            async with asyncio.timeout(self.settings.timeout):
+            if self.connection_slots.locked():  # (a timer per keystroke only when it may be needed)
+                async with asyncio.timeout(self.settings.timeout):
+                    await self.connection_slots.acquire()
+            else:
                 await self.connection_slots.acquire()
         except TimeoutError:
             raise backend_error(
@@ -204,8 +222,11 @@ class HttpBackend(Backend):
             response = await self._open(payload)
             finished = False
             try:
-                async for piece in self.events(response, request):
-                    yield piece
+                # Closed here, not left to the garbage collector (whose finalizer wakes the event
+                # loop from outside once per request).
+                async with aclosing(self.events(response, request)) as pieces:
+                    async for piece in pieces:
+                        yield piece
                 finished = True
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._failed(self.transport_error(exc)) from None

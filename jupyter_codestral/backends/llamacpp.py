@@ -8,16 +8,15 @@ executions; with the split layout later cells go in ``input_extra``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
 
-from ..errors import backend_error
 from ..templates import split_layout_parts, stable_suffix
 from .base import FimRequest
 from .http import HttpBackend
-from .openai_format import drain, sse_json
+from .openai_format import sse_json, stream_text
 
 
 class LlamaCppBackend(HttpBackend):
@@ -26,7 +25,7 @@ class LlamaCppBackend(HttpBackend):
     path = "/infill"
     host_label = "The llama.cpp server"
 
-    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
+    def payload(self, request: FimRequest) -> dict[str, Any]:
         context = request.context
         payload: dict[str, Any] = {
             "n_predict": 0 if request.prefetch else request.max_tokens,
@@ -46,17 +45,17 @@ class LlamaCppBackend(HttpBackend):
             }
         else:
             payload |= {"input_prefix": context.prefix, "input_suffix": context.suffix, "input_extra": []}
-        async for piece in self.post_stream(payload, request):
-            yield piece
+        return payload
 
-    async def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
-        events = sse_json(response, self.settings.url, self.host_label)
-        async for event in events:
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
+        def read(event: dict[str, Any] | None) -> tuple[str | None, bool]:
             if event is None:
-                return
-            yield str(event.get("content") or "")
-            if event.get("stop"):
+                return None, True
+            if event.get("stop"):  # the last event, with the tokens used
                 request.usage.report(event.get("tokens_evaluated"), event.get("tokens_predicted"))
-                await drain(events)
-                return
-        raise backend_error("bad_reply", f"{self.settings.url} ended the stream before its last event.")
+            return str(event.get("content") or ""), bool(event.get("stop"))
+
+        url = self.settings.url
+        return stream_text(
+            sse_json(response, url, self.host_label), read, f"{url} ended the stream before its last event."
+        )

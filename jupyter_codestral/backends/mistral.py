@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -47,10 +48,10 @@ class MistralBackend(HttpBackend):
             f"keys (MISTRAL_API_KEY) only on {MISTRAL_URL}: the two kinds are not interchangeable."
         )
 
-    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
+    def payload(self, request: FimRequest) -> dict[str, Any]:
         if not self.settings.api_key:
             raise backend_error("auth", "No Mistral key is configured: set CODESTRAL_API_KEY or MISTRAL_API_KEY.")
-        payload = {
+        payload: dict[str, Any] = {
             "model": self.settings.model,
             "prompt": request.prefix,
             "suffix": request.suffix,
@@ -60,8 +61,7 @@ class MistralBackend(HttpBackend):
         }
         if request.stop:
             payload["stop"] = list(request.stop)
-        async for piece in self.post_stream(payload, request):
-            yield piece
+        return payload
 
-    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
         return choice_stream(response, self.settings.url, self.host_label, request.usage, "delta", "content")

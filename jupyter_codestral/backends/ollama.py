@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import aiohttp
 
 from ..errors import backend_error
 from .base import FimRequest
 from .http import HttpBackend
-from .openai_format import drain, lines, malformed
+from .openai_format import LineBuffer, arrivals, json_object, stream_text
 
 
 class OllamaBackend(HttpBackend):
@@ -19,8 +19,8 @@ class OllamaBackend(HttpBackend):
     host_label = "Ollama"
     content_type = "application/x-ndjson"
 
-    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
-        payload = {
+    def payload(self, request: FimRequest) -> dict[str, Any]:
+        return {
             "model": self.settings.model,
             "prompt": request.prefix,
             "suffix": request.suffix,
@@ -31,26 +31,19 @@ class OllamaBackend(HttpBackend):
                 "stop": list(request.stop),
             },
         }
-        async for piece in self.post_stream(payload, request):
-            yield piece
 
-    async def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
         # One JSON object per line; the last has "done": true.
-        body = lines(response)
-        async for line in body:
+        url = self.settings.url
+
+        def read(line: str) -> tuple[str | None, bool]:
             if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                raise malformed(self.settings.url, line) from None
-            if not isinstance(event, dict):
-                raise malformed(self.settings.url, line)
+                return None, False
+            event = json_object(line, url)
             if "error" in event:
                 raise backend_error("server_error", f"Ollama reported: {event['error']}")
-            yield str(event.get("response") or "")
             if event.get("done"):
                 request.usage.report(event.get("prompt_eval_count"), event.get("eval_count"))
-                await drain(body)
-                return
-        raise backend_error("bad_reply", f'{self.settings.url} ended the stream before "done".')
+            return str(event.get("response") or ""), bool(event.get("done"))
+
+        return stream_text(arrivals(response, LineBuffer()), read, f'{url} ended the stream before "done".')

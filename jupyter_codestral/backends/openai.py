@@ -6,7 +6,7 @@ is a raw FIM prompt in the model family's template.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -21,7 +21,7 @@ class OpenAIBackend(HttpBackend):
     path = "/v1/completions"
     host_label = "The OpenAI-compatible server"
 
-    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
+    def payload(self, request: FimRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self.settings.model,
             "max_tokens": request.max_tokens,
@@ -34,8 +34,7 @@ class OpenAIBackend(HttpBackend):
             payload |= {"prompt": request.prefix, "suffix": request.suffix, "stop": list(request.stop)}
         else:
             payload |= {"prompt": self.raw_prompt(request), "stop": self.stop_sequences(request)}
-        async for piece in self.post_stream(payload, request):
-            yield piece
+        return payload
 
-    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncIterator[str]:
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
         return choice_stream(response, self.settings.url, self.host_label, request.usage, "text")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -45,51 +47,98 @@ async def drain(rest: AsyncIterator[Any]) -> None:
         pass
 
 
-async def lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The body's lines as they arrive, without their line ends."""
-    async for raw in response.content:
-        yield raw.decode("utf-8", "replace").rstrip("\r\n")
+class LineBuffer:
+    """Complete lines, without their line ends, from bytes that arrive in pieces of any size
+    (a UTF-8 character or a line may be split between two pieces)."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._partial = ""
+
+    def feed(self, data: bytes, final: bool = False) -> list[str]:
+        lines = (self._partial + self._decoder.decode(data, final)).split("\n")
+        self._partial = lines.pop()
+        if final and self._partial:
+            lines.append(self._partial)
+            self._partial = ""
+        return [line.rstrip("\r") for line in lines]
 
 
-async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+class EventStream:
     """The data of each server-sent event, as the event-stream format defines it (WHATWG HTML
     §9.2): ``data:`` lines, joined by newlines, make one event when a blank line follows; comment
     lines (``:``) and the other fields are skipped.  (aiohttp has no SSE reader; these are its
     rules for the one field we read.)"""
-    data: list[str] = []
-    async for line in lines(response):
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
-    if data:
-        yield "\n".join(data)
+
+    def __init__(self) -> None:
+        self._lines = LineBuffer()
+        self._data: list[str] = []
+
+    def feed(self, data: bytes, final: bool = False) -> list[str]:
+        events = []
+        for line in self._lines.feed(data, final):
+            if not line:
+                if self._data:
+                    events.append("\n".join(self._data))
+                    self._data = []
+                continue
+            field, _, value = line.partition(":")
+            if field == "data":
+                self._data.append(value[1:] if value.startswith(" ") else value)
+        if final and self._data:
+            events.append("\n".join(self._data))
+            self._data = []
+        return events
 
 
-async def sse_json(response: aiohttp.ClientResponse, url: str, host_label: str) -> AsyncIterator[dict[str, Any] | None]:
-    """Each SSE data payload as JSON; ``None`` for the ``[DONE]`` sentinel."""
-    events = sse_data(response)
-    async for event in events:
-        data = event.strip()
-        if not data:
-            continue
-        if data == "[DONE]":
-            await drain(events)
-            yield None
-            return
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            raise malformed(url, data) from None
-        if not isinstance(payload, dict):
-            raise malformed(url, data)
-        if "error" in payload:
-            raise backend_error("server_error", f"{host_label} reported: {error_detail(data.encode())}")
-        yield payload
+async def arrivals(
+    response: aiohttp.ClientResponse, parser: LineBuffer | EventStream
+) -> AsyncGenerator[list[str], None]:
+    """What ``parser`` makes of the body, one list for each piece that arrives: what arrived
+    together is handled together (one write to the browser, not one per token)."""
+    async for data in response.content.iter_any():
+        if parsed := parser.feed(data):
+            yield parsed
+    if parsed := parser.feed(b"", final=True):
+        yield parsed
+
+
+def json_object(text: str, url: str) -> dict[str, Any]:
+    """``text`` as a JSON object, or a malformed-reply error."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise malformed(url, text) from None
+    if not isinstance(value, dict):
+        raise malformed(url, text)
+    return value
+
+
+def event_json(data: str, url: str, host_label: str) -> dict[str, Any] | None:
+    """One SSE data payload as JSON; ``None`` for the ``[DONE]`` sentinel."""
+    data = data.strip()
+    if data == "[DONE]":
+        return None
+    payload = json_object(data, url)
+    if "error" in payload:
+        raise backend_error("server_error", f"{host_label} reported: {error_detail(data.encode())}")
+    return payload
+
+
+async def sse_json(
+    response: aiohttp.ClientResponse, url: str, host_label: str
+) -> AsyncGenerator[list[dict[str, Any] | None], None]:
+    """The JSON payloads of the events that arrived together (``None`` for ``[DONE]``); the
+    stream is read to its end after ``[DONE]``."""
+    async with aclosing(arrivals(response, EventStream())) as batches:
+        async for batch in batches:
+            events = [event_json(data, url, host_label) for data in batch if data.strip()]
+            if None in events:
+                yield events[: events.index(None) + 1]
+                await drain(batches)
+                return
+            if events:
+                yield events
 
 
 def choice_text(payload: dict[str, Any], *path: str) -> str:
@@ -103,16 +152,47 @@ def choice_text(payload: dict[str, Any], *path: str) -> str:
     return node or ""
 
 
-async def choice_stream(
+Event = TypeVar("Event")
+
+
+async def stream_text(
+    batches: AsyncGenerator[list[Event], None], read: Callable[[Event], tuple[str | None, bool]], missing: str
+) -> AsyncGenerator[str, None]:
+    """The completion's text, one piece for each batch of events that arrived together.
+
+    ``read`` gives an event's text (None: it has none) and whether it is the last; after the
+    last, the rest of the stream is read and dropped (the connection goes back to the pool).
+    ``missing`` is the error if the stream ends before its last event."""
+    async with aclosing(batches):
+        async for batch in batches:
+            texts: list[str] = []
+            ended = False
+            for event in batch:
+                text, ended = read(event)
+                if text is not None:
+                    texts.append(text)
+                if ended:
+                    break
+            if texts:
+                yield "".join(texts)
+            if ended:
+                await drain(batches)
+                return
+    raise backend_error("bad_reply", missing)
+
+
+def choice_stream(
     response: aiohttp.ClientResponse, url: str, host_label: str, usage: Usage, *path: str
-) -> AsyncIterator[str]:
-    """The text of ``choices[0][path...]`` from each event of an OpenAI-style stream ending in
+) -> AsyncGenerator[str, None]:
+    """The text of ``choices[0][path...]`` from the events of an OpenAI-style stream ending in
     ``[DONE]``; the ``usage`` an event carries (usually the last) goes into ``usage``."""
-    async for event in sse_json(response, url, host_label):
+
+    def read(event: dict[str, Any] | None) -> tuple[str | None, bool]:
         if event is None:
-            return
+            return None, True
         usage.report_openai(event)
         if event.get("choices") == [] and "usage" in event:
-            continue  # the usage-only event of stream_options.include_usage
-        yield choice_text(event, *path)
-    raise backend_error("bad_reply", f"{url} ended the stream before [DONE].")
+            return None, False  # the usage-only event of stream_options.include_usage
+        return choice_text(event, *path), False
+
+    return stream_text(sse_json(response, url, host_label), read, f"{url} ended the stream before [DONE].")
