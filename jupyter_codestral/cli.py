@@ -528,9 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=7, help="case selection seed (default 7)")
     bench.add_argument(
         "--compare",
-        nargs=2,
+        nargs="+",
         metavar="CONFIG",
-        help="two configurations to run side by side, e.g. layout=inline layout=split",
+        help="configurations to run side by side on the same cases, e.g. layout=stable layout=split",
     )
     add_backend_flags(bench)
     bench.add_argument("--layout", choices=LAYOUTS, help="prompt layout")
