@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .context import CELL_SEPARATOR, FimContext, cell_marker
+from .context import CELL_SEPARATOR, FimContext
 
 # Where the later cells go.
 # "inline": in the FIM suffix (the classic layout; for servers that read fast).
@@ -21,12 +21,7 @@ from .context import CELL_SEPARATOR, FimContext, cell_marker
 #   of the cursor's line, so its start survives typing, cell moves and
 #   executions, and a KV cache keeps what it has read (benchmarks/RESULTS.md:
 #   later cells did not make the embedded model's completions better).
-# "anchored": the stable layout while no cell follows; otherwise the earlier
-#   cells but the last as one file, the later cells as a second, and the last
-#   earlier cell with the current cell as the FIM file: typing and new cells at
-#   the end keep what was read; a cell move re-reads the later cells and the two
-#   cells at the cursor.
-LAYOUTS = ("inline", "split", "stable", "anchored")
+LAYOUTS = ("inline", "split", "stable")
 
 
 @dataclass(frozen=True)
@@ -200,14 +195,6 @@ def render_prompt(template: FimTemplate, context: FimContext, layout: str = "inl
         files.append(("kernel_namespace.py", context.namespace))
         prefix = context.code_prefix
     near, far, later = split_layout_parts(context)
-    if layout == "anchored" and template.supports_files and later.strip():
-        earlier = prefix[: len(prefix) - len(context.header + context.cell_prefix)]
-        last = earlier.rfind("\n" + cell_marker(context.language)) + 1  # where the last earlier cell starts
-        if last > 0:
-            files.append(("notebook.py", earlier[:last]))
-        files.append(("later_cells.py", later))
-        current = earlier[last:] + context.header + context.cell_prefix
-        return template.render(current, near + _cell_end_marker(context, far), files=files, current_file="cell.py")
     if layout == "split" and later.strip():
         files.append(("later_cells.py", later))
         suffix = near + _cell_end_marker(context, far)

@@ -96,17 +96,17 @@ async def test_doctor_names_each_problem_and_its_fix(fake_backend: FakeFimServer
     assert code == 1 and "no Mistral key is set" in out
 
 
-async def test_bench_compares_two_configurations(tmp_path: Path, fake_backend: FakeFimServer) -> None:
+async def test_bench_compares_configurations(tmp_path: Path, fake_backend: FakeFimServer) -> None:
     folder = tmp_path / "notebooks"
     folder.mkdir()
     cells = [{"cell_type": "code", "source": f"value_{i} = compute_something({i}, scale=2.5)\nprint(value_{i})"}
              for i in range(6)]
     write_notebook(folder / "a.ipynb", cells)
     code, out, err = await cli("bench", str(folder), "--cases", "3", "--backend", "openai", "--url", fake_backend.url,
-                               "--compare", "layout=inline", "layout=split")
+                               "--compare", "layout=inline", "layout=split", "layout=stable")
     assert code == 0, err
-    assert "3 masked lines" in out and "layout=inline" in out and "layout=split" in out
-    assert len(fake_backend.requests) == 6
+    assert "3 masked lines" in out and all(f"layout={name}" in out for name in ("inline", "split", "stable"))
+    assert len(fake_backend.requests) == 9
 
 
 async def test_complete_with_the_embedded_model(tmp_path: Path) -> None:
