@@ -22,8 +22,10 @@ request.  With ``--rounds N`` the floor and the completion runs alternate N
 times, and the server's CPU per completion is also given as a multiple of the
 floor's in the same round (a busy machine drifts by a third between runs;
 alternating keeps each ratio's two halves close in time), with the median.
+With ``--before REV`` a second server runs that revision's code against the
+same backend, its runs alternating with this one's, round by round.
 
-    python benchmarks/load_test.py [--users 10,50,100] [--duration 15] [--rounds 1]
+    python benchmarks/load_test.py [--users 10,50,100] [--duration 15] [--rounds 1] [--before REV]
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ import json
 import random
 import statistics
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import h11
 import httpx
 import psutil
-from _common import fake_backend, jupyter_server, load_cells, summary
+from _common import fake_backend, jupyter_server, load_cells, source_tree, summary
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Target:
     body_for: object  # (user number) -> bytes
     method: str = "POST"
     delay_ms: float | None = None  # what the target waits by design (default: the backend's delay)
+    server_pid: int | None = None  # the Jupyter server behind it, whose CPU is measured
 
     @property
     def address(self) -> tuple[str, int]:
@@ -228,37 +232,43 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.15)
     parser.add_argument("--backend-delay", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=1, help="floor and completion runs, alternated")
+    parser.add_argument("--before", help="a git revision to measure too, alternating with this code")
     args = parser.parse_args()
 
     nb = notebook()
     fim_body = json.dumps({"model": "codestral-latest", "prompt": "x = 1\n" * 200, "suffix": "", "stream": True,
                            "max_tokens": 64}).encode()
     rows = []
-    with fake_backend(delay=args.backend_delay) as backend, jupyter_server(
-        "--CodestralExtension.backend=mistral", f"--CodestralExtension.url={backend}",
-        env={"CODESTRAL_API_KEY": "load-test-key"},
-    ) as (base, token_headers, proc):
-        host = urlsplit(base).netloc
-        cookie = login_cookie(base, token_headers)
+    revisions = [None, args.before] if args.before else [None]
+    with fake_backend(delay=args.backend_delay) as backend, ExitStack() as servers:
         direct = Target("backend directly (baseline)", f"{backend}/v1/fim/completions",
                         [("Host", urlsplit(backend).netloc), ("Authorization", "Bearer load-test-key"),
                          ("Content-Type", "application/json")], lambda n: fim_body)
-        # Each user edits a notebook of their own (newest wins per user and document).
-        server = Target("through codestral/complete", f"{base}/complete",
-                        [("Host", host), *token_headers.items(), ("Cookie", cookie), ("Content-Type", "application/json")],
-                        lambda n: json.dumps(nb | {"path": f"student-{n}/exercises.ipynb"}).encode())
-        # Jupyter's own floor: its cheapest authenticated endpoint, same users, same pace.
-        floor = Target("jupyter GET api/status (floor)", base.replace("/codestral", "/api/status"),
-                       [("Host", host), *token_headers.items(), ("Cookie", cookie)], lambda n: b"", "GET", 0.0)
+        pairs = []  # (floor, completion) for each revision measured
+        for revision in revisions:
+            env = servers.enter_context(source_tree(revision)) | {"CODESTRAL_API_KEY": "load-test-key"}
+            base, token_headers, proc = servers.enter_context(jupyter_server(
+                "--CodestralExtension.backend=mistral", f"--CodestralExtension.url={backend}", env=env))
+            host, label = urlsplit(base).netloc, f", {revision}" if revision else ""
+            cookie = login_cookie(base, token_headers)
+            headers = [("Host", host), *token_headers.items(), ("Cookie", cookie)]
+            # Jupyter's own floor: its cheapest authenticated endpoint, same users, same pace.
+            floor = Target(f"jupyter GET api/status (floor{label})", base.replace("/codestral", "/api/status"),
+                           headers, lambda n: b"", "GET", 0.0, proc.pid)
+            # Each user edits a notebook of their own (newest wins per user and document).
+            server = Target(f"through codestral/complete{label}", f"{base}/complete",
+                            [*headers, ("Content-Type", "application/json")],
+                            lambda n: json.dumps(nb | {"path": f"student-{n}/exercises.ipynb"}).encode(),
+                            server_pid=proc.pid)
+            pairs.append((floor, server))
         for users in [int(u) for u in args.users.split(",")]:
-            for target in (direct, *[floor, server] * args.rounds):
-                pid = proc.pid if target is not direct else None
+            for target in (direct, *[t for _ in range(args.rounds) for pair in pairs for t in pair]):
                 rows.append((target, users, asyncio.run(run(target, users, args.duration, args.interval,
-                                                            args.backend_delay, backend, pid))))
+                                                            args.backend_delay, backend, target.server_pid))))
 
     print(f"\n{args.duration:.0f} s per run; a request every ~{args.interval * 1000:.0f} ms per user; "
           f"backend answers after {args.backend_delay * 1000:.0f} ms; 30-cell notebook")
-    print(f"{'target':<31}{'users':>5}{'served':>8}{'errors':>7}{'abandoned':>10}{'at backend':>11}{'cancelled':>10}"
+    print(f"{'target':<40}{'users':>5}{'served':>8}{'errors':>7}{'abandoned':>10}{'at backend':>11}{'cancelled':>10}"
           f"{'p50':>7}{'p95':>7}{'p99':>7}{'MB warm':>8}{'MB end':>7}{'conns end':>10}{'in flight':>10}"
           f"{'server CPU':>11}{'client CPU':>11}")
     for target, users, r in rows:
@@ -266,7 +276,7 @@ def main() -> None:
         s = summary(t.overhead_ms or [0])
         abandoned_at_backend = r["backend_requests"] - r["backend_finished"]
         server_side = target is not direct
-        print(f"{target.name:<31}{users:>5}{t.served:>8}{t.errors:>7}{t.abandoned:>10}{abandoned_at_backend:>11}"
+        print(f"{target.name:<40}{users:>5}{t.served:>8}{t.errors:>7}{t.abandoned:>10}{abandoned_at_backend:>11}"
               f"{r['backend_cancelled']:>10}{s['median']:>7.1f}{s['p95']:>7.1f}{s['p99']:>7.1f}"
               + (f"{r['memory_warm']:>8.0f}{r['memory_end']:>7.0f}{r['connections_end']:>10}" if server_side else f"{'':>25}")
               + f"{r['backend_in_flight']:>10}"
@@ -276,12 +286,15 @@ def main() -> None:
             print(f"      error: {sample}")
     if args.rounds > 1:
         for users in [int(u) for u in args.users.split(",")]:
-            cpu = {name: [r["server_cpu_ms_per_request"] for t, u, r in rows if t.name == name and u == users]
-                   for name in (floor.name, server.name)}
-            ratios = [c / f for f, c in zip(cpu[floor.name], cpu[server.name], strict=True)]
-            print(f"{users} users: server CPU per completion / per floor request, by round: "
-                  + ", ".join(f"{c:.2f}/{f:.2f} = {r:.2f}x" for f, c, r in zip(cpu[floor.name], cpu[server.name], ratios, strict=True))
-                  + f"; median {statistics.median(ratios):.2f}x")
+            for floor, server in pairs:
+                cpu = {name: [r["server_cpu_ms_per_request"] for t, u, r in rows if t.name == name and u == users]
+                       for name in (floor.name, server.name)}
+                ratios = [c / f for f, c in zip(cpu[floor.name], cpu[server.name], strict=True)]
+                rounds = ", ".join(f"{c:.2f}/{f:.2f} = {r:.2f}x"
+                                   for f, c, r in zip(cpu[floor.name], cpu[server.name], ratios, strict=True))
+                beyond = statistics.median(c - f for f, c in zip(cpu[floor.name], cpu[server.name], strict=True))
+                print(f"{users} users, {server.name}: server CPU per completion / per floor request, by round: "
+                      f"{rounds}; median {statistics.median(ratios):.2f}x, {beyond:.2f} ms beyond the floor")
     print("p50/p95/p99: overhead in ms = time seen by the user - the backend's 100 ms (the baseline rows are what the "
           "load generator and the backend add by themselves; the floor rows are the time of Jupyter's status endpoint, "
           "which calls no backend). 'at backend': abandoned requests that had reached the "

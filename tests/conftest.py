@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,23 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 # The tests give each server a temporary HOME; share one model cache between
 # them so the bundled model is assembled once, as on a user's machine.
 MODEL_CACHE = os.environ.get("JUPYTER_CODESTRAL_CACHE_DIR") or platformdirs.user_cache_dir("jupyter-codestral")
+
+
+@contextmanager
+def cyclic_garbage() -> Iterator[list[str]]:
+    """The types of ours (and tenacity's) that only the cyclic garbage collector would free,
+    among what the block allocates: filled in when the block ends."""
+    found: list[str] = []
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector would free is kept in gc.garbage
+    try:
+        yield found
+        gc.collect()
+        names = {f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage}
+        found.extend(sorted(n for n in names if n.startswith(("jupyter_codestral", "tenacity"))))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
 
 
 def serve_fake(loop: Any) -> Iterator[FakeFimServer]:

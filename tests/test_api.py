@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 from typing import Any
 
 import httpx
 import pytest
-from conftest import NOTEBOOK, notebook_request, the_app, wait_until
+from conftest import NOTEBOOK, cyclic_garbage, notebook_request, the_app, wait_until
 from fake_backends import FAKE_KEY, FakeFimServer
 
 
@@ -48,19 +47,11 @@ async def test_a_completion_leaves_no_reference_cycles(complete: Any) -> None:
     """Nothing a completion allocates waits for the cyclic garbage collector: under load its
     full passes over Jupyter's heap cost more than the completion itself."""
     await complete(notebook_request(stream=True))  # first-use allocations (sessions, pools)
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector would free is kept in gc.garbage
-    try:
+    with cyclic_garbage() as garbage:
         for stream in (True, False, True):
             status, _ = await complete(notebook_request(stream=stream))
             assert status == 200
-        gc.collect()
-        ours = sorted({type(o).__module__ + "." + type(o).__qualname__ for o in gc.garbage
-                       if type(o).__module__.startswith(("jupyter_codestral", "tenacity"))})
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    assert ours == []
+    assert garbage == []
 
 
 async def test_plain_file_request(complete: Any, fake_backend: FakeFimServer) -> None:

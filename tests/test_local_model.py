@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import execute_cell, settle, the_app
+from conftest import cyclic_garbage, execute_cell, settle, the_app
 
 from jupyter_codestral.embedded import model_files
 from jupyter_codestral.embedded.model_files import BUNDLED, ModelFileError, ModelSpec, assemble, ensure_model
@@ -62,6 +62,17 @@ async def test_the_bundled_model_completes_a_notebook_cell(jp_fetch: Any, comple
     code, lines = await complete(body(stream=True))
     assert code == 200 and lines[-1]["done"]
     assert "".join(line.get("delta", "") for line in lines[:-1]) == lines[-1]["completion"] == reply["completion"]
+
+
+@pytest.mark.slow
+async def test_an_embedded_completion_leaves_no_reference_cycles(jp_fetch: Any, complete: Any) -> None:
+    await wait_ready(jp_fetch)
+    await complete(body(stream=True))
+    with cyclic_garbage() as garbage:
+        for stream in (True, False):
+            code, _ = await complete(body(stream=stream))
+            assert code == 200
+    assert garbage == []
 
 
 @pytest.mark.slow
