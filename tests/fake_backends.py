@@ -44,6 +44,7 @@ class Script:
     fail_times: int | None = None  # answer `status` this many times, then succeed
     report_usage: bool = True  # end with the tokens used, in the wire format's own fields
     one_write: bool = False  # send every event in one write (tokens that arrive together)
+    raw_body: bytes | None = None  # answer 200 with exactly these bytes (a broken stream)
 
 
 @dataclass
@@ -193,6 +194,10 @@ class FakeHandler(tornado.web.RequestHandler):
             self.finish(script.error_body if script.error_body is not None else self.error_json(script.status))
             return
 
+        if script.raw_body is not None:
+            self.set_header("Content-Type", self.content_type)
+            self.finish(script.raw_body)
+            return
         text = apply_stop("".join(script.chunks), self.stop_of(body))
         pieces, used = [], 0
         for chunk in script.chunks:  # the scripted chunking, cut where the stop was

@@ -14,7 +14,7 @@ from traitlets.config import Config
 from jupyter_codestral.app import CodestralExtension
 from jupyter_codestral.backends import create_backend
 from jupyter_codestral.backends.base import Backend, FimRequest
-from jupyter_codestral.backends.openai_format import EventStream, LineBuffer
+from jupyter_codestral.backends.openai_format import MAX_LINE_CHARS, EventStream, LineBuffer
 from jupyter_codestral.config import backend_settings
 from jupyter_codestral.context import ContextBudget, build_context
 from jupyter_codestral.errors import BackendError
@@ -222,6 +222,21 @@ def test_line_buffer_joins_lines_and_characters_split_between_pieces() -> None:
     assert buffer.feed(encoded[:cut]) == []
     assert buffer.feed(encoded[cut:]) == ["x = 'é'", "y = 1"]
     assert buffer.feed(b"", final=True) == ["last"]
+
+
+def test_a_line_or_event_without_end_is_refused_before_it_fills_the_memory() -> None:
+    with pytest.raises(ValueError, match="a line of more than"):
+        LineBuffer().feed(b"x" * (MAX_LINE_CHARS + 1))
+    with pytest.raises(ValueError, match="an event of more than"):
+        EventStream().feed(b"data: 0123456789abcdef\n" * (MAX_LINE_CHARS // 16 + 1))
+
+
+@pytest.mark.parametrize("name", ALL)
+async def test_an_endless_line_is_a_readable_error(fake: FakeFimServer, name: str) -> None:
+    fake.reset(raw_body=b"data: " + b"x" * (MAX_LINE_CHARS + 10))  # and no line end
+    with pytest.raises(BackendError) as caught:
+        await collect(make(fake, name))
+    assert caught.value.kind == "bad_reply" and "a line of more than" in str(caught.value)
 
 
 def test_event_stream_follows_the_event_stream_rules() -> None:

@@ -228,7 +228,7 @@ class HttpBackend(Backend):
                     async for piece in pieces:
                         yield piece
                 finished = True
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # ValueError: an endless line
                 raise self._failed(self.transport_error(exc)) from None
             finally:
                 if finished:

@@ -47,6 +47,10 @@ async def drain(rest: AsyncIterator[Any]) -> None:
         pass
 
 
+# A line (or an event) this long is no completion: a broken server, which must not fill the memory.
+MAX_LINE_CHARS = 1 << 20
+
+
 class LineBuffer:
     """Complete lines, without their line ends, from bytes that arrive in pieces of any size
     (a UTF-8 character or a line may be split between two pieces)."""
@@ -58,6 +62,8 @@ class LineBuffer:
     def feed(self, data: bytes, final: bool = False) -> list[str]:
         lines = (self._partial + self._decoder.decode(data, final)).split("\n")
         self._partial = lines.pop()
+        if len(self._partial) > MAX_LINE_CHARS:
+            raise ValueError(f"a line of more than {MAX_LINE_CHARS} characters")
         if final and self._partial:
             lines.append(self._partial)
             self._partial = ""
@@ -73,6 +79,7 @@ class EventStream:
     def __init__(self) -> None:
         self._lines = LineBuffer()
         self._data: list[str] = []
+        self._size = 0
 
     def feed(self, data: bytes, final: bool = False) -> list[str]:
         events = []
@@ -80,14 +87,17 @@ class EventStream:
             if not line:
                 if self._data:
                     events.append("\n".join(self._data))
-                    self._data = []
+                    self._data, self._size = [], 0
                 continue
             field, _, value = line.partition(":")
             if field == "data":
                 self._data.append(value[1:] if value.startswith(" ") else value)
+                self._size += len(value)
+                if self._size > MAX_LINE_CHARS:
+                    raise ValueError(f"an event of more than {MAX_LINE_CHARS} characters")
         if final and self._data:
             events.append("\n".join(self._data))
-            self._data = []
+            self._data, self._size = [], 0
         return events
 
 
