@@ -246,7 +246,7 @@ def test_event_stream_follows_the_event_stream_rules() -> None:
     assert events.feed(b"", final=True) == ["tail"]
 
 
-@pytest.mark.parametrize("name", ["mistral", "openai", "ollama", "llamacpp"])
+@pytest.mark.parametrize("name", ALL)
 async def test_tokens_that_arrive_together_are_one_piece(fake: FakeFimServer, name: str) -> None:
     backend = make(fake, name)
     try:

@@ -19,6 +19,7 @@ from .base import Backend, BackendSettings, FimRequest
 from .openai_format import error_detail
 
 RETRIED_STATUS = frozenset({500, 502, 503, 504})
+RETRY_WAIT_MAX_S = 2.0  # the longest wait between two attempts
 # What a failure says about the backend, for codestral/status (other failures leave it as it was).
 STATE_AFTER = {
     "auth": "unauthorized",
@@ -185,10 +186,11 @@ class HttpBackend(Backend):
             if not _retryable(error) or self.settings.retries < 1:
                 raise
         backoff = self.settings.retry_backoff
-        await asyncio.sleep(min(backoff, 2.0))
+        await asyncio.sleep(min(backoff, RETRY_WAIT_MAX_S))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.retries),
-            wait=wait_exponential(multiplier=2 * backoff, max=2.0),  # 1, 2, 4... times backoff, as from the first
+            # 2, 4, 8... times backoff: the waits continue from the one above.
+            wait=wait_exponential(multiplier=2 * backoff, max=RETRY_WAIT_MAX_S),
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
