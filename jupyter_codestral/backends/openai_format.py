@@ -142,11 +142,14 @@ async def sse_json(
     stream is read to its end after ``[DONE]``."""
     async with aclosing(arrivals(response, EventStream())) as batches:
         async for batch in batches:
-            events = [event_json(data, url, host_label) for data in batch if data.strip()]
-            if None in events:
-                yield events[: events.index(None) + 1]
-                await drain(batches)
-                return
+            events: list[dict[str, Any] | None] = []
+            for data in batch:
+                if data.strip():
+                    events.append(event_json(data, url, host_label))
+                    if events[-1] is None:  # [DONE]: what follows is read, never parsed
+                        yield events
+                        await drain(batches)
+                        return
             if events:
                 yield events
 
