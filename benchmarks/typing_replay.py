@@ -16,8 +16,10 @@ in the same state:
 - ``inline``: the same prompt, with cache reuse;
 - ``split``: later cells as a separate file before the FIM part, with cache
   reuse, and a prefetch when the cursor enters the cell;
-- ``stable``: the notebook up to the cursor and the rest of the line (the
-  default now), with cache reuse and the prefetch;
+- ``stable``: the notebook up to the cursor and the rest of the line, with
+  cache reuse and the prefetch;
+- ``adaptive``: the stable prompt at once, and the split one once the worker
+  has read it (the prefetch reads both; the default now);
 - ``before``: the code of a git revision (``--before``) with its defaults,
   run from an exported copy, to compare with what shipped then.
 
@@ -59,9 +61,10 @@ CONFIGS: dict[str, list[str]] = {
     "inline": ["--CodestralExtension.prompt_layout=inline"],
     "split": ["--CodestralExtension.prompt_layout=split"],
     "stable": ["--CodestralExtension.prompt_layout=stable"],
+    "adaptive": ["--CodestralExtension.prompt_layout=adaptive"],
     "before": [],
 }
-PREFETCH = {"split", "stable", "before"}
+PREFETCH = {"split", "stable", "adaptive", "before"}
 
 
 @dataclass
@@ -303,7 +306,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=3, help="characters typed between requests")
     parser.add_argument("--max-requests", type=int, default=6, help="requests per case (the last ones)")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--configs", default="before,stable")
+    parser.add_argument("--configs", default="before,adaptive")
     parser.add_argument("--before", default="6e1d113", help="git revision of the 'before' configuration")
     parser.add_argument("--notebooks", type=Path, default=BENCH_NOTEBOOKS)
     parser.add_argument("--log", type=Path, help="write each case's quality probe per configuration here (JSON lines)")
@@ -339,11 +342,11 @@ def main() -> None:
                     log.write(json.dumps({"config": name, "case": f"{case.notebook}#{case.cell_index}:{case.line_index}",
                                           "target": case.target, "completion": completion, "similarity": sim}) + "\n")
     names = list(table)
-    if len(names) >= 2 and all(len(table[n].similarity) == len(cases) for n in names[:2]):
-        first, second = (table[n].similarity for n in names[:2])
-        low, mean, high = paired_difference(second, first)
-        print(f"edit similarity, {names[1]} minus {names[0]}, case by case: {mean:+.3f} "
-              f"(95% bootstrap interval {low:+.3f} to {high:+.3f})")
+    for name in names[1:]:  # each against the first
+        if all(len(table[n].similarity) == len(cases) for n in (names[0], name)):
+            low, mean, high = paired_difference(table[name].similarity, table[names[0]].similarity)
+            print(f"edit similarity, {name} minus {names[0]}, case by case: {mean:+.3f} "
+                  f"(95% bootstrap interval {low:+.3f} to {high:+.3f})")
     for name, r in table.items():
         if r.prefetch_ms:
             p = summary(r.prefetch_ms)

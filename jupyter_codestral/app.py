@@ -81,7 +81,8 @@ class CodestralExtension(ExtensionApp):
     prompt_layout = Unicode(
         help="Where later cells go: 'inline' in the FIM suffix; 'split' as a separate file before the FIM part "
         "(needs repo-level FIM tokens); 'stable' nowhere, so the prompt's start survives typing, cell moves and "
-        "executions (for a model whose prompt cache we keep). Default: the backend's.",
+        "executions (for a model whose prompt cache we keep); 'adaptive' (the embedded model) the stable prompt at "
+        "once and the split one once read in the background. Default: the backend's.",
     ).tag(config=True)
     prefix_tokens = Int(help="Token budget for the text before the cursor. Default: the backend's.").tag(config=True)
     suffix_tokens = Int(help="Token budget for the text after the cursor. Default: the backend's.").tag(config=True)

@@ -19,9 +19,13 @@ from .context import CELL_SEPARATOR, FimContext
 #   but moving to another cell changes the start of the prompt.
 # "stable": nowhere; the prompt is the notebook up to the cursor and the rest
 #   of the cursor's line, so its start survives typing, cell moves and
-#   executions, and a KV cache keeps what it has read (benchmarks/RESULTS.md:
-#   later cells did not make the embedded model's completions better).
-LAYOUTS = ("inline", "split", "stable")
+#   executions, and a KV cache keeps what it has read.
+# "adaptive": the stable prompt, and beside it the split prompt as a richer
+#   one, for a backend that reads it in the background and answers from it
+#   once read (the embedded model): the later cells help mid-notebook
+#   (benchmarks/RESULTS.md), but reading them costs seconds after each cell
+#   move.  Backends that take one prompt use the stable one.
+LAYOUTS = ("inline", "split", "stable", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,15 @@ class PromptFormat:
         return template_for_model(model, self.template or fallback)
 
     def render(self, template: FimTemplate, context: FimContext) -> str:
-        return render_prompt(template, context, self.layout, self.kernel_file)
+        """The prompt to answer from at once."""
+        layout = "stable" if self.layout == "adaptive" else self.layout
+        return render_prompt(template, context, layout, self.kernel_file)
+
+    def render_richer(self, template: FimTemplate, context: FimContext) -> str | None:
+        """The adaptive layout's richer prompt (the split one), when it says more than :meth:`render`'s."""
+        if self.layout != "adaptive" or not template.supports_files or not split_layout_parts(context)[2].strip():
+            return None
+        return render_prompt(template, context, "split", self.kernel_file)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from jupyter_codestral.config import backend_settings, config_error, context_bud
 from jupyter_codestral.context import ContextBudget, build_context
 from jupyter_codestral.namespace import KernelState, Snapshot, Variable
 from jupyter_codestral.request import Cell, CompletionRequest
-from jupyter_codestral.templates import TEMPLATES, render_prompt, template_for_model
+from jupyter_codestral.templates import TEMPLATES, PromptFormat, render_prompt, template_for_model
 
 ENV = ("CODESTRAL_API_KEY", "MISTRAL_API_KEY", "JUPYTER_CODESTRAL_BACKEND", "JUPYTER_CODESTRAL_URL",
        "JUPYTER_CODESTRAL_MODEL", "JUPYTER_CODESTRAL_API_KEY", "JUPYTER_CODESTRAL_MODEL_PATH")
@@ -35,7 +35,7 @@ def configure(monkeypatch: pytest.MonkeyPatch) -> Callable[..., tuple[BackendSet
 
 def test_no_key_and_no_backend_means_the_embedded_model(configure: Any) -> None:
     settings, budget, _ = configure({}, {})
-    assert settings.backend == "embedded" and settings.layout == "stable"
+    assert settings.backend == "embedded" and settings.layout == "adaptive"
     assert budget.prefix_tokens == 1536
 
 
@@ -132,6 +132,19 @@ def test_split_layout_keeps_only_the_near_suffix_in_the_fim_part() -> None:
     assert fim.split("<|fim_suffix|>")[1] == "\n<|fim_middle|>"
     # The rest of the cell and the later cells are in the cached file before it.
     assert "line_a()\nline_b()\nline_c()\nline_d()\n# %%\nprint(y)" in later
+
+
+def test_the_adaptive_layout_answers_with_the_stable_prompt_and_offers_the_split_one() -> None:
+    cells = (Cell("code", "a = 1"), Cell("code", "b = a"), Cell("code", "print(b)"))
+    ctx = build_context(CompletionRequest(cells, 1, 3), ContextBudget())
+    adaptive, qwen = PromptFormat("adaptive"), TEMPLATES["qwen"]
+    assert adaptive.render(qwen, ctx) == render_prompt(qwen, ctx, "stable")
+    assert adaptive.render_richer(qwen, ctx) == render_prompt(qwen, ctx, "split")
+    # Nothing richer: no later cells, no repository tokens, or another layout.
+    last = build_context(CompletionRequest(cells, 2, 5), ContextBudget())
+    assert adaptive.render_richer(qwen, last) is None
+    assert adaptive.render_richer(TEMPLATES["deepseek"], ctx) is None
+    assert PromptFormat("stable").render_richer(qwen, ctx) is None
 
 
 def test_the_kernel_summary_leads_the_prompt_or_is_a_file_of_its_own() -> None:

@@ -351,3 +351,56 @@ async def test_a_keystroke_during_the_prefetch_goes_on_from_what_it_has_read(
     cache = await worker_timings(backend, seen + 1)
     # What the prefetch had read when the keystroke came was kept: the request went on from there.
     assert cache["cached_tokens"] >= 64 and cache["cached_tokens"] + cache["read_tokens"] == cache["prompt_tokens"]
+
+
+async def ahead_event(backend: Any, seen: int, finished: bool | None = None) -> dict[str, Any]:
+    """The worker's next report of reading a richer prompt ahead (the first that is ``finished``, if given)."""
+    for _ in range(3000):
+        if backend.aheads_seen > seen and finished in (None, backend.last_ahead["finished"]):
+            return dict(backend.last_ahead)
+        seen = backend.aheads_seen if finished is None else seen
+        await asyncio.sleep(0.01)
+    raise AssertionError("the worker did not report reading ahead")
+
+
+def mid_notebook(typed: str) -> dict[str, Any]:
+    """The user types in a cell with cells below it (about 450 tokens before it, 450 after)."""
+    cells = [*code_cells("frame", 20), {"cell_type": "code", "source": typed}, *code_cells("later", 20)]
+    return {"cells": cells, "cell_index": 20, "cursor": len(typed), "path": "mid.ipynb", "max_tokens": 4}
+
+
+@pytest.mark.slow
+async def test_a_prefetch_reads_the_later_cells_too_and_keystrokes_answer_from_them(
+    jp_fetch: Any, complete: Any, jp_serverapp: Any
+) -> None:
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).service.backend
+    assert backend.settings.layout == "adaptive"  # the embedded model's default
+    entered = await timed(complete, backend, {**mid_notebook("summary = "), "prefetch": True})
+    assert not entered["richer"]
+    typed = await timed(complete, backend, mid_notebook("summary = f"))
+    # The prompt with the later cells was read by the prefetch: only the typed character (and the FIM
+    # suffix after it) is new.
+    assert typed["richer"] and typed["read_tokens"] <= 12, typed
+    assert typed["prompt_tokens"] > entered["prompt_tokens"] + 300
+
+
+@pytest.mark.slow
+async def test_the_worker_reads_the_later_cells_ahead_between_keystrokes(
+    jp_fetch: Any, complete: Any, jp_serverapp: Any
+) -> None:
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).service.backend
+    aheads = backend.aheads_seen
+    first = await timed(complete, backend, mid_notebook("summary = "))
+    assert not first["richer"]  # answered at once from the notebook up to the cursor
+    await asyncio.sleep(2.5)  # idle: the worker reads the prompt with the later cells
+    second = await timed(complete, backend, mid_notebook("summary = f"))
+    assert not second["richer"] and second["read_tokens"] <= 12, second  # a keystroke does not wait for it
+    stopped = await ahead_event(backend, aheads)
+    assert not stopped["finished"] and stopped["read_tokens"] >= 128, stopped
+    done = await ahead_event(backend, aheads + 1, finished=True)
+    third = await timed(complete, backend, mid_notebook("summary = fr"))
+    assert third["richer"] and third["read_tokens"] <= 12, third
+    # What was read before the keystroke was kept: the rest was read once, after it.
+    assert stopped["read_tokens"] + done["read_tokens"] <= third["prompt_tokens"], (stopped, done, third)

@@ -50,6 +50,8 @@ class EmbeddedBackend(Backend):
         self.template = settings.prompt.template_for(settings.model, spec.template if spec else None)
         self.last_timings: dict[str, Any] = {}
         self.timings_seen = 0
+        self.last_ahead: dict[str, Any] = {}  # the worker's last reading of a richer prompt ahead
+        self.aheads_seen = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
@@ -156,6 +158,9 @@ class EmbeddedBackend(Backend):
             if self.state == "ready":
                 self._ready.set()
                 self._settled.set()
+        elif kind == "ahead":
+            self.last_ahead = {"read_tokens": event.get("read_tokens"), "finished": event.get("finished")}
+            self.aheads_seen += 1
         elif kind == "fatal":
             self.fatal = event["message"]
             self.state = "error"
@@ -199,17 +204,19 @@ class EmbeddedBackend(Backend):
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[req_id] = queue
         finished = False
+        prompt = self.settings.prompt
+        command = {
+            "op": "complete",
+            "id": req_id,
+            "prompt": prompt.render(self.template, request.context),
+            "max_tokens": request.max_tokens,
+            "stop": list(request.stop),
+            "prefetch": request.prefetch,
+        }
+        if (richer := prompt.render_richer(self.template, request.context)) is not None:
+            command["richer_prompt"] = richer
         try:
-            self._send(
-                {
-                    "op": "complete",
-                    "id": req_id,
-                    "prompt": self.settings.prompt.render(self.template, request.context),
-                    "max_tokens": request.max_tokens,
-                    "stop": list(request.stop),
-                    "prefetch": request.prefetch,
-                }
-            )
+            self._send(command)
             while True:
                 event = await queue.get()
                 if event["event"] == "text":
@@ -234,7 +241,8 @@ class EmbeddedBackend(Backend):
         info["progress"] = self.progress
         info["restarts"] = self.restarts
         info["worker_pid"] = self._proc.pid if self._proc else None
-        info["cache"] = {k: self.last_timings.get(k) for k in ("prompt_tokens", "cached_tokens")}
+        info["cache"] = {k: self.last_timings.get(k) for k in ("prompt_tokens", "cached_tokens", "richer")}
+        info["cache"]["read_ahead"] = self.last_ahead or None
         if self.fatal:
             info["fatal"] = self.fatal
         return info

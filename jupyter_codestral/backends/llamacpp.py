@@ -35,7 +35,7 @@ class LlamaCppBackend(HttpBackend):
             "stop": list(request.stop),
         }
         near, _, later = split_layout_parts(context)
-        if self.settings.layout == "stable":
+        if self.settings.layout in ("stable", "adaptive"):  # one prompt per request here
             payload |= {"input_prefix": context.prefix, "input_suffix": stable_suffix(context), "input_extra": []}
         elif self.settings.layout == "split" and later.strip():
             payload |= {

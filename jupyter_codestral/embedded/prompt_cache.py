@@ -70,37 +70,49 @@ class PromptCache:
     def saved_bytes(self) -> int:
         return sum(state.size for state in self.saved.values())
 
-    def prepare(self, tokens: Tokens) -> tuple[int, bool]:
+    def prepare(self, tokens: Tokens, keep_live: bool = False) -> tuple[int, bool]:
         """Make the context hold as much of ``tokens``' start as any copy has.
 
+        ``keep_live``: save what the context holds even if short (a request will come back to it soon).
         Returns (how many of its tokens need no reading, whether a copy was restored)."""
         if not self.reuse:
             self.llm.reset()
             self.llm._ctx.kv_cache_seq_rm(0, 0, -1)
             return 0, False
         keep = common_prefix(self.live, tokens)
-        best, best_keep = None, keep
-        for key, state in self.saved.items():
-            shared = common_prefix(state.tokens, tokens)
-            if shared > best_keep:
-                best, best_keep = key, shared
+        best, best_keep = self._best_copy(tokens, keep)
         restored = False
         if best is not None and best_keep >= keep + MIN_GAIN_TOKENS:
             state = self.saved.pop(best)  # out of the way of the context's own copy and eviction
-            self.save_live()
+            self.save_live(keep_live)
             restored = self._restore(state)
             keep = common_prefix(self.live, tokens)
-        elif self.llm.n_tokens - keep >= MIN_SAVED_TOKENS:
-            self.save_live()  # about to be overwritten: keep a copy to come back to
+        elif self.llm.n_tokens - keep >= (1 if keep_live else MIN_SAVED_TOKENS):
+            self.save_live(keep_live)  # about to be overwritten: keep a copy to come back to
         # The last token is always read again: its logits start the completion.
         keep = min(keep, len(tokens) - 1)
         self.llm._ctx.kv_cache_seq_rm(0, keep, -1)
         self.llm.n_tokens = keep
         return keep, restored
 
-    def save_live(self) -> None:
+    def _best_copy(self, tokens: Tokens, least: int) -> tuple[int | None, int]:
+        """The saved copy sharing the longest start with ``tokens``, if longer than ``least`` (key, length)."""
+        best, best_keep = None, least
+        for key, state in self.saved.items():
+            shared = common_prefix(state.tokens, tokens)
+            if shared > best_keep:
+                best, best_keep = key, shared
+        return best, best_keep
+
+    def unread(self, tokens: Tokens) -> int:
+        """How many of ``tokens`` neither the context nor any copy holds (what prepare() would leave to read)."""
+        if not self.reuse:
+            return len(tokens)
+        return len(tokens) - self._best_copy(tokens, common_prefix(self.live, tokens))[1]
+
+    def save_live(self, short: bool = False) -> None:
         """Copy the context's state out, unless a copy already holds it."""
-        if self.budget_bytes <= 0 or self.llm.n_tokens < MIN_SAVED_TOKENS:
+        if self.budget_bytes <= 0 or self.llm.n_tokens < (1 if short else MIN_SAVED_TOKENS):
             return
         live = self.live.copy()
         n = len(live)

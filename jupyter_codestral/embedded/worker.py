@@ -7,6 +7,7 @@ Commands (one JSON object per line on stdin)::
 
     {"op": "complete", "id": 1, "prompt": "...", "max_tokens": 64, "stop": ["\\n"]}
     {"op": "complete", "id": 2, "prompt": "...", "prefetch": true}   read the prompt only
+    {"op": "complete", "id": 3, "prompt": "...", "richer_prompt": "..."}
     {"op": "cancel", "id": 1}
 
 Events (one JSON object per line on stdout)::
@@ -16,6 +17,7 @@ Events (one JSON object per line on stdout)::
     {"event": "text", "id": 1, "text": "..."}
     {"event": "done", "id": 1, "timings": {...}}
     {"event": "error", "id": 1, "kind": "cancelled" | "failed", "message": "...", "timings": {...}}
+    {"event": "ahead", "read_tokens": 128, "finished": false}   reading a richer prompt ahead stopped
 
 Requests run one at a time, in the order they came, except that a prefetch
 gives way to any request someone waits for.  A prompt is read in
@@ -26,6 +28,14 @@ begins like it (the next keystroke in the same cell), continues from there.
 Only when the next request waiting diverges within the chunk being read is
 the chunk aborted inside llama.cpp at once (its abort callback).  What the
 model has read is kept across requests and notebooks by ``PromptCache``.
+
+A ``richer_prompt`` says more than ``prompt`` (the later cells of the
+notebook) but begins differently, so reading it costs seconds after each
+cell move.  A request is answered from it once the model has read nearly all
+of it, else from ``prompt`` at once; meanwhile the worker reads the richer
+prompt ahead whenever no request waits (a request arriving stops that reading
+at once, and what was read is kept).  A prefetch reads ``prompt``, then the
+richer one.  Events report which one answered (``timings.richer``).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,6 +56,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from .prompt_cache import PromptCache, Tokens, common_prefix
+
+# A richer prompt answers a request when it needs at most this many more tokens read than the
+# plain one: a few tokens cost a few milliseconds, the later cells' help is worth that.
+RICHER_SLACK_TOKENS = 16
+# Reading ahead starts once no request came for this long: keystrokes in a burst do not pay for
+# swapping the prompt they continue out and back in.
+READ_AHEAD_AFTER_S = 0.15
 
 
 class Emitter:
@@ -84,8 +102,10 @@ class Job:
     max_tokens: int
     stop: list[str]
     prefetch: bool
+    richer: Tokens | None = None  # the richer prompt, if any
     cancelled: bool = False
-    reading: bool = True  # still reading its prompt (else generating)
+    reading: bool = True  # still reading a prompt (else generating)
+    current: Tokens | None = None  # the prompt being read
     chunk_end: int = 0  # the prompt tokens read once the current chunk is done
     timings: dict[str, Any] = field(default_factory=dict)
 
@@ -123,25 +143,69 @@ class Generator:
         room = self.llm.n_ctx() - max(max_tokens, 1) - 1
         return tokens[-room:] if len(tokens) > room else tokens  # the cursor end matters most
 
+    def choose(self, job: Job) -> Tokens:
+        """The prompt to answer ``job`` from: the richer one if it is (nearly) read already."""
+        richer = job.richer
+        if richer is not None and not job.prefetch:
+            cheap = self.cache.unread(richer) <= self.cache.unread(job.tokens) + RICHER_SLACK_TOKENS
+            return richer if cheap else job.tokens
+        return job.tokens
+
+    def _read(self, job: Job, tokens: Tokens) -> None:
+        """Read ``tokens`` but the last (whose logits start the completion), chunk by chunk, after prepare()."""
+        llm = self.llm
+        job.current, job.reading = tokens, True
+        end = len(tokens) - 1
+        while llm.n_tokens < end:
+            if job.cancelled:
+                raise Cancelled
+            job.chunk_end = min(end, llm.n_tokens + self.chunk)
+            llm.eval(tokens[llm.n_tokens : job.chunk_end].tolist())
+        job.reading = False
+
+    def read_ahead(self, tokens: Tokens, waiting: Callable[[], bool], emit: Emitter) -> bool:
+        """Read ``tokens`` while ``waiting()`` is false (the caller sets ``abort`` when a request arrives).
+
+        True once all of it is read (now or before)."""
+        if self.cache.unread(tokens) <= 1:
+            return True
+        start, _ = self.cache.prepare(tokens, keep_live=True)  # the next keystroke wants it back
+        end = len(tokens) - 1
+        try:
+            while self.llm.n_tokens < end:
+                if waiting():
+                    break
+                self.llm.eval(tokens[self.llm.n_tokens : min(end, self.llm.n_tokens + self.chunk)].tolist())
+        except RuntimeError:
+            if not self.abort.is_set():
+                raise
+        finished = self.llm.n_tokens >= end
+        emit("ahead", read_tokens=min(self.llm.n_tokens, end) - start, finished=finished)
+        return finished
+
     def run(self, job: Job, emit: Emitter) -> None:
         llm = self.llm
         start = time.perf_counter()
-        cached, restored = self.cache.prepare(job.tokens)
-        job.timings = {"prompt_tokens": len(job.tokens), "cached_tokens": cached, "restored": restored}
+        prompt = self.choose(job)
+        cached, restored = self.cache.prepare(prompt)
+        job.timings = {
+            "prompt_tokens": len(prompt),
+            "cached_tokens": cached,
+            "restored": restored,
+            "richer": prompt is job.richer,
+        }
         stops = [s for s in job.stop if s]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, sent, generated = "", 0, 0
         first_token: float | None = None
+        read = 0  # of the prompt answered from (a prefetch goes on to the richer one)
         try:
-            # Read the prompt (all but its last token) chunk by chunk.
-            end = len(job.tokens) - 1
-            while llm.n_tokens < end:
-                if job.cancelled:
-                    raise Cancelled
-                job.chunk_end = min(end, llm.n_tokens + self.chunk)
-                llm.eval(job.tokens[llm.n_tokens : job.chunk_end].tolist())
-            job.reading = False
-            tokens = () if job.prefetch else llm.generate(job.tokens.tolist(), temp=0.0, top_k=1, repeat_penalty=1.0)
+            self._read(job, prompt)
+            read = min(llm.n_tokens, len(prompt)) - cached
+            if job.prefetch and job.richer is not None:
+                self.cache.prepare(job.richer, keep_live=True)  # the first keystroke may come before it is read
+                self._read(job, job.richer)
+            tokens = () if job.prefetch else llm.generate(prompt.tolist(), temp=0.0, top_k=1, repeat_penalty=1.0)
             for token in tokens:
                 if job.cancelled:
                     raise Cancelled
@@ -170,7 +234,7 @@ class Generator:
         finally:
             end_time = time.perf_counter()
             job.timings |= {
-                "read_tokens": min(llm.n_tokens, len(job.tokens)) - cached,
+                "read_tokens": min(llm.n_tokens, len(prompt)) - cached if job.current is prompt else read,
                 "generated_tokens": generated,
                 "worker_first_token_ms": round(((first_token or end_time) - start) * 1000, 2),
                 "worker_total_ms": round((end_time - start) * 1000, 2),
@@ -188,6 +252,8 @@ class Scheduler:
         self.lock = threading.Condition()
         self.queue: deque[Job | None] = deque()
         self.running: Job | None = None
+        self.ahead: Tokens | None = None  # the latest request's richer prompt, read while no request waits
+        self.reading_ahead = False
 
     def read_commands(self, stream: TextIO) -> None:
         for line in stream:
@@ -200,18 +266,22 @@ class Scheduler:
             elif cmd.get("op") == "complete":
                 try:
                     max_tokens = int(cmd.get("max_tokens", 64))
+                    richer = cmd.get("richer_prompt")
                     job = Job(
                         int(cmd["id"]),
                         self.generator.tokenize(str(cmd["prompt"]), max_tokens),
                         max_tokens,
                         [str(s) for s in cmd.get("stop", [])],
                         bool(cmd.get("prefetch")),
+                        None if richer is None else self.generator.tokenize(str(richer), max_tokens),
                     )
                 except (KeyError, TypeError, ValueError) as exc:
                     self.emit("error", id=cmd.get("id"), kind="failed", message=f"Bad command: {exc}")
                     continue
                 with self.lock:
                     self.queue.append(job)
+                    if self.reading_ahead:
+                        self.generator.abort.set()  # someone waits: stop reading ahead at once
                     running = self.running
                     if running is not None and running.prefetch and not job.prefetch:
                         # Someone waits for this one; the prefetch was only reading ahead
@@ -236,22 +306,35 @@ class Scheduler:
         if running is None or not running.cancelled or not running.reading:
             return
         upcoming = next((job for job in self.queue if job is not None and not job.cancelled), None)
-        if upcoming is not None and common_prefix(upcoming.tokens, running.tokens) < running.chunk_end:
+        current = running.current if running.current is not None else running.tokens
+        if upcoming is not None and common_prefix(upcoming.tokens, current) < running.chunk_end:
             self.generator.abort.set()
 
     def serve(self) -> None:
         while True:
             with self.lock:
-                while not self.queue:
+                while not self.queue and self.ahead is None:
                     self.lock.wait()
-                job = self.queue.popleft()
-                if job is None:
-                    return
-                if job.cancelled:
-                    self.emit("error", id=job.id, kind="cancelled", message="Superseded by a newer request.")
-                    continue
-                self.running = job
+                if not self.queue:
+                    self.lock.wait(READ_AHEAD_AFTER_S)
                 self.generator.abort.clear()
+                if not self.queue:
+                    ahead = self.ahead
+                    self.reading_ahead = True
+                    job = None
+                else:
+                    job = self.queue.popleft()
+                    if job is None:
+                        return
+                    if job.cancelled:
+                        self.emit("error", id=job.id, kind="cancelled", message="Superseded by a newer request.")
+                        continue
+                    self.running = job
+                    self.ahead = job.richer  # the cell the user is in now; None if it has no richer prompt
+            if job is None:
+                if ahead is not None:
+                    self._read_ahead(ahead)
+                continue
             try:
                 self.generator.run(job, self.emit)
             except Cancelled:
@@ -263,6 +346,18 @@ class Scheduler:
             finally:
                 with self.lock:
                     self.running = None
+
+    def _read_ahead(self, tokens: Tokens) -> None:
+        finished = True
+        try:
+            finished = self.generator.read_ahead(tokens, lambda: bool(self.queue), self.emit)
+        except Exception as exc:  # noqa: BLE001 - reading ahead is only a help; requests still get answered
+            print(f"reading ahead failed: {exc}", file=sys.stderr)
+        finally:
+            with self.lock:
+                self.reading_ahead = False
+                if finished and self.ahead is tokens:
+                    self.ahead = None
 
 
 def resolve_model(args: argparse.Namespace, emit: Emitter) -> Path:
