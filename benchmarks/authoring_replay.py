@@ -339,7 +339,7 @@ def report(name: str, scenario: str, requests: list[Request], common: set[tuple[
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
 
-    return (f"{name:<8}{scenario:<9}{len(firsts):>6}{fmt_ms(percentile(firsts, 0.5)):>9}{fmt_ms(percentile(firsts, 0.9)):>9}"
+    return (f"{name:<{max(8, len(name) + 1)}}{scenario:<9}{len(firsts):>6}{fmt_ms(percentile(firsts, 0.5)):>9}{fmt_ms(percentile(firsts, 0.9)):>9}"
             f"{len(requests):>10}{within(0.3):>9.0%}{within(1.0):>7.0%}{len(shown) / len(requests):>8.0%}"
             f"{mean([similarity(r) for r in shown]):>8.3f}{mean(both):>9.3f}{fmt_ms(percentile(lasts, 0.5)):>10}")
 
