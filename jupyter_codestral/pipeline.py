@@ -77,7 +77,6 @@ async def run_completion(
         route=route,
         ledger=ledger,
         context_for=context_for,
-        budget=budget,
     )
     completion = CompletionFilter(options)
     context_done = time.perf_counter()

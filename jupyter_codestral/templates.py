@@ -44,13 +44,9 @@ class PromptFormat:
         layout = "stable" if self.layout == "adaptive" else self.layout
         return render_prompt(template, context, layout, self.kernel_file)
 
-    def offers_richer(self, template: FimTemplate, context: FimContext) -> bool:
-        """Whether the adaptive layout has a richer prompt here: later cells, and a template for them."""
-        return self.layout == "adaptive" and template.supports_files and bool(split_layout_parts(context)[2].strip())
-
     def render_richer(self, template: FimTemplate, context: FimContext) -> str | None:
         """The adaptive layout's richer prompt (the split one), when it says more than :meth:`render`'s."""
-        if not self.offers_richer(template, context):
+        if self.layout != "adaptive" or not template.supports_files or not split_layout_parts(context)[2].strip():
             return None
         return render_prompt(template, context, "split", self.kernel_file)
 

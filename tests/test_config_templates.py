@@ -9,9 +9,7 @@ from traitlets.config import Config
 from jupyter_codestral.app import CodestralExtension
 from jupyter_codestral.backends import BackendSettings
 from jupyter_codestral.config import backend_settings, config_error, context_budget
-from jupyter_codestral.backends.base import FimRequest
-from jupyter_codestral.backends.embedded import EmbeddedBackend
-from jupyter_codestral.context import ContextBudget, build_context, estimate_tokens
+from jupyter_codestral.context import ContextBudget, build_context
 from jupyter_codestral.namespace import KernelState, Snapshot, Variable
 from jupyter_codestral.request import Cell, CompletionRequest
 from jupyter_codestral.templates import TEMPLATES, PromptFormat, render_prompt, template_for_model
@@ -147,19 +145,6 @@ def test_the_adaptive_layout_answers_with_the_stable_prompt_and_offers_the_split
     assert adaptive.render_richer(qwen, last) is None
     assert adaptive.render_richer(TEMPLATES["deepseek"], ctx) is None
     assert PromptFormat("stable").render_richer(qwen, ctx) is None
-
-
-def test_the_richer_prompt_fills_the_budget_where_the_stable_window_keeps_its_start() -> None:
-    cells = tuple(Cell("code", f"frame_{i} = load_table('frame', part={i})") for i in range(150))
-    request = CompletionRequest((*cells[:130], Cell("code", "summary = "), *cells[130:]), 130, 10)
-    budget = ContextBudget(prefix_tokens=1536, suffix_tokens=384, trim_step_tokens=512)
-    fim = FimRequest(build_context(request, budget), 8, context_for=lambda b: build_context(request, b), budget=budget)
-    richer = EmbeddedBackend._richer_context(fim)
-    # The stable window keeps a whole step for the current cell and moves in steps (here about 500 tokens);
-    # the richer prompt's earlier cells fill the budget but for its smaller step.
-    stable, wider = estimate_tokens(fim.context.before), estimate_tokens(richer.before)
-    assert stable <= 1024 < wider <= 1536 and richer.after == fim.context.after
-    assert "summary = " in richer.prefix and richer.before.endswith(fim.context.before)
 
 
 def test_the_kernel_summary_leads_the_prompt_or_is_a_file_of_its_own() -> None:

@@ -67,10 +67,8 @@ class FimRequest:
     # for this call (each call gets its own, Backend.serve).
     ledger: UsageLedger | None = field(default=None, repr=False)
     usage: Usage = field(default_factory=Usage, repr=False)
-    # The same request's context within another budget (for a routed backend with its own),
-    # and the budget ``context`` was built within.
+    # The same request's context within another budget (for a routed backend with its own).
     context_for: Callable[[ContextBudget], FimContext] | None = field(default=None, repr=False)
-    budget: ContextBudget | None = None
 
     @property
     def prefix(self) -> str:

@@ -17,10 +17,8 @@ import logging
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator
-from dataclasses import replace
 from typing import Any
 
-from ..context import FimContext
 from ..embedded.model_files import MODELS
 from ..errors import backend_error
 from .base import Backend, BackendSettings, FimRequest
@@ -28,10 +26,6 @@ from .base import Backend, BackendSettings, FimRequest
 log = logging.getLogger(__name__)
 # A worker that dies again soon after starting waits longer before the next try.
 RESTART_DELAYS = (0.2, 1.0, 5.0, 15.0)
-# The richer prompt begins with the later cells, so where its earlier cells start need not stay
-# put across cells: they fill the budget, in smaller steps than the stable prompt's window
-# (which must survive a notebook's growth); steps still, so typing rarely moves them.
-RICHER_TRIM_STEP_TOKENS = 128
 
 
 class EmbeddedBackend(Backend):
@@ -219,8 +213,8 @@ class EmbeddedBackend(Backend):
             "stop": list(request.stop),
             "prefetch": request.prefetch,
         }
-        if prompt.offers_richer(self.template, request.context):
-            command["richer_prompt"] = prompt.render_richer(self.template, self._richer_context(request))
+        if (richer := prompt.render_richer(self.template, request.context)) is not None:
+            command["richer_prompt"] = richer
         try:
             self._send(command)
             while True:
@@ -239,13 +233,6 @@ class EmbeddedBackend(Backend):
             if not finished:
                 self._send({"op": "cancel", "id": req_id})  # replaced by a newer request, or the client left
             self._pending.pop(req_id, None)
-
-    @staticmethod
-    def _richer_context(request: FimRequest) -> FimContext:
-        if request.context_for is None or request.budget is None:
-            return request.context
-        step = min(request.budget.trim_step_tokens, RICHER_TRIM_STEP_TOKENS)
-        return request.context_for(replace(request.budget, trim_step_tokens=step))
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
