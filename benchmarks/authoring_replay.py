@@ -327,7 +327,7 @@ def similarity(request: Request) -> float:
     return edit_similarity(request.shown.split("\n")[0].strip(), request.target)
 
 
-def report(name: str, scenario: str, requests: list[Request], common: set[tuple[str, int]]) -> str:
+def report(name: str, scenario: str, requests: list[Request], common: set[tuple[str, int]], width: int = 8) -> str:
     firsts = sorted(r.first_text if r.first_text is not None else math.inf for r in requests if r.first)
     lasts = sorted(r.first_text if r.first_text is not None else math.inf for r in requests if r.last)
     shown = [r for r in requests if r.first_text is not None]
@@ -339,7 +339,7 @@ def report(name: str, scenario: str, requests: list[Request], common: set[tuple[
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else float("nan")
 
-    return (f"{name:<{max(8, len(name) + 1)}}{scenario:<9}{len(firsts):>6}{fmt_ms(percentile(firsts, 0.5)):>9}{fmt_ms(percentile(firsts, 0.9)):>9}"
+    return (f"{name:<{width}}{scenario:<9}{len(firsts):>6}{fmt_ms(percentile(firsts, 0.5)):>9}{fmt_ms(percentile(firsts, 0.9)):>9}"
             f"{len(requests):>10}{within(0.3):>9.0%}{within(1.0):>7.0%}{len(shown) / len(requests):>8.0%}"
             f"{mean([similarity(r) for r in shown]):>8.3f}{mean(both):>9.3f}{fmt_ms(percentile(lasts, 0.5)):>10}")
 
@@ -387,7 +387,8 @@ def main() -> None:
           f"{args.cps:g} chars/s, {args.think:g} s pause after each word, {args.debounce * 1000:.0f} ms debounce, "
           f"first key {args.start:g} s after entering, prefetch {args.prefetch_delay * 1000:.0f} ms after entering; "
           f"embedded model through the HTTP endpoint; 'before' is {args.before}")
-    print(f"{'config':<8}{'scenario':<9}{'cells':>6}{'1st p50':>9}{'1st p90':>9}{'requests':>10}{'<=300ms':>9}"
+    width = max(8, *(len(name) + 1 for name in table))
+    print(f"{'config':<{width}}{'scenario':<9}{'cells':>6}{'1st p50':>9}{'1st p90':>9}{'requests':>10}{'<=300ms':>9}"
           f"{'<=1s':>7}{'shown':>8}{'ES':>8}{'ES all':>9}{'last p50':>10}")
     for scenario in scenarios:
         runs = {name: [r for r in results.requests if r.scenario == scenario] for name, results in table.items()}
@@ -395,7 +396,7 @@ def main() -> None:
                     for requests in runs.values()]
         common = set.intersection(*shown_by) if shown_by else set()
         for name, requests in runs.items():
-            print(report(name, scenario, requests, common))
+            print(report(name, scenario, requests, common, width))
     if args.log:
         with args.log.open("w") as log:
             for name, results in table.items():
