@@ -394,11 +394,11 @@ async def test_the_worker_reads_the_later_cells_ahead_between_keystrokes(
     aheads = backend.aheads_seen
     first = await timed(complete, backend, mid_notebook("summary = "))
     assert not first["richer"]  # answered at once from the notebook up to the cursor
-    await asyncio.sleep(2.5)  # idle: the worker reads the prompt with the later cells
+    await asyncio.sleep(1.5)  # idle: the worker reads the prompt with the later cells (about 850 tokens, 5 s here)
     second = await timed(complete, backend, mid_notebook("summary = f"))
     assert not second["richer"] and second["read_tokens"] <= 12, second  # a keystroke does not wait for it
     stopped = await ahead_event(backend, aheads)
-    assert not stopped["finished"] and stopped["read_tokens"] >= 128, stopped
+    assert not stopped["finished"] and stopped["read_tokens"] >= 64, stopped
     done = await ahead_event(backend, aheads + 1, finished=True)
     third = await timed(complete, backend, mid_notebook("summary = fr"))
     assert third["richer"] and third["read_tokens"] <= 12, third
