@@ -166,8 +166,8 @@ class Generator:
     def read_ahead(self, tokens: Tokens, waiting: Callable[[], bool], emit: Emitter) -> bool:
         """Read ``tokens`` while ``waiting()`` is false (the caller sets ``abort`` when a request arrives).
 
-        True once all of it is read (now or before)."""
-        if self.cache.unread(tokens) <= 1:
+        True once all of it is read (now or before), or when nothing read is kept (the cache is off)."""
+        if not self.cache.reuse or self.cache.unread(tokens) <= 1:
             return True
         start, _ = self.cache.prepare(tokens, keep_live=True)  # the next keystroke wants it back
         end = len(tokens) - 1
@@ -202,7 +202,7 @@ class Generator:
         try:
             self._read(job, prompt)
             read = min(llm.n_tokens, len(prompt)) - cached
-            if job.prefetch and job.richer is not None:
+            if job.prefetch and job.richer is not None and self.cache.reuse:
                 self.cache.prepare(job.richer, keep_live=True)  # the first keystroke may come before it is read
                 self._read(job, job.richer)
             tokens = () if job.prefetch else llm.generate(prompt.tolist(), temp=0.0, top_k=1, repeat_penalty=1.0)
