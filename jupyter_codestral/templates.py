@@ -39,10 +39,14 @@ class PromptFormat:
     def template_for(self, model: str, fallback: str | None = None) -> FimTemplate:
         return template_for_model(model, self.template or fallback)
 
+    @property
+    def answer_layout(self) -> str:
+        """The layout of the prompt answered from at once (the adaptive layout's is the stable one)."""
+        return "stable" if self.layout == "adaptive" else self.layout
+
     def render(self, template: FimTemplate, context: FimContext) -> str:
         """The prompt to answer from at once."""
-        layout = "stable" if self.layout == "adaptive" else self.layout
-        return render_prompt(template, context, layout, self.kernel_file)
+        return render_prompt(template, context, self.answer_layout, self.kernel_file)
 
     def render_richer(self, template: FimTemplate, context: FimContext) -> str | None:
         """The adaptive layout's richer prompt (the split one), when it says more than :meth:`render`'s."""

@@ -35,9 +35,10 @@ class LlamaCppBackend(HttpBackend):
             "stop": list(request.stop),
         }
         near, _, later = split_layout_parts(context)
-        if self.settings.layout in ("stable", "adaptive"):  # one prompt per request here
+        layout = self.settings.prompt.answer_layout  # one prompt per request here
+        if layout == "stable":
             payload |= {"input_prefix": context.prefix, "input_suffix": stable_suffix(context), "input_extra": []}
-        elif self.settings.layout == "split" and later.strip():
+        elif layout == "split" and later.strip():
             payload |= {
                 "input_prefix": context.prefix,
                 "input_suffix": near,

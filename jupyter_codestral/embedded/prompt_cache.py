@@ -79,16 +79,17 @@ class PromptCache:
             self.llm.reset()
             self.llm._ctx.kv_cache_seq_rm(0, 0, -1)
             return 0, False
+        least = 1 if keep_live else MIN_SAVED_TOKENS  # the shortest context worth a copy
         keep = common_prefix(self.live, tokens)
         best, best_keep = self._best_copy(tokens, keep)
         restored = False
         if best is not None and best_keep >= keep + MIN_GAIN_TOKENS:
             state = self.saved.pop(best)  # out of the way of the context's own copy and eviction
-            self.save_live(keep_live)
+            self.save_live(least)
             restored = self._restore(state)
             keep = common_prefix(self.live, tokens)
-        elif self.llm.n_tokens - keep >= (1 if keep_live else MIN_SAVED_TOKENS):
-            self.save_live(keep_live)  # about to be overwritten: keep a copy to come back to
+        elif self.llm.n_tokens - keep >= least:
+            self.save_live(least)  # about to be overwritten: keep a copy to come back to
         # The last token is always read again: its logits start the completion.
         keep = min(keep, len(tokens) - 1)
         self.llm._ctx.kv_cache_seq_rm(0, keep, -1)
@@ -110,9 +111,9 @@ class PromptCache:
             return len(tokens)
         return len(tokens) - self._best_copy(tokens, common_prefix(self.live, tokens))[1]
 
-    def save_live(self, short: bool = False) -> None:
-        """Copy the context's state out, unless a copy already holds it."""
-        if self.budget_bytes <= 0 or self.llm.n_tokens < (1 if short else MIN_SAVED_TOKENS):
+    def save_live(self, least: int = MIN_SAVED_TOKENS) -> None:
+        """Copy the context's state out, unless a copy already holds it or it is shorter than ``least``."""
+        if self.budget_bytes <= 0 or self.llm.n_tokens < least:
             return
         live = self.live.copy()
         n = len(live)

@@ -105,9 +105,12 @@ class Job:
     richer: Tokens | None = None  # the richer prompt, if any
     cancelled: bool = False
     reading: bool = True  # still reading a prompt (else generating)
-    current: Tokens | None = None  # the prompt being read
+    current: Tokens = field(init=False)  # the prompt being read (a prefetch goes on to the richer one)
     chunk_end: int = 0  # the prompt tokens read once the current chunk is done
     timings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.current = self.tokens
 
 
 class Generator:
@@ -151,16 +154,25 @@ class Generator:
             return richer if cheap else job.tokens
         return job.tokens
 
-    def _read(self, job: Job, tokens: Tokens) -> None:
-        """Read ``tokens`` but the last (whose logits start the completion), chunk by chunk, after prepare()."""
+    def _read(self, tokens: Tokens, stop: Callable[[], bool], job: Job | None = None) -> bool:
+        """Read ``tokens`` but the last (whose logits start a completion) from where prepare() left
+        the context, chunk by chunk, until ``stop()``; whether all of it was read."""
         llm = self.llm
-        job.current, job.reading = tokens, True
         end = len(tokens) - 1
         while llm.n_tokens < end:
-            if job.cancelled:
-                raise Cancelled
-            job.chunk_end = min(end, llm.n_tokens + self.chunk)
-            llm.eval(tokens[llm.n_tokens : job.chunk_end].tolist())
+            if stop():
+                return False
+            chunk_end = min(end, llm.n_tokens + self.chunk)
+            if job is not None:
+                job.chunk_end = chunk_end
+            llm.eval(tokens[llm.n_tokens : chunk_end].tolist())
+        return True
+
+    def _read_for(self, job: Job, tokens: Tokens) -> None:
+        """:meth:`_read` for a request, which a cancel stops."""
+        job.current, job.reading = tokens, True
+        if not self._read(tokens, lambda: job.cancelled, job):
+            raise Cancelled
         job.reading = False
 
     def read_ahead(self, tokens: Tokens, waiting: Callable[[], bool], emit: Emitter) -> bool:
@@ -170,17 +182,13 @@ class Generator:
         if not self.cache.reuse or self.cache.unread(tokens) <= 1:
             return True
         start, _ = self.cache.prepare(tokens, keep_live=True)  # the next keystroke wants it back
-        end = len(tokens) - 1
         try:
-            while self.llm.n_tokens < end:
-                if waiting():
-                    break
-                self.llm.eval(tokens[self.llm.n_tokens : min(end, self.llm.n_tokens + self.chunk)].tolist())
-        except RuntimeError:
+            finished = self._read(tokens, waiting)
+        except RuntimeError:  # llama_decode "aborted": a request arrived
             if not self.abort.is_set():
                 raise
-        finished = self.llm.n_tokens >= end
-        emit("ahead", read_tokens=min(self.llm.n_tokens, end) - start, finished=finished)
+            finished = False
+        emit("ahead", read_tokens=min(self.llm.n_tokens, len(tokens) - 1) - start, finished=finished)
         return finished
 
     def run(self, job: Job, emit: Emitter) -> None:
@@ -200,11 +208,11 @@ class Generator:
         first_token: float | None = None
         read = 0  # of the prompt answered from (a prefetch goes on to the richer one)
         try:
-            self._read(job, prompt)
+            self._read_for(job, prompt)
             read = min(llm.n_tokens, len(prompt)) - cached
             if job.prefetch and job.richer is not None and self.cache.reuse:
                 self.cache.prepare(job.richer, keep_live=True)  # the first keystroke may come before it is read
-                self._read(job, job.richer)
+                self._read_for(job, job.richer)
             tokens = () if job.prefetch else llm.generate(prompt.tolist(), temp=0.0, top_k=1, repeat_penalty=1.0)
             for token in tokens:
                 if job.cancelled:
@@ -306,8 +314,7 @@ class Scheduler:
         if running is None or not running.cancelled or not running.reading:
             return
         upcoming = next((job for job in self.queue if job is not None and not job.cancelled), None)
-        current = running.current if running.current is not None else running.tokens
-        if upcoming is not None and common_prefix(upcoming.tokens, current) < running.chunk_end:
+        if upcoming is not None and common_prefix(upcoming.tokens, running.current) < running.chunk_end:
             self.generator.abort.set()
 
     def serve(self) -> None:
