@@ -9,6 +9,7 @@ the embedded model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -27,6 +28,7 @@ import pytest
 from conftest import MODEL_CACHE, write_notebook
 from fake_backends import FAKE_KEY, FakeFimServer, Script
 from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 # JupyterLab in a real browser.
 pytestmark = pytest.mark.slow
@@ -416,14 +418,17 @@ def test_typing_along_the_suggestion_asks_nothing_and_keeps_the_rest(
 ) -> None:
     fake, page = fake_backend_threaded, browser_page
     with suggestion_shown(tmp_path, fake, page, ["survival_rate", "_by_class()"]) as asked:
+        expected = ["urvival_rate_by_class()", "rvival_rate_by_class()", "vival_rate_by_class()",
+                    "ival_rate_by_class()"]
         rests = []
-        for ch in "surv":
+        for ch, rest in zip("surv", expected, strict=True):
             page.keyboard.type(ch)
-            page.wait_for_timeout(120)
+            # Waiting for the rest, not a fixed time: a busy machine may take a frame or two to draw it.
+            with contextlib.suppress(PlaywrightTimeoutError):
+                wait_ghost(page, rest, timeout=5000)
             rests.append(ghost(page))
         page.wait_for_timeout(1200)  # well past the debounce: the provider was asked, and answered itself
-        assert rests == ["urvival_rate_by_class()", "rvival_rate_by_class()", "vival_rate_by_class()",
-                         "ival_rate_by_class()"], rests
+        assert rests == expected, rests
         assert ghost(page) == "ival_rate_by_class()"
         assert fake.request_count == asked
         # Deleting the last character and typing it again: the same suggestion, no request.
