@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from .namespace import KernelState, bound_names, place_variables
@@ -84,6 +84,33 @@ class ContextBudget:
     trim_step_tokens: int = 256
     # The kernel's variables have a budget of their own.
     namespace_tokens: int = 256
+    # Where the earlier cells' window begins (see WINDOWS).
+    window: str = "steps"
+
+    def in_window(self, window: str) -> ContextBudget:
+        """This budget for another window, holding as much earlier text on average.
+
+        A "steps" window holds between one and two steps less than the budget
+        left after the current cell's room (its start moves a step at a time),
+        so one step and a half less on average; a "nearest" window of half
+        steps, with one step less to fill, holds the same."""
+        if window == self.window:
+            return self
+        step = self.trim_step_tokens
+        if window == "nearest":
+            return replace(
+                self, window=window, prefix_tokens=self.prefix_tokens - step, trim_step_tokens=max(1, step // 2)
+            )
+        return replace(self, window=window, prefix_tokens=self.prefix_tokens + 2 * step, trim_step_tokens=2 * step)
+
+
+# "steps": at anchors laid in steps from the top of the notebook, so that the
+#   start survives typing, new cells and cell moves (for prompts that begin
+#   with the notebook, read once and kept in a KV cache).
+# "nearest": the nearest cells that fit, the farthest cut at a line: for
+#   prompts whose start changes with the cell anyway (the adaptive layout's
+#   richer one); the model completes better from it (benchmarks/RESULTS.md).
+WINDOWS = ("steps", "nearest")
 
 
 @dataclass(frozen=True)
@@ -247,6 +274,25 @@ def _window_start(cells: Sequence[tuple[tuple[str, ...], tuple[int, ...]]], left
     return len(cells), 0
 
 
+def _nearest_start(cells: Sequence[tuple[tuple[str, ...], tuple[int, ...]]], left: int, cpt: float) -> tuple[int, int]:
+    """Where a window of the nearest cells begins: whole cells from the cursor
+    up while they fit in ``left`` tokens, then the last lines of the next one."""
+    for position in range(len(cells) - 1, -1, -1):
+        lines, costs = cells[position]
+        whole = estimate_tokens("".join(lines), cpt)
+        if whole <= left:
+            left -= whole
+            continue
+        line = len(costs)
+        while line > 0 and costs[line - 1] <= left:
+            line -= 1
+            left -= costs[line]
+        if "".join(lines[line:]).strip():
+            return position, line
+        return position + 1, 0
+    return 0, 0
+
+
 def _comment_lines(lines: Sequence[str], language: str) -> str:
     mark = comment_prefix(language)
     return "".join(f"{mark} {line}\n" for line in lines)
@@ -268,13 +314,17 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
     current = request.cells[request.cell_index]
     header = "" if current.cell_type == "markdown" else cell_marker(language) + "\n"
 
-    # Earlier cells, in notebook order, in a window whose start moves in steps.
-    # Room is kept for the current cell in steps too, so typing rarely moves it.
+    # Earlier cells, in notebook order, in a window (budget.window).  Room is
+    # kept for the current cell in steps, so typing rarely moves its start.
     step = max(1, budget.trim_step_tokens)
     reserve = max(1, math.ceil(estimate_tokens(header + cell_prefix, cpt) / step)) * step
     earlier = [(i, c) for i, c in enumerate(request.cells[: request.cell_index]) if in_prompt(c)]
     rendered = [_cell_lines(cell, language, cpt) for _, cell in earlier]
-    first, first_line = _window_start(rendered, max(0, budget.prefix_tokens - reserve), step)
+    left = max(0, budget.prefix_tokens - reserve)
+    if budget.window == "nearest":
+        first, first_line = _nearest_start(rendered, left, cpt)
+    else:
+        first, first_line = _window_start(rendered, left, step)
     window_start = earlier[first][0] if first < len(earlier) else request.cell_index
 
     placement = None

@@ -76,6 +76,7 @@ async def run_completion(
         prefetch=request.prefetch,
         route=route,
         ledger=ledger,
+        budget=budget,
         context_for=context_for,
     )
     completion = CompletionFilter(options)

@@ -155,7 +155,7 @@ class Attempt:
     def start(cls, name: str, router: Router, request: FimRequest) -> Attempt:
         spec = router.specs[name]
         if spec.budget is not None and request.context_for is not None:
-            request = replace(request, context=request.context_for(spec.budget))
+            request = replace(request, context=request.context_for(spec.budget), budget=spec.budget)
         pieces = router.backends[name].serve(request)
         timeout = spec.first_token_timeout_ms
         return cls(

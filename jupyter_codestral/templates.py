@@ -7,7 +7,7 @@ prompt (vLLM or LM Studio ``/v1/completions``, the embedded model).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .context import CELL_SEPARATOR, FimContext
@@ -48,9 +48,14 @@ class PromptFormat:
         """The prompt to answer from at once."""
         return render_prompt(template, context, self.answer_layout, self.kernel_file)
 
-    def render_richer(self, template: FimTemplate, context: FimContext) -> str | None:
-        """The adaptive layout's richer prompt (the split one), when it says more than :meth:`render`'s."""
-        if self.layout != "adaptive" or not template.supports_files or not split_layout_parts(context)[2].strip():
+    def render_richer(self, template: FimTemplate, context_in: Callable[[str], FimContext]) -> str | None:
+        """The adaptive layout's richer prompt, when it says more than :meth:`render`'s: the split one, with
+        the nearest earlier cells (its start changes with the cell anyway, and the model completes better
+        from them: benchmarks/RESULTS.md).  ``context_in``: the request's context in a given window."""
+        if self.layout != "adaptive" or not template.supports_files:
+            return None
+        context = context_in("nearest")
+        if not split_layout_parts(context)[2].strip():
             return None
         return render_prompt(template, context, "split", self.kernel_file)
 

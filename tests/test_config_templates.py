@@ -9,7 +9,7 @@ from traitlets.config import Config
 from jupyter_codestral.app import CodestralExtension
 from jupyter_codestral.backends import BackendSettings
 from jupyter_codestral.config import backend_settings, config_error, context_budget
-from jupyter_codestral.context import ContextBudget, build_context
+from jupyter_codestral.context import ContextBudget, FimContext, build_context
 from jupyter_codestral.namespace import KernelState, Snapshot, Variable
 from jupyter_codestral.request import Cell, CompletionRequest
 from jupyter_codestral.templates import TEMPLATES, PromptFormat, render_prompt, template_for_model
@@ -136,15 +136,24 @@ def test_split_layout_keeps_only_the_near_suffix_in_the_fim_part() -> None:
 
 def test_the_adaptive_layout_answers_with_the_stable_prompt_and_offers_the_split_one() -> None:
     cells = (Cell("code", "a = 1"), Cell("code", "b = a"), Cell("code", "print(b)"))
-    ctx = build_context(CompletionRequest(cells, 1, 3), ContextBudget())
+    request = CompletionRequest(cells, 1, 3)
+    ctx = build_context(request, ContextBudget())
     adaptive, qwen = PromptFormat("adaptive"), TEMPLATES["qwen"]
+    windows: list[str] = []
+
+    def context_in(window: str) -> FimContext:
+        windows.append(window)
+        return build_context(request, ContextBudget(window=window))
+
     assert adaptive.render(qwen, ctx) == render_prompt(qwen, ctx, "stable")
-    assert adaptive.render_richer(qwen, ctx) == render_prompt(qwen, ctx, "split")
+    # The richer prompt is the split one, its earlier cells the nearest ones.
+    assert adaptive.render_richer(qwen, context_in) == render_prompt(qwen, context_in("nearest"), "split")
+    assert windows == ["nearest", "nearest"]
     # Nothing richer: no later cells, no repository tokens, or another layout.
-    last = build_context(CompletionRequest(cells, 2, 5), ContextBudget())
-    assert adaptive.render_richer(qwen, last) is None
-    assert adaptive.render_richer(TEMPLATES["deepseek"], ctx) is None
-    assert PromptFormat("stable").render_richer(qwen, ctx) is None
+    last = CompletionRequest(cells, 2, 5)
+    assert adaptive.render_richer(qwen, lambda window: build_context(last, ContextBudget(window=window))) is None
+    assert adaptive.render_richer(TEMPLATES["deepseek"], context_in) is None
+    assert PromptFormat("stable").render_richer(qwen, context_in) is None
 
 
 def test_the_kernel_summary_leads_the_prompt_or_is_a_file_of_its_own() -> None:

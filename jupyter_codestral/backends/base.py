@@ -67,8 +67,16 @@ class FimRequest:
     # for this call (each call gets its own, Backend.serve).
     ledger: UsageLedger | None = field(default=None, repr=False)
     usage: Usage = field(default_factory=Usage, repr=False)
-    # The same request's context within another budget (for a routed backend with its own).
+    # The budget ``context`` was built within, and the same request's context within
+    # another budget (for a routed backend with its own, and the adaptive layout's richer prompt).
+    budget: ContextBudget = field(default_factory=ContextBudget, repr=False)
     context_for: Callable[[ContextBudget], FimContext] | None = field(default=None, repr=False)
+
+    def context_in(self, window: str) -> FimContext:
+        """The same request's context with its earlier cells in another window (``context.WINDOWS``)."""
+        if window == self.budget.window or self.context_for is None:
+            return self.context
+        return self.context_for(self.budget.in_window(window))
 
     @property
     def prefix(self) -> str:

@@ -213,7 +213,7 @@ class EmbeddedBackend(Backend):
             "stop": list(request.stop),
             "prefetch": request.prefetch,
         }
-        if (richer := prompt.render_richer(self.template, request.context)) is not None:
+        if (richer := prompt.render_richer(self.template, request.context_in)) is not None:
             command["richer_prompt"] = richer
         try:
             self._send(command)
