@@ -329,7 +329,9 @@ def similarity(request: Request) -> float:
 
 def report(name: str, scenario: str, requests: list[Request], common: set[tuple[str, int]], width: int = 8) -> str:
     firsts = sorted(r.first_text if r.first_text is not None else math.inf for r in requests if r.first)
-    lasts = sorted(r.first_text if r.first_text is not None else math.inf for r in requests if r.last)
+    # The last request runs to its end; with no text, the model proposed nothing (the line was complete).
+    lasts = sorted(r.first_text for r in requests if r.last and r.first_text is not None)
+    empty = sum(r.last and r.first_text is None and r.life is None for r in requests)
     shown = [r for r in requests if r.first_text is not None]
     both = [similarity(r) for n, r in enumerate(requests) if (r.cell, n) in common]
 
@@ -341,7 +343,8 @@ def report(name: str, scenario: str, requests: list[Request], common: set[tuple[
 
     return (f"{name:<{width}}{scenario:<9}{len(firsts):>6}{fmt_ms(percentile(firsts, 0.5)):>9}{fmt_ms(percentile(firsts, 0.9)):>9}"
             f"{len(requests):>10}{within(0.3):>9.0%}{within(1.0):>7.0%}{len(shown) / len(requests):>8.0%}"
-            f"{mean([similarity(r) for r in shown]):>8.3f}{mean(both):>9.3f}{fmt_ms(percentile(lasts, 0.5)):>10}")
+            f"{mean([similarity(r) for r in shown]):>8.3f}{mean(both):>9.3f}"
+            f"{fmt_ms(percentile(lasts, 0.5)) if lasts else '-':>10}{empty:>7}")
 
 
 def main() -> None:
@@ -389,7 +392,7 @@ def main() -> None:
           f"embedded model through the HTTP endpoint; 'before' is {args.before}")
     width = max(8, *(len(name) + 1 for name in table))
     print(f"{'config':<{width}}{'scenario':<9}{'cells':>6}{'1st p50':>9}{'1st p90':>9}{'requests':>10}{'<=300ms':>9}"
-          f"{'<=1s':>7}{'shown':>8}{'ES':>8}{'ES all':>9}{'last p50':>10}")
+          f"{'<=1s':>7}{'shown':>8}{'ES':>8}{'ES all':>9}{'last p50':>10}{'empty':>7}")
     for scenario in scenarios:
         runs = {name: [r for r in results.requests if r.scenario == scenario] for name, results in table.items()}
         shown_by = [{(r.cell, n) for n, r in enumerate(requests) if r.first_text is not None}
@@ -408,7 +411,8 @@ def main() -> None:
           "key before any); '<=300ms', '<=1s': requests whose text came that soon (before the next key); "
           "'shown': before the next key at all; ES: edit similarity of the first line shown against the rest of "
           "the line, over the requests this configuration showed; 'ES all': over the requests every configuration "
-          "showed; 'last': the request after the line's last key, which runs to its end.")
+          "showed; 'last': the request after the line's last key, which runs to its end (p50 over those that showed "
+          "text); 'empty': those that ended with no text (the model proposed nothing: the line was complete).")
 
 
 if __name__ == "__main__":
