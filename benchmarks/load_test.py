@@ -23,9 +23,12 @@ times, and the server's CPU per completion is also given as a multiple of the
 floor's in the same round (a busy machine drifts by a third between runs;
 alternating keeps each ratio's two halves close in time), with the median.
 With ``--before REV`` a second server runs that revision's code against the
-same backend, its runs alternating with this one's, round by round.
+same backend, its runs alternating with this one's, round by round.  With
+``--parts`` the completion requests also run answered without a backend call
+(as a prefetch, which this backend does not need): what the request, its
+parsing and a reply cost, apart from relaying the backend's stream.
 
-    python benchmarks/load_test.py [--users 10,50,100] [--duration 15] [--rounds 1] [--before REV]
+    python benchmarks/load_test.py [--users 10,50,100] [--duration 15] [--rounds 1] [--before REV] [--parts]
 """
 
 from __future__ import annotations
@@ -233,6 +236,9 @@ def main() -> None:
     parser.add_argument("--backend-delay", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=1, help="floor and completion runs, alternated")
     parser.add_argument("--before", help="a git revision to measure too, alternating with this code")
+    parser.add_argument("--parts", action="store_true",
+                        help="also codestral/complete answered without a backend call (a prefetch, which this backend "
+                             "does not need): what the request, its parsing and a reply cost without the relay")
     args = parser.parse_args()
 
     nb = notebook()
@@ -244,7 +250,7 @@ def main() -> None:
         direct = Target("backend directly (baseline)", f"{backend}/v1/fim/completions",
                         [("Host", urlsplit(backend).netloc), ("Authorization", "Bearer load-test-key"),
                          ("Content-Type", "application/json")], lambda n: fim_body)
-        pairs = []  # (floor, completion) for each revision measured
+        groups: list[tuple[Target, list[Target]]] = []  # (floor, what is measured against it) for each revision
         for revision in revisions:
             env = servers.enter_context(source_tree(revision)) | {"CODESTRAL_API_KEY": "load-test-key"}
             base, token_headers, proc = servers.enter_context(jupyter_server(
@@ -260,9 +266,13 @@ def main() -> None:
                             [*headers, ("Content-Type", "application/json")],
                             lambda n: json.dumps(nb | {"path": f"student-{n}/exercises.ipynb"}).encode(),
                             server_pid=proc.pid)
-            pairs.append((floor, server))
+            parsed = Target(f"codestral/complete, no backend call{label}", f"{base}/complete",
+                            [*headers, ("Content-Type", "application/json")],
+                            lambda n: json.dumps(nb | {"path": f"student-{n}/exercises.ipynb", "prefetch": True,
+                                                       "stream": False}).encode(), delay_ms=0.0, server_pid=proc.pid)
+            groups.append((floor, [parsed, server] if args.parts else [server]))
         for users in [int(u) for u in args.users.split(",")]:
-            for target in (direct, *[t for _ in range(args.rounds) for pair in pairs for t in pair]):
+            for target in (direct, *[t for _ in range(args.rounds) for floor, others in groups for t in (floor, *others)]):
                 rows.append((target, users, asyncio.run(run(target, users, args.duration, args.interval,
                                                             args.backend_delay, backend, target.server_pid))))
 
@@ -286,7 +296,7 @@ def main() -> None:
             print(f"      error: {sample}")
     if args.rounds > 1:
         for users in [int(u) for u in args.users.split(",")]:
-            for floor, server in pairs:
+            for floor, server in [(floor, other) for floor, others in groups for other in others]:
                 cpu = {name: [r["server_cpu_ms_per_request"] for t, u, r in rows if t.name == name and u == users]
                        for name in (floor.name, server.name)}
                 ratios = [c / f for f, c in zip(cpu[floor.name], cpu[server.name], strict=True)]

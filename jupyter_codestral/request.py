@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import RequestError
 
 CELL_TYPES = ("code", "markdown", "raw")
 
 
-@dataclass(frozen=True)
-class Cell:
+class Cell(NamedTuple):
+    """One cell of the notebook (a named tuple: a request makes one per cell, on every keystroke)."""
+
     cell_type: str
     source: str
     # The kernel's execution number when this cell last ran (nbformat's
