@@ -69,12 +69,13 @@ class FimRequest:
     usage: Usage = field(default_factory=Usage, repr=False)
     # The budget ``context`` was built within, and the same request's context within
     # another budget (for a routed backend with its own, and the adaptive layout's richer prompt).
-    budget: ContextBudget = field(default_factory=ContextBudget, repr=False)
+    budget: ContextBudget | None = field(default=None, repr=False)
     context_for: Callable[[ContextBudget], FimContext] | None = field(default=None, repr=False)
 
     def context_in(self, window: str) -> FimContext:
-        """The same request's context with its earlier cells in another window (``context.WINDOWS``)."""
-        if window == self.budget.window or self.context_for is None:
+        """The same request's context with its earlier cells in another window (``context.WINDOWS``);
+        ``context`` itself when it is in that window or no other can be built."""
+        if self.budget is None or self.context_for is None or window == self.budget.window:
             return self.context
         return self.context_for(self.budget.in_window(window))
 
