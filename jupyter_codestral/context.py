@@ -13,9 +13,10 @@ cache reuse rather than only as one prefix and one suffix.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import NamedTuple
 
 from .namespace import KernelState, bound_names, place_variables
 from .policy import in_prompt
@@ -125,19 +126,18 @@ class FimContext:
     cells_after: int
     namespace: str = ""  # the kernel's variables as a comment block, leading the prompt
     header: str = ""  # the current cell's marker line
+    # The prompt's two halves, joined once (they are read several times per request).
+    prefix: str = field(init=False, repr=False, compare=False)
+    suffix: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def prefix(self) -> str:
-        return self.namespace + self.before + self.header + self.cell_prefix
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", self.namespace + self.before + self.header + self.cell_prefix)
+        object.__setattr__(self, "suffix", self.cell_suffix + self.after)
 
     @property
     def code_prefix(self) -> str:
         """The prefix without the kernel summary (for templates that give it as a file)."""
         return self.before + self.header + self.cell_prefix
-
-    @property
-    def suffix(self) -> str:
-        return self.cell_suffix + self.after
 
     @property
     def line_prefix(self) -> str:
@@ -212,25 +212,26 @@ def _trim_cell_suffix(text: str, budget: int, cpt: float) -> str:
     return current_line + ("\n" + below if below else "")
 
 
-def _pack(
-    cells: Sequence[Cell],
-    left: int,
-    cpt: float,
-    render: Callable[[Cell], str],
-    cut: Callable[[str, int, float], str],
-) -> list[str]:
-    """Rendered cells, nearest first, while they fit in ``left`` tokens; the
-    first one that does not fit is ``cut`` at a line boundary, and packing stops."""
+@lru_cache(maxsize=16384)
+def _later_cell(cell: Cell, language: str, cpt: float) -> tuple[str, int]:
+    """One later cell as it follows the cursor's cell, and its token cost (the same cells come
+    with every keystroke: each is rendered once)."""
+    text = CELL_SEPARATOR + render_cell(cell, language)
+    return text, estimate_tokens(text, cpt)
+
+
+def _pack_later(cells: Sequence[Cell], left: int, language: str, cpt: float) -> list[str]:
+    """Later cells, nearest first, while they fit in ``left`` tokens; the first one that
+    does not fit is cut at a line boundary, and packing stops."""
     parts: list[str] = []
     for cell in cells:
         if left <= 0:
             break
         if not in_prompt(cell):
             continue
-        text = render(cell)
-        cost = estimate_tokens(text, cpt)
+        text, cost = _later_cell(cell, language, cpt)
         if cost > left:
-            partial = cut(text, left, cpt)
+            partial = _head_lines(text, left, cpt)
             if partial.strip():
                 parts.append(partial)
             break
@@ -239,14 +240,25 @@ def _pack(
     return parts
 
 
+class _CellLines(NamedTuple):
+    """One earlier cell as it appears in the window, costed once (it comes with every keystroke)."""
+
+    text: str
+    lines: tuple[str, ...]  # each with its newline
+    costs: tuple[int, ...]  # each line's tokens
+    cost: int  # the lines' costs summed
+    whole: int  # the tokens of the whole text at once
+
+
 @lru_cache(maxsize=16384)
-def _cell_lines(cell: Cell, language: str, cpt: float) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """One earlier cell as it appears in the window: its lines (each with its newline) and their token costs."""
-    lines = tuple((render_cell(cell, language) + CELL_SEPARATOR).splitlines(keepends=True))
-    return lines, tuple(estimate_tokens(line, cpt) for line in lines)
+def _cell_lines(cell: Cell, language: str, cpt: float) -> _CellLines:
+    text = render_cell(cell, language) + CELL_SEPARATOR
+    lines = tuple(text.splitlines(keepends=True))
+    costs = tuple(estimate_tokens(line, cpt) for line in lines)
+    return _CellLines(text, lines, costs, sum(costs), estimate_tokens(text, cpt))
 
 
-def _window_start(cells: Sequence[tuple[tuple[str, ...], tuple[int, ...]]], left: int, step: int) -> tuple[int, int]:
+def _window_start(cells: Sequence[_CellLines], left: int, step: int) -> tuple[int, int]:
     """Where the earlier cells' window begins: (cell position, line in that cell).
 
     The start moves in steps: it is chosen among anchors laid every ``step``
@@ -257,12 +269,14 @@ def _window_start(cells: Sequence[tuple[tuple[str, ...], tuple[int, ...]]], left
     inside cells larger than a step."""
     candidates: list[tuple[int, int, int]] = []  # (cumulative tokens, cell position, line)
     used = 0
-    for position, (_, costs) in enumerate(cells):
-        split = sum(costs) > step
-        for number, cost in enumerate(costs):
-            if number == 0 or split:
+    for position, cell in enumerate(cells):
+        if cell.cost > step:
+            for number, cost in enumerate(cell.costs):
                 candidates.append((used, position, number))
-            used += cost
+                used += cost
+        else:
+            candidates.append((used, position, 0))
+            used += cell.cost
     anchors, mark = [], 0
     for candidate in candidates:
         if candidate[0] >= mark:
@@ -274,12 +288,11 @@ def _window_start(cells: Sequence[tuple[tuple[str, ...], tuple[int, ...]]], left
     return len(cells), 0
 
 
-def _nearest_start(cells: Sequence[tuple[tuple[str, ...], tuple[int, ...]]], left: int, cpt: float) -> tuple[int, int]:
+def _nearest_start(cells: Sequence[_CellLines], left: int) -> tuple[int, int]:
     """Where a window of the nearest cells begins: whole cells from the cursor
     up while they fit in ``left`` tokens, then the last lines of the next one."""
     for position in range(len(cells) - 1, -1, -1):
-        lines, costs = cells[position]
-        whole = estimate_tokens("".join(lines), cpt)
+        _, lines, costs, _, whole = cells[position]
         if whole <= left:
             left -= whole
             continue
@@ -322,7 +335,7 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
     rendered = [_cell_lines(cell, language, cpt) for _, cell in earlier]
     left = max(0, budget.prefix_tokens - reserve)
     if budget.window == "nearest":
-        first, first_line = _nearest_start(rendered, left, cpt)
+        first, first_line = _nearest_start(rendered, left)
     else:
         first, first_line = _window_start(rendered, left, step)
     window_start = earlier[first][0] if first < len(earlier) else request.cell_index
@@ -343,19 +356,19 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
     parts: list[str] = []
     for position in range(first, len(earlier)):
         index, _ = earlier[position]
-        lines = rendered[position][0][first_line if position == first else 0 :]
+        cell = rendered[position]
+        text = "".join(cell.lines[first_line:]) if position == first and first_line else cell.text
         outputs = placement.after_cell.get(index) if placement else None
         if outputs:
             # The variables this cell made, like its output, before the separator.
-            code = "".join(lines).rstrip("\n")
-            parts.append(code + "\n" + _comment_lines(outputs, language) + "\n")
+            parts.append(text.rstrip("\n") + "\n" + _comment_lines(outputs, language) + "\n")
         else:
-            parts.append("".join(lines))
+            parts.append(text)
     before = "".join(parts)
 
     left = budget.suffix_tokens - estimate_tokens(cell_suffix, cpt)
     later = request.cells[request.cell_index + 1 :]
-    after_parts = _pack(later, left, cpt, lambda c: CELL_SEPARATOR + render_cell(c, language), _head_lines)
+    after_parts = _pack_later(later, left, language, cpt)
     after = "".join(after_parts)
     if after:
         after += "\n"

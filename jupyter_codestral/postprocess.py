@@ -29,17 +29,26 @@ class PostprocessOptions:
 
 def options_for(context: FimContext, single_line: bool = False) -> PostprocessOptions:
     marker = cell_marker(context.language) if context.is_notebook else None
-    following = (line.strip() for line in context.suffix.split("\n")[1:])
-    # The first line of code after the cursor's line, across cell markers.
-    next_line = next((line for line in following if line and not (marker and line.startswith(marker))), "")
     return PostprocessOptions(
         # Code right of the cursor means the user wants the gap on this line filled.
         single_line=single_line or context.mid_line,
         line_prefix=context.line_prefix,
         line_suffix=context.line_suffix.strip(),
-        next_line=next_line,
+        next_line=_next_line(context.suffix, marker),
         cell_marker=marker,
     )
+
+
+def _next_line(suffix: str, marker: str | None) -> str:
+    """The first line of code after the cursor's line, across cell markers (stripped)."""
+    # Line by line from the cursor: the suffix can be long, and the line is usually near.
+    end = suffix.find("\n")
+    while end != -1:
+        start, end = end + 1, suffix.find("\n", end + 1)
+        line = suffix[start : end if end != -1 else len(suffix)].strip()
+        if line and not (marker and line.startswith(marker)):
+            return line
+    return ""
 
 
 def _drop_echo(text: str, line_prefix: str) -> str:

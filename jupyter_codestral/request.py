@@ -162,6 +162,9 @@ def _parse_cells(value: Any, limits: RequestLimits) -> tuple[Cell, ...]:
         raise _fail(f"The notebook has too many cells ({len(value)}, limit {limits.max_cells}).", status=413)
     cells: list[Cell] = []
     total = 0
+    limit = limits.max_cell_chars
+    # The checks inline, and each message formatted only when it is needed: this loop runs
+    # for every cell of the notebook on every keystroke.
     for i, item in enumerate(value):
         if not isinstance(item, dict):
             raise _fail(f"cells[{i}] must be an object with 'cell_type' and 'source'.")
@@ -169,17 +172,29 @@ def _parse_cells(value: Any, limits: RequestLimits) -> tuple[Cell, ...]:
         if cell_type not in CELL_TYPES:
             raise _fail(f"cells[{i}].cell_type must be one of {', '.join(CELL_TYPES)}.")
         source = item.get("source", "")
-        if isinstance(source, list) and all(isinstance(s, str) for s in source):
-            source = "".join(source)  # nbformat allows a list of lines
-        source = _check_text(source, f"cells[{i}].source", limits.max_cell_chars)
+        if type(source) is not str or len(source) > limit:
+            if isinstance(source, list) and all(isinstance(s, str) for s in source):
+                source = "".join(source)  # nbformat allows a list of lines
+            source = _check_text(source, f"cells[{i}].source", limit)
         total += len(source)
         if total > limits.max_total_chars:
             raise _fail(f"The notebook is too large (over {limits.max_total_chars} characters).", status=413)
         count = item.get("execution_count")
-        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+        if count is not None and (type(count) is not int or count < 0):
             raise _fail(f"cells[{i}].execution_count must be a whole number or null.")
-        cells.append(Cell(cell_type, source, count, _tags(item.get("metadata"), i)))
+        metadata = item.get("metadata")
+        cells.append(Cell(cell_type, source, count, () if metadata is None else _tags(metadata, i)))
+    _check_encodable([cell.source for cell in cells], "cells[{}].source")
     return tuple(cells)
+
+
+def _check_encodable(texts: list[str], name: str) -> None:
+    """Lone surrogates survive json.loads but cannot reach a backend: name the first text with one."""
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        for i, text in enumerate(texts):
+            _check_text(text, name.format(i), len(text))
 
 
 def _tags(metadata: Any, i: int) -> tuple[str, ...]:

@@ -104,8 +104,11 @@ class Tally:
     estimated: int = 0  # calls whose tokens are estimates (the backend reported none)
 
     def add(self, other: Tally) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for name in TALLY_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+TALLY_FIELDS = tuple(f.name for f in fields(Tally))
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ class UsageLedger:
         except (OSError, ValueError) as error:
             log.warning("jupyter_codestral: cannot read the usage file %s (%s); starting a new one", path, error)
             return
-        names = {f.name for f in fields(Tally)}
+        names = set(TALLY_FIELDS)
         for date, rows in (data.get("days") or {}).items():
             self.days[date] = {
                 backend: Tally(**{k: int(v) for k, v in row.items() if k in names})
