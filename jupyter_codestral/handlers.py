@@ -6,6 +6,7 @@ parse, call the service, write NDJSON or JSON, map errors to statuses.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -13,11 +14,10 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
-from tornado.iostream import StreamClosedError
 
 from .errors import CompletionError
 from .hangup import client_gone
-from .service import Completion, CompletionService
+from .service import Completion, CompletionService, Event
 
 NDJSON = "application/x-ndjson"
 CLIENT_LEFT = CompletionError("cancelled", "The client went away.", 499)
@@ -50,6 +50,8 @@ class CodestralHandler(ExtensionHandlerMixin, APIHandler):
 
 class CompleteHandler(CodestralHandler):
     _completion: Completion | None = None
+    _streaming = False  # the reply's first line has been written
+    _flush_due = False
 
     @web.authenticated
     @authorized
@@ -63,39 +65,48 @@ class CompleteHandler(CodestralHandler):
         if client_gone(self.request):
             self.service.dropped()  # it must neither cost a backend call nor replace a newer request
             return
-        self._completion = completion = self.service.serve(request, user)
-        streaming = False
+        sink = self._streamed if request.stream else self._whole
+        self._completion = completion = self.service.serve(request, user, sink)
         try:
-            async for event in completion:
-                if request.stream:
-                    if not streaming:
-                        streaming = True
-                        self.set_header("Content-Type", NDJSON)
-                        self.set_header("Cache-Control", "no-store")
-                        self.set_header("X-Accel-Buffering", "no")  # proxies must not buffer the stream
-                    self.write(json.dumps(event) + "\n")
-                    # Events that arrived together go out in one write; the last goes with the end of the body.
-                    if not completion.ready and "done" not in event:
-                        await self.flush()
-                elif "done" in event:
-                    reply = {k: v for k, v in event.items() if k != "done"}
-                    self.finish({**self.service.backend.summary(), **reply})
-            if streaming:
+            await completion.wait()
+            if request.stream:
                 # (APIHandler.finish would otherwise label a stream still unsent as JSON.)
                 self.finish(set_content_type=NDJSON)
         except CompletionError as error:
             if client_gone(self.request):
                 return
-            if streaming:  # the error is the stream's last line
+            if self._streaming:  # the error is the stream's last line
                 self.finish(json.dumps(error.to_json()) + "\n", set_content_type=NDJSON)
             else:
                 self.send_json(error.status, error.to_json(), error.retry_after)
-        except StreamClosedError:
-            completion.stop(CLIENT_LEFT)
         finally:
             # The completion's task holds the handler (Jupyter keeps it in the task's context):
             # let go of it, or each request is a reference cycle for the garbage collector.
             self._completion = None
+
+    def _streamed(self, event: Event) -> None:
+        """Sends one event of a streamed reply, as an NDJSON line."""
+        if not self._streaming:
+            self._streaming = True
+            self.set_header("Content-Type", NDJSON)
+            self.set_header("Cache-Control", "no-store")
+            self.set_header("X-Accel-Buffering", "no")  # proxies must not buffer the stream
+        self.write(json.dumps(event) + "\n")
+        # Events that arrive together go out in one write (the last with the end of the body).
+        if "done" not in event and not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        if not self._finished:
+            self.flush()  # (a write to a client that left fails quietly; on_connection_close stops the work)
+
+    def _whole(self, event: Event) -> None:
+        """Answers with the done event alone, as JSON."""
+        if "done" in event:
+            reply = {k: v for k, v in event.items() if k != "done"}
+            self.finish({**self.service.backend.summary(), **reply})
 
     def on_connection_close(self) -> None:
         # The browser aborted (a newer keystroke) or closed: stop paying for tokens.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from .usage import UsageLedger
 Event = dict[str, Any]
 DocumentKey = tuple[str, str]  # (user, document)
 SessionPaths = Callable[[str], Awaitable[list[str]]]  # kernel id -> the documents it runs for
+Sink = Callable[[Event], None]  # takes each event as it comes (the handler's writer)
 
 SUPERSEDED = CompletionError("cancelled", "A newer request for this document replaced this one.", 409)
 
@@ -41,17 +42,26 @@ class ServiceLimits:
 
 
 class Completion:
-    """One request being served: its events as an async iterator, and a way to stop it.
+    """One request being served: its events go to a sink as they come, and it can be stopped.
 
-    The work runs in a task of its own, so that a newer request can stop it
-    whoever is reading its events; the reader then gets the reason as a
-    :class:`CompletionError` (``cancelled``, 409)."""
+    The work runs in a task of its own, so that a newer request can stop it whoever is
+    waiting for it; :meth:`wait` then raises the reason as a :class:`CompletionError`
+    (``cancelled``, 409).  Events go from that task straight into ``sink`` (the handler's
+    writer): no queue and no second task to wake for each piece of text.  Without a sink
+    the events are read as an async iterator (tests, benchmarks, the command line)."""
 
-    def __init__(self, request: CompletionRequest, events: AsyncGenerator[Event, None]) -> None:
+    def __init__(
+        self, request: CompletionRequest, events: AsyncGenerator[Event, None], sink: Sink | None = None
+    ) -> None:
         self.request = request
         self._events = events
-        self._queue: asyncio.Queue[Event | CompletionError | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Event | None] | None = None
+        if sink is None:
+            self._queue = asyncio.Queue()
+            sink = self._queue.put_nowait
+        self._sink = sink
         self._stopped: CompletionError | None = None
+        self._ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.ensure_future(self._pump())
         self._task.add_done_callback(self._finished)
 
@@ -61,20 +71,19 @@ class Completion:
     async def _pump(self) -> None:
         try:
             async for event in self._events:
-                self._queue.put_nowait(event)
-        except CompletionError as error:
-            self._queue.put_nowait(error)
-        else:
-            self._queue.put_nowait(None)
+                self._sink(event)
         finally:
             await self._events.aclose()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():  # also when it was stopped before it began
-            self._queue.put_nowait(self._stopped or SUPERSEDED)
+        # (Also when it was stopped before it began.)
+        ended = (self._stopped or SUPERSEDED) if task.cancelled() else task.exception()
+        self._ended.set_result(ended)
+        if self._queue is not None:
+            self._queue.put_nowait(None)
 
     def stop(self, reason: CompletionError = SUPERSEDED) -> None:
-        """Stop the work (the backend call is cancelled at once); the reader gets ``reason``."""
+        """Stop the work (the backend call is cancelled at once); :meth:`wait` raises ``reason``."""
         if not self._task.done():
             self._stopped = reason
             self._task.cancel()
@@ -83,21 +92,21 @@ class Completion:
     def done(self) -> bool:
         return self._task.done()
 
-    @property
-    def ready(self) -> int:
-        """Events already waiting to be read (a writer flushes once for all of them)."""
-        return self._queue.qsize()
+    async def wait(self) -> None:
+        """Until every event has gone to the sink; raises why it stopped early."""
+        ended = await self._ended
+        if ended is not None:
+            raise ended
 
-    def __aiter__(self) -> Completion:
-        return self
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._read()
 
-    async def __anext__(self) -> Event:
-        item = await self._queue.get()
-        if item is None:
-            raise StopAsyncIteration
-        if isinstance(item, CompletionError):
-            raise item
-        return item
+    async def _read(self) -> AsyncIterator[Event]:
+        if self._queue is None:
+            raise TypeError("this completion's events go to its sink")
+        while (event := await self._queue.get()) is not None:
+            yield event
+        await self.wait()
 
 
 async def _only(event: Event) -> AsyncGenerator[Event, None]:
@@ -171,7 +180,7 @@ class CompletionService:
         """A request whose client left before it was served."""
         self.stats.cancelled += 1
 
-    def serve(self, request: CompletionRequest, user: str) -> Completion:
+    def serve(self, request: CompletionRequest, user: str, sink: Sink | None = None) -> Completion:
         """Start serving ``request``; the newest request per user and document wins.
 
         A newer request stops the one in flight at once (its reader gets 409),
@@ -184,10 +193,10 @@ class CompletionService:
         if request.prefetch and (
             not self.backend.supports_prefetch or (older is not None and not older.done and not older.request.prefetch)
         ):
-            return Completion(request, _only(self._done_event("", {"prefetch_skipped": True})))
+            return Completion(request, _only(self._done_event("", {"prefetch_skipped": True})), sink)
         if older is not None:
             older.stop()
-        completion = Completion(request, self._run(request))
+        completion = Completion(request, self._run(request), sink)
         self._latest[key] = completion
         completion.on_done(lambda done: self._forget(key, done))
         return completion
