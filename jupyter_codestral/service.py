@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .backends import Backend
@@ -51,7 +52,11 @@ class Completion:
     the events are read as an async iterator (tests, benchmarks, the command line)."""
 
     def __init__(
-        self, request: CompletionRequest, events: AsyncGenerator[Event, None], sink: Sink | None = None
+        self,
+        request: CompletionRequest,
+        events: AsyncGenerator[Event, None],
+        sink: Sink | None = None,
+        on_done: Callable[[Completion], None] | None = None,
     ) -> None:
         self.request = request
         self._events = events
@@ -60,13 +65,11 @@ class Completion:
             self._queue = asyncio.Queue()
             sink = self._queue.put_nowait
         self._sink = sink
+        self._on_done = on_done
         self._stopped: CompletionError | None = None
-        self._ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.ensure_future(self._pump())
-        self._task.add_done_callback(self._finished)
-
-    def on_done(self, callback: Callable[[Completion], None]) -> None:
-        self._task.add_done_callback(lambda _: callback(self))
+        if on_done is not None or self._queue is not None:
+            self._task.add_done_callback(self._finished)
 
     async def _pump(self) -> None:
         try:
@@ -75,12 +78,11 @@ class Completion:
         finally:
             await self._events.aclose()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        # (Also when it was stopped before it began.)
-        ended = (self._stopped or SUPERSEDED) if task.cancelled() else task.exception()
-        self._ended.set_result(ended)
+    def _finished(self, _: asyncio.Task[None]) -> None:
         if self._queue is not None:
             self._queue.put_nowait(None)
+        if self._on_done is not None:
+            self._on_done(self)
 
     def stop(self, reason: CompletionError = SUPERSEDED) -> None:
         """Stop the work (the backend call is cancelled at once); :meth:`wait` raises ``reason``."""
@@ -94,9 +96,14 @@ class Completion:
 
     async def wait(self) -> None:
         """Until every event has gone to the sink; raises why it stopped early."""
-        ended = await self._ended
-        if ended is not None:
-            raise ended
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            # Stopped (also before it began): the reason, unless this waiter is being cancelled itself.
+            current = asyncio.current_task()
+            if self._stopped is None or not self._task.cancelled() or (current and current.cancelling()):
+                raise
+            raise self._stopped from None
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._read()
@@ -196,9 +203,8 @@ class CompletionService:
             return Completion(request, _only(self._done_event("", {"prefetch_skipped": True})), sink)
         if older is not None:
             older.stop()
-        completion = Completion(request, self._run(request), sink)
+        completion = Completion(request, self._run(request), sink, partial(self._forget, key))
         self._latest[key] = completion
-        completion.on_done(lambda done: self._forget(key, done))
         return completion
 
     def _forget(self, key: DocumentKey, completion: Completion) -> None:
@@ -215,7 +221,7 @@ class CompletionService:
         return self.policy.reason(paths)
 
     async def _run(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
-        refusal = await self._policy_refusal(request)
+        refusal = await self._policy_refusal(request) if self.policy.active else None
         if refusal:
             self.stats.refused += 1
             raise CompletionError("policy", refusal, 403)

@@ -122,21 +122,20 @@ class Call:
     estimated: bool
     prefetch: bool
 
-    def tally(self) -> Tally:
-        counted = self.outcome != "failed"
-        prompt, completion = (self.prompt_tokens, self.completion_tokens) if counted else (0, 0)
-        cancelled = self.outcome == "cancelled"
-        return Tally(
-            requests=1,
-            prefetches=int(self.prefetch),
-            cancelled=int(cancelled),
-            failed=int(self.outcome == "failed"),
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cancelled_prompt_tokens=prompt if cancelled else 0,
-            cancelled_completion_tokens=completion if cancelled else 0,
-            estimated=int(self.estimated and counted),
-        )
+    def add_to(self, tally: Tally) -> None:
+        """Count this call in ``tally`` (tokens of failed calls are not counted)."""
+        tally.requests += 1
+        tally.prefetches += self.prefetch
+        if self.outcome == "failed":
+            tally.failed += 1
+            return
+        tally.prompt_tokens += self.prompt_tokens
+        tally.completion_tokens += self.completion_tokens
+        tally.estimated += self.estimated
+        if self.outcome == "cancelled":
+            tally.cancelled += 1
+            tally.cancelled_prompt_tokens += self.prompt_tokens
+            tally.cancelled_completion_tokens += self.completion_tokens
 
 
 def today() -> str:
@@ -168,7 +167,10 @@ class UsageLedger:
 
     def record(self, call: Call) -> None:
         day = self.days.setdefault(self.clock(), {})
-        day.setdefault(call.backend, Tally()).add(call.tally())
+        tally = day.get(call.backend)
+        if tally is None:
+            tally = day[call.backend] = Tally()
+        call.add_to(tally)
         self._dirty = True
         if self.path is not None and (self._saver is None or self._saver.done()):
             with contextlib.suppress(RuntimeError):  # no running loop (tools): saved on close
