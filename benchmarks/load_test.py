@@ -28,7 +28,18 @@ same backend, its runs alternating with this one's, round by round.  With
 (as a prefetch, which this backend does not need): what the request, its
 parsing and a reply cost, apart from relaying the backend's stream.
 
+With ``--together`` each round's targets run at the same time, each on a
+Jupyter server of its own (the same code): the floor and the completion then
+share every second of the machine's drift, and the ratio of their CPU holds
+still from round to round (alternating runs drift by a tenth or more).
+With ``--relay`` two reference endpoints join (``benchmarks/relay_floor.py``,
+loaded only here): our request parsed and answered with a streamed reply
+after the backend's delay, and the same with one bare aiohttp request to a
+backend: what any relay of this request costs before the completion's own
+work.
+
     python benchmarks/load_test.py [--users 10,50,100] [--duration 15] [--rounds 1] [--before REV] [--parts]
+                                   [--together] [--relay]
 """
 
 from __future__ import annotations
@@ -36,11 +47,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import h11
@@ -60,6 +73,8 @@ class Target:
     method: str = "POST"
     delay_ms: float | None = None  # what the target waits by design (default: the backend's delay)
     server_pid: int | None = None  # the Jupyter server behind it, whose CPU is measured
+    backend: str | None = None  # the backend it calls, whose counts it reports (default: the shared one)
+    calls_backend: bool = True
 
     @property
     def address(self) -> tuple[str, int]:
@@ -191,6 +206,7 @@ def cpu_seconds(pid: int) -> float:
 async def run(target: Target, users: int, duration: float, interval: float, delay: float, backend: str,
               server_pid: int | None) -> dict:
     rng = random.Random(users)
+    backend = target.backend or backend
     delay_ms = delay * 1000 if target.delay_ms is None else target.delay_ms
     # Warm-up: connections, the server's pools, first-request costs.
     await asyncio.gather(*(user(target, n, Tally(), time.monotonic() + 3, interval, delay_ms, rng) for n in range(users)))
@@ -221,6 +237,12 @@ async def run(target: Target, users: int, duration: float, interval: float, dela
     }
 
 
+async def together(targets: list[Target], users: int, args: argparse.Namespace, backend: str) -> list[dict]:
+    """The targets' runs at the same time (each on its own server): their CPU is measured over the same seconds."""
+    return list(await asyncio.gather(*(run(t, users, args.duration, args.interval, args.backend_delay, backend,
+                                            t.server_pid) for t in targets)))
+
+
 def login_cookie(base: str, token_headers: dict[str, str]) -> str:
     """One user's login cookie, as a browser holds it after logging in."""
     response = httpx.get(f"{base}/status", headers=token_headers)
@@ -239,6 +261,12 @@ def main() -> None:
     parser.add_argument("--parts", action="store_true",
                         help="also codestral/complete answered without a backend call (a prefetch, which this backend "
                              "does not need): what the request, its parsing and a reply cost without the relay")
+    parser.add_argument("--together", action="store_true",
+                        help="run each round's targets at the same time, each on a Jupyter server of its own, so that "
+                             "the machine's drift falls on the floor and the completion alike")
+    parser.add_argument("--relay", action="store_true",
+                        help="also the reference endpoints of benchmarks/relay_floor.py: a streamed reply to our "
+                             "request, and the same with one bare aiohttp request to the backend")
     args = parser.parse_args()
 
     nb = notebook()
@@ -250,35 +278,71 @@ def main() -> None:
         direct = Target("backend directly (baseline)", f"{backend}/v1/fim/completions",
                         [("Host", urlsplit(backend).netloc), ("Authorization", "Bearer load-test-key"),
                          ("Content-Type", "application/json")], lambda n: fim_body)
+
+        def start(revision: str | None, *extra: str, env: dict[str, str] | None = None) -> tuple[str, list, object]:
+            tree = servers.enter_context(source_tree(revision)) | {"CODESTRAL_API_KEY": "load-test-key"}
+            base, token_headers, proc = servers.enter_context(jupyter_server(
+                "--CodestralExtension.backend=mistral", f"--CodestralExtension.url={backend}", *extra,
+                env=tree | (env or {})))
+            cookie = login_cookie(base, token_headers)
+            return base, [("Host", urlsplit(base).netloc), *token_headers.items(), ("Cookie", cookie)], proc
+
+        def completion_body(n: int) -> bytes:
+            # Each user edits a notebook of their own (newest wins per user and document).
+            return json.dumps(nb | {"path": f"student-{n}/exercises.ipynb"}).encode()
+
         groups: list[tuple[Target, list[Target]]] = []  # (floor, what is measured against it) for each revision
         for revision in revisions:
-            env = servers.enter_context(source_tree(revision)) | {"CODESTRAL_API_KEY": "load-test-key"}
-            base, token_headers, proc = servers.enter_context(jupyter_server(
-                "--CodestralExtension.backend=mistral", f"--CodestralExtension.url={backend}", env=env))
-            host, label = urlsplit(base).netloc, f", {revision}" if revision else ""
-            cookie = login_cookie(base, token_headers)
-            headers = [("Host", host), *token_headers.items(), ("Cookie", cookie)]
+            label = f", {revision}" if revision else ""
+            base, headers, proc = start(revision)
+            json_headers = [*headers, ("Content-Type", "application/json")]
+            server = Target(f"through codestral/complete{label}", f"{base}/complete", json_headers, completion_body,
+                            server_pid=proc.pid)
+            parsed = Target(f"codestral/complete, no backend call{label}", f"{base}/complete", json_headers,
+                            lambda n: json.dumps(nb | {"path": f"student-{n}/exercises.ipynb", "prefetch": True,
+                                                       "stream": False}).encode(), delay_ms=0.0, server_pid=proc.pid,
+                            calls_backend=False)
+            if args.together:  # every target on a server of its own: its CPU is its own
+                base, headers, proc = start(revision)
             # Jupyter's own floor: its cheapest authenticated endpoint, same users, same pace.
             floor = Target(f"jupyter GET api/status (floor{label})", base.replace("/codestral", "/api/status"),
-                           headers, lambda n: b"", "GET", 0.0, proc.pid)
-            # Each user edits a notebook of their own (newest wins per user and document).
-            server = Target(f"through codestral/complete{label}", f"{base}/complete",
-                            [*headers, ("Content-Type", "application/json")],
-                            lambda n: json.dumps(nb | {"path": f"student-{n}/exercises.ipynb"}).encode(),
-                            server_pid=proc.pid)
-            parsed = Target(f"codestral/complete, no backend call{label}", f"{base}/complete",
-                            [*headers, ("Content-Type", "application/json")],
-                            lambda n: json.dumps(nb | {"path": f"student-{n}/exercises.ipynb", "prefetch": True,
-                                                       "stream": False}).encode(), delay_ms=0.0, server_pid=proc.pid)
-            groups.append((floor, [parsed, server] if args.parts else [server]))
+                           headers, lambda n: b"", "GET", 0.0, proc.pid, calls_backend=False)
+            if args.parts and args.together:
+                base, headers, proc = start(revision)
+                parsed = Target(parsed.name, f"{base}/complete", [*headers, ("Content-Type", "application/json")],
+                                parsed.body_for, delay_ms=0.0, server_pid=proc.pid, calls_backend=False)
+            others = [parsed, server] if args.parts else [server]
+            if args.relay and revision is None:
+                # The reference endpoints, each on a server of its own; the relay with a backend of its own.
+                bench = {"PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                         "RELAY_FLOOR_DELAY": str(args.backend_delay)}
+                relay_backend = servers.enter_context(fake_backend(delay=args.backend_delay))
+                for kind, what in (("reply", "streamed reply"), ("relay", "+ bare aiohttp request")):
+                    base, headers, proc = start(None, "--ServerApp.jpserver_extensions={'relay_floor': True}",
+                                                env=bench | {"RELAY_FLOOR_BACKEND": relay_backend})
+                    others.insert(-1, Target(f"reference: {what}", f"{base.removesuffix('/codestral')}/relay-floor/"
+                                             f"{kind}", [*headers, ("Content-Type", "application/json")],
+                                             completion_body, server_pid=proc.pid, calls_backend=kind == "relay",
+                                             backend=relay_backend if kind == "relay" else None))
+            groups.append((floor, others))
         for users in [int(u) for u in args.users.split(",")]:
-            for target in (direct, *[t for _ in range(args.rounds) for floor, others in groups for t in (floor, *others)]):
-                rows.append((target, users, asyncio.run(run(target, users, args.duration, args.interval,
-                                                            args.backend_delay, backend, target.server_pid))))
+            rows.append((direct, users, asyncio.run(run(direct, users, args.duration, args.interval,
+                                                        args.backend_delay, backend, None))))
+            for _ in range(args.rounds):
+                for floor, others in groups:
+                    if args.together:
+                        results = asyncio.run(together([floor, *others], users, args, backend))
+                        rows.extend((target, users, result) for target, result in zip([floor, *others], results,
+                                                                                       strict=True))
+                    else:
+                        for target in (floor, *others):
+                            rows.append((target, users, asyncio.run(run(target, users, args.duration, args.interval,
+                                                                        args.backend_delay, backend,
+                                                                        target.server_pid))))
 
     print(f"\n{args.duration:.0f} s per run; a request every ~{args.interval * 1000:.0f} ms per user; "
           f"backend answers after {args.backend_delay * 1000:.0f} ms; 30-cell notebook")
-    print(f"{'target':<40}{'users':>5}{'served':>8}{'errors':>7}{'abandoned':>10}{'at backend':>11}{'cancelled':>10}"
+    print(f"{'target':<46}{'users':>5}{'served':>8}{'errors':>7}{'abandoned':>10}{'at backend':>11}{'cancelled':>10}"
           f"{'p50':>7}{'p95':>7}{'p99':>7}{'MB warm':>8}{'MB end':>7}{'conns end':>10}{'in flight':>10}"
           f"{'server CPU':>11}{'client CPU':>11}")
     for target, users, r in rows:
@@ -286,15 +350,19 @@ def main() -> None:
         s = summary(t.overhead_ms or [0])
         abandoned_at_backend = r["backend_requests"] - r["backend_finished"]
         server_side = target is not direct
-        print(f"{target.name:<40}{users:>5}{t.served:>8}{t.errors:>7}{t.abandoned:>10}{abandoned_at_backend:>11}"
-              f"{r['backend_cancelled']:>10}{s['median']:>7.1f}{s['p95']:>7.1f}{s['p99']:>7.1f}"
+        # (With --together the shared backend's counts and the generator's CPU belong to the whole round.)
+        at_backend = (f"{abandoned_at_backend:>11}{r['backend_cancelled']:>10}"
+                      if target.calls_backend or not args.together else f"{'':>21}")
+        client_cpu = f"{r['client_cpu_ms_per_request']:>11.2f}" if not args.together else ""
+        print(f"{target.name:<46}{users:>5}{t.served:>8}{t.errors:>7}{t.abandoned:>10}{at_backend}"
+              f"{s['median']:>7.1f}{s['p95']:>7.1f}{s['p99']:>7.1f}"
               + (f"{r['memory_warm']:>8.0f}{r['memory_end']:>7.0f}{r['connections_end']:>10}" if server_side else f"{'':>25}")
               + f"{r['backend_in_flight']:>10}"
               + (f"{r['server_cpu_ms_per_request']:>11.2f}" if server_side else f"{'':>11}")
-              + f"{r['client_cpu_ms_per_request']:>11.2f}")
+              + client_cpu)
         for sample in t.error_samples[:3]:
             print(f"      error: {sample}")
-    if args.rounds > 1:
+    if args.rounds > 1 or args.together:
         for users in [int(u) for u in args.users.split(",")]:
             for floor, server in [(floor, other) for floor, others in groups for other in others]:
                 cpu = {name: [r["server_cpu_ms_per_request"] for t, u, r in rows if t.name == name and u == users]
@@ -303,8 +371,9 @@ def main() -> None:
                 rounds = ", ".join(f"{c:.2f}/{f:.2f} = {r:.2f}x"
                                    for f, c, r in zip(cpu[floor.name], cpu[server.name], ratios, strict=True))
                 beyond = statistics.median(c - f for f, c in zip(cpu[floor.name], cpu[server.name], strict=True))
-                print(f"{users} users, {server.name}: server CPU per completion / per floor request, by round: "
-                      f"{rounds}; median {statistics.median(ratios):.2f}x, {beyond:.2f} ms beyond the floor")
+                print(f"{users} users, {server.name}: server CPU per request / per floor request, by round: "
+                      f"{rounds}; median {statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}x to "
+                      f"{max(ratios):.2f}x), {beyond:.2f} ms beyond the floor")
     print("p50/p95/p99: overhead in ms = time seen by the user - the backend's 100 ms (the baseline rows are what the "
           "load generator and the backend add by themselves; the floor rows are the time of Jupyter's status endpoint, "
           "which calls no backend). 'at backend': abandoned requests that had reached the "
