@@ -5,7 +5,8 @@ context assembly, with the budget given for it), in a process of its own; the pr
 then compared: how many are the same, and for the others, whether they differ only in where
 the earlier cells begin (one change at the start of the notebook file) or elsewhere.
 
-    python benchmarks/prompt_diff.py --before 24e9faa^ --before-budget 1024,256 [--budget 1536,512] [--window nearest] [--cases 100]
+    python benchmarks/prompt_diff.py --before 24e9faa^ --before-budget 1024,256 [--budget 1536,512] [--window nearest]
+                                     [--before-window nearest] [--cases 100]
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def main() -> None:
     parser.add_argument("--before-budget", default="1024,256", help="its prefix tokens and window step")
     parser.add_argument("--budget", default="1536,512", help="this code's prefix tokens and window step")
     parser.add_argument("--window", help="this code's window of earlier cells (context.WINDOWS; default: the budget's)")
+    parser.add_argument("--before-window", help="the revision's window, where it has windows")
     parser.add_argument("--cases", type=int, default=100)
     parser.add_argument("--folder", type=Path, default=BENCH_NOTEBOOKS)
     args = parser.parse_args()
-    old = prompts(args.before, args.before_budget, args.folder, args.cases)
+    old = prompts(args.before, args.before_budget, args.folder, args.cases, args.before_window)
     new = prompts(None, args.budget, args.folder, args.cases, args.window)
     same = start_only = 0
     for a, b in zip(old, new, strict=True):
@@ -66,7 +68,9 @@ def main() -> None:
         changes = [op for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if op[0] != "equal"]
         start = a.index("<|fim_prefix|>") + len("<|fim_prefix|>")
         start_only += len(changes) == 1 and changes[0][1] == start
-    print(f"{len(old)} quality probes of the typing replay, split layout: {args.before} (budget {args.before_budget}) "
+    before_window = f", window {args.before_window}" if args.before_window else ""
+    print(f"{len(old)} quality probes of the typing replay, split layout: {args.before} (budget {args.before_budget}"
+          f"{before_window}) "
           f"against this code (budget {args.budget}{', window ' + args.window if args.window else ''})")
     print(f"the same prompt: {same}; differing only in where the earlier cells begin: {start_only}; "
           f"differing elsewhere: {len(old) - same - start_only}")
