@@ -52,7 +52,7 @@ import random
 import statistics
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -309,8 +309,8 @@ def main() -> None:
                            headers, lambda n: b"", "GET", 0.0, proc.pid, calls_backend=False)
             if args.parts and args.together:
                 base, headers, proc = start(revision)
-                parsed = Target(parsed.name, f"{base}/complete", [*headers, ("Content-Type", "application/json")],
-                                parsed.body_for, delay_ms=0.0, server_pid=proc.pid, calls_backend=False)
+                json_headers = [*headers, ("Content-Type", "application/json")]
+                parsed = replace(parsed, url=f"{base}/complete", headers=json_headers, server_pid=proc.pid)
             others = [parsed, server] if args.parts else [server]
             if args.relay and revision is None:
                 # The reference endpoints, each on a server of its own; the relay with a backend of its own.
@@ -353,7 +353,7 @@ def main() -> None:
         # (With --together the shared backend's counts and the generator's CPU belong to the whole round.)
         at_backend = (f"{abandoned_at_backend:>11}{r['backend_cancelled']:>10}"
                       if target.calls_backend or not args.together else f"{'':>21}")
-        client_cpu = f"{r['client_cpu_ms_per_request']:>11.2f}" if not args.together else ""
+        client_cpu = f"{r['client_cpu_ms_per_request']:>11.2f}" if not args.together or target is direct else ""
         print(f"{target.name:<46}{users:>5}{t.served:>8}{t.errors:>7}{t.abandoned:>10}{at_backend}"
               f"{s['median']:>7.1f}{s['p95']:>7.1f}{s['p99']:>7.1f}"
               + (f"{r['memory_warm']:>8.0f}{r['memory_end']:>7.0f}{r['connections_end']:>10}" if server_side else f"{'':>25}")

@@ -292,15 +292,15 @@ def _nearest_start(cells: Sequence[_CellLines], left: int) -> tuple[int, int]:
     """Where a window of the nearest cells begins: whole cells from the cursor
     up while they fit in ``left`` tokens, then the last lines of the next one."""
     for position in range(len(cells) - 1, -1, -1):
-        _, lines, costs, _, whole = cells[position]
-        if whole <= left:
-            left -= whole
+        cell = cells[position]
+        if cell.whole <= left:
+            left -= cell.whole
             continue
-        line = len(costs)
-        while line > 0 and costs[line - 1] <= left:
+        line = len(cell.costs)
+        while line > 0 and cell.costs[line - 1] <= left:
             line -= 1
-            left -= costs[line]
-        if "".join(lines[line:]).strip():
+            left -= cell.costs[line]
+        if "".join(cell.lines[line:]).strip():
             return position, line
         return position + 1, 0
     return 0, 0

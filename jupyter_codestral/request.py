@@ -182,8 +182,7 @@ def _parse_cells(value: Any, limits: RequestLimits) -> tuple[Cell, ...]:
         count = item.get("execution_count")
         if count is not None and (type(count) is not int or count < 0):
             raise _fail(f"cells[{i}].execution_count must be a whole number or null.")
-        metadata = item.get("metadata")
-        cells.append(Cell(cell_type, source, count, () if metadata is None else _tags(metadata, i)))
+        cells.append(Cell(cell_type, source, count, _tags(item.get("metadata"), i)))
     _check_encodable([cell.source for cell in cells], "cells[{}].source")
     return tuple(cells)
 

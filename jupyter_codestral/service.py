@@ -221,7 +221,7 @@ class CompletionService:
         return self.policy.reason(paths)
 
     async def _run(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
-        refusal = await self._policy_refusal(request) if self.policy.active else None
+        refusal = await self._policy_refusal(request)
         if refusal:
             self.stats.refused += 1
             raise CompletionError("policy", refusal, 403)
