@@ -306,6 +306,42 @@ def _nearest_start(cells: Sequence[_CellLines], left: int) -> tuple[int, int]:
     return 0, 0
 
 
+class _EarlierWindow(NamedTuple):
+    """The earlier cells' window, as the prompt shows them."""
+
+    start: int  # the notebook index where it begins (the cursor's cell when it is empty)
+    cells: tuple[tuple[int, str], ...]  # (notebook index, text) of each cell in it
+    text: str  # the cells' texts joined (one string object while the earlier cells stay the same)
+
+
+@lru_cache(maxsize=256)
+def _earlier_window(
+    cells: tuple[Cell, ...], language: str, cpt: float, left: int, step: int, window: str
+) -> _EarlierWindow:
+    """The window of ``cells`` (the cells above the cursor's) that fits in ``left`` tokens.
+
+    Cached: while the user types in a cell, the cells above it stay the same, and so does the
+    window; its text, the same string each time, is then also found at once by the caches
+    keyed on it (redaction)."""
+    earlier = [(i, c) for i, c in enumerate(cells) if in_prompt(c)]
+    rendered = [_cell_lines(cell, language, cpt) for _, cell in earlier]
+    if window == "nearest":
+        first, first_line = _nearest_start(rendered, left)
+    else:
+        first, first_line = _window_start(rendered, left, step)
+    shown = tuple(
+        (
+            earlier[position][0],
+            "".join(rendered[position].lines[first_line:])
+            if position == first and first_line
+            else rendered[position].text,
+        )
+        for position in range(first, len(rendered))
+    )
+    start = earlier[first][0] if first < len(earlier) else len(cells)
+    return _EarlierWindow(start, shown, "".join(text for _, text in shown))
+
+
 def _comment_lines(lines: Sequence[str], language: str) -> str:
     mark = comment_prefix(language)
     return "".join(f"{mark} {line}\n" for line in lines)
@@ -331,14 +367,8 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
     # kept for the current cell in steps, so typing rarely moves its start.
     step = max(1, budget.trim_step_tokens)
     reserve = max(1, math.ceil(estimate_tokens(header + cell_prefix, cpt) / step)) * step
-    earlier = [(i, c) for i, c in enumerate(request.cells[: request.cell_index]) if in_prompt(c)]
-    rendered = [_cell_lines(cell, language, cpt) for _, cell in earlier]
     left = max(0, budget.prefix_tokens - reserve)
-    if budget.window == "nearest":
-        first, first_line = _nearest_start(rendered, left)
-    else:
-        first, first_line = _window_start(rendered, left, step)
-    window_start = earlier[first][0] if first < len(earlier) else request.cell_index
+    earlier = _earlier_window(request.cells[: request.cell_index], language, cpt, left, step, budget.window)
 
     placement = None
     if kernel is not None:
@@ -352,19 +382,16 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
             if c.cell_type == "code" and not shown
             for name in bound_names(c.source)
         )
-        placement = place_variables(sources, counts, request.cell_index, window_start, kernel, hidden)
-    parts: list[str] = []
-    for position in range(first, len(earlier)):
-        index, _ = earlier[position]
-        cell = rendered[position]
-        text = "".join(cell.lines[first_line:]) if position == first and first_line else cell.text
-        outputs = placement.after_cell.get(index) if placement else None
-        if outputs:
-            # The variables this cell made, like its output, before the separator.
-            parts.append(text.rstrip("\n") + "\n" + _comment_lines(outputs, language) + "\n")
-        else:
-            parts.append(text)
-    before = "".join(parts)
+        placement = place_variables(sources, counts, request.cell_index, earlier.start, kernel, hidden)
+    if placement and placement.after_cell:
+        # The variables a cell made, like its output, before the separator.
+        parts: list[str] = []
+        for index, text in earlier.cells:
+            outputs = placement.after_cell.get(index)
+            parts.append(text.rstrip("\n") + "\n" + _comment_lines(outputs, language) + "\n" if outputs else text)
+        before = "".join(parts)
+    else:
+        before = earlier.text
 
     left = budget.suffix_tokens - estimate_tokens(cell_suffix, cpt)
     later = request.cells[request.cell_index + 1 :]
@@ -380,7 +407,7 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
         after=after,
         language=language,
         is_notebook=True,
-        cells_before=len(earlier) - first,
+        cells_before=len(earlier.cells),
         cells_after=len(after_parts),
         namespace=_leading_block(placement.leading if placement else [], language, budget),
         header=header,

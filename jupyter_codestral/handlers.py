@@ -52,6 +52,7 @@ class CompleteHandler(CodestralHandler):
     _completion: Completion | None = None
     _streaming = False  # the reply's first line has been written
     _flush_due = False
+    _ended = False  # the last line has been written: finish() sends the rest
 
     @web.authenticated
     @authorized
@@ -92,14 +93,17 @@ class CompleteHandler(CodestralHandler):
             self.set_header("Cache-Control", "no-store")
             self.set_header("X-Accel-Buffering", "no")  # proxies must not buffer the stream
         self.write(json.dumps(event) + "\n")
-        # Events that arrive together go out in one write (the last with the end of the body).
-        if "done" not in event and not self._flush_due:
+        # Events that arrive together go out in one write, and a reply whose events all
+        # arrived together goes out whole with finish(): one send, with a Content-Length.
+        if "done" in event:
+            self._ended = True
+        elif not self._flush_due:
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_due = False
-        if not self._finished:
+        if not self._finished and not self._ended:
             self.flush()  # (a write to a client that left fails quietly; on_connection_close stops the work)
 
     def _whole(self, event: Event) -> None:

@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,7 +140,13 @@ class Call:
 
 
 def today() -> str:
-    return datetime.date.today().isoformat()
+    """Today's local date (every completion asks: it is looked up once a second)."""
+    return _date_at(int(time.time()))
+
+
+@lru_cache(maxsize=1)
+def _date_at(second: int) -> str:
+    return datetime.date.fromtimestamp(second).isoformat()
 
 
 class UsageLedger:

@@ -43,6 +43,20 @@ async def test_streamed_and_plain_replies_agree(complete: Any, fake_backend: Fak
     assert "".join(deltas) == lines[-1]["completion"] == plain["completion"]
 
 
+async def test_a_reply_whose_pieces_arrive_together_goes_out_in_one_piece(
+    jp_fetch: Any, fake_backend: FakeFimServer
+) -> None:
+    """Everything the backend sent at once (a short completion, the common case) is sent to the
+    browser at once, with its length; pieces that arrive apart still stream (the test above)."""
+    fake_backend.reset(one_write=True)
+    response = await jp_fetch("codestral", "complete", method="POST", body=json.dumps(notebook_request(stream=True)))
+    lines = [json.loads(line) for line in response.body.decode().splitlines()]
+    assert [line.get("delta") for line in lines] == ["df.head()", None] and lines[-1]["done"] is True
+    assert response.headers["Content-Type"].startswith("application/x-ndjson")
+    assert int(response.headers["Content-Length"]) == len(response.body)
+    assert "Transfer-Encoding" not in response.headers
+
+
 async def test_a_completion_leaves_no_reference_cycles(complete: Any) -> None:
     """Nothing a completion allocates waits for the cyclic garbage collector: under load its
     full passes over Jupyter's heap cost more than the completion itself."""

@@ -196,3 +196,15 @@ def test_what_cells_bind() -> None:
     assert bound_names(source) == ("np", "os", "b", "c", "x", "y", "z", "df", "total", "i", "k", "f", "K", "fh",
                                    "df2", "n")
     assert bound_names("%%time\nx = 1") == () and bound_names("x = (") == ()
+
+
+def test_typing_in_a_cell_keeps_the_earlier_window_as_it_was() -> None:
+    """The window above the cursor is worked out once while the user types in a cell: the same
+    text each keystroke (so caches keyed on it, like redaction's, find it at once)."""
+    earlier = [("markdown", "# Sales"), ("code", "import pandas as pd"), ("code", "df = pd.read_csv('s.csv')")]
+    first = build_context(request([*earlier, ("code", "df.")], 3), BIG)
+    second = build_context(request([*earlier, ("code", "df.he")], 3), BIG)
+    assert second.before is first.before and second.cells_before == first.cells_before == 3
+    assert second.prefix.endswith("# %%\ndf.he")
+    moved = build_context(request([*earlier[:2], ("code", "df = pd.read_csv('t.csv')"), ("code", "df.")], 3), BIG)
+    assert "t.csv" in moved.before and "s.csv" not in moved.before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from conftest import notebook_request, wait_until
 from fake_backends import FakeFimServer, Script
 
-from jupyter_codestral.usage import Call, Price, UsageLedger
+from jupyter_codestral.usage import Call, Price, UsageLedger, today
 
 # -- the ledger ----------------------------------------------------------------------------------
 
@@ -112,3 +113,7 @@ async def test_a_cancelled_request_counts_its_prompt_and_the_price_applies(
 async def test_a_bad_price_is_a_readable_configuration_error(jp_fetch: Any, codestral_config: Any) -> None:
     status = json.loads((await jp_fetch("codestral", "status")).body)
     assert "CodestralExtension.price_per_million must be like" in status["config_error"]
+
+
+def test_the_day_is_the_local_date() -> None:
+    assert today() == datetime.date.today().isoformat()

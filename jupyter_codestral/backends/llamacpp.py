@@ -16,7 +16,7 @@ import aiohttp
 from ..templates import split_layout_parts, stable_suffix
 from .base import FimRequest
 from .http import HttpBackend
-from .openai_format import sse_json, stream_text
+from .openai_format import SseJson, stream_text
 
 
 class LlamaCppBackend(HttpBackend):
@@ -58,5 +58,5 @@ class LlamaCppBackend(HttpBackend):
 
         url = self.settings.url
         return stream_text(
-            sse_json(response, url, self.host_label), read, f"{url} ended the stream before its last event."
+            response, SseJson(url, self.host_label), read, f"{url} ended the stream before its last event."
         )

@@ -10,7 +10,7 @@ import aiohttp
 from ..errors import backend_error
 from .base import FimRequest
 from .http import HttpBackend
-from .openai_format import LineBuffer, arrivals, json_object, stream_text
+from .openai_format import LineBuffer, json_object, stream_text
 
 
 class OllamaBackend(HttpBackend):
@@ -46,4 +46,4 @@ class OllamaBackend(HttpBackend):
                 request.usage.report(event.get("prompt_eval_count"), event.get("eval_count"))
             return str(event.get("response") or ""), bool(event.get("done"))
 
-        return stream_text(arrivals(response, LineBuffer()), read, f'{url} ended the stream before "done".')
+        return stream_text(response, LineBuffer(), read, f'{url} ended the stream before "done".')

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -38,13 +37,6 @@ def error_detail(body: bytes) -> str:
 
 def malformed(url: str, what: str) -> BackendError:
     return backend_error("bad_reply", f"{url} sent a malformed event: {what[:200]}")
-
-
-async def drain(rest: AsyncIterator[Any]) -> None:
-    """Read a finished stream to its end, so its connection returns to the pool
-    rather than being closed (a new connection per keystroke costs ~1 ms)."""
-    async for _ in rest:
-        pass
 
 
 # A line (or an event) this long is no completion: a broken server, which must not fill the memory.
@@ -101,18 +93,6 @@ class EventStream:
         return events
 
 
-async def arrivals(
-    response: aiohttp.ClientResponse, parser: LineBuffer | EventStream
-) -> AsyncGenerator[list[str], None]:
-    """What ``parser`` makes of the body, one list for each piece that arrives: what arrived
-    together is handled together (one write to the browser, not one per token)."""
-    async for data in response.content.iter_any():
-        if parsed := parser.feed(data):
-            yield parsed
-    if parsed := parser.feed(b"", final=True):
-        yield parsed
-
-
 def json_object(text: str, url: str) -> dict[str, Any]:
     """``text`` as a JSON object, or a malformed-reply error."""
     try:
@@ -135,23 +115,28 @@ def event_json(data: str, url: str, host_label: str) -> dict[str, Any] | None:
     return payload
 
 
-async def sse_json(
-    response: aiohttp.ClientResponse, url: str, host_label: str
-) -> AsyncGenerator[list[dict[str, Any] | None], None]:
-    """The JSON payloads of the events that arrived together (``None`` for ``[DONE]``); the
-    stream is read to its end after ``[DONE]``."""
-    async with aclosing(arrivals(response, EventStream())) as batches:
-        async for batch in batches:
-            events: list[dict[str, Any] | None] = []
-            for data in batch:
-                if data.strip():
-                    events.append(event_json(data, url, host_label))
-                    if events[-1] is None:  # [DONE]: what follows is read, never parsed
-                        yield events
-                        await drain(batches)
-                        return
-            if events:
-                yield events
+class SseJson:
+    """The JSON payloads of a server-sent event stream (``None`` for ``[DONE]``), from bytes
+    that arrive in pieces; what follows ``[DONE]`` is never parsed."""
+
+    def __init__(self, url: str, host_label: str) -> None:
+        self._events = EventStream()
+        self._url = url
+        self._host_label = host_label
+        self._done = False
+
+    def feed(self, data: bytes, final: bool = False) -> list[dict[str, Any] | None]:
+        payloads: list[dict[str, Any] | None] = []
+        if self._done:
+            return payloads
+        for data_field in self._events.feed(data, final):
+            if data_field.strip():
+                payload = event_json(data_field, self._url, self._host_label)
+                payloads.append(payload)
+                if payload is None:
+                    self._done = True
+                    break
+        return payloads
 
 
 def choice_text(payload: dict[str, Any], *path: str) -> str:
@@ -168,30 +153,52 @@ def choice_text(payload: dict[str, Any], *path: str) -> str:
 Event = TypeVar("Event")
 
 
-async def stream_text(
-    batches: AsyncGenerator[list[Event], None], read: Callable[[Event], tuple[str | None, bool]], missing: str
-) -> AsyncGenerator[str, None]:
-    """The completion's text, one piece for each batch of events that arrived together.
+class Parser(Protocol[Event]):
+    """Turns the body's bytes, as they arrive, into events (:class:`LineBuffer`, :class:`SseJson`)."""
 
-    ``read`` gives an event's text (None: it has none) and whether it is the last; after the
-    last, the rest of the stream is read and dropped (the connection goes back to the pool).
-    ``missing`` is the error if the stream ends before its last event."""
-    async with aclosing(batches):
-        async for batch in batches:
-            texts: list[str] = []
-            ended = False
-            for event in batch:
-                text, ended = read(event)
-                if text is not None:
-                    texts.append(text)
-                if ended:
-                    break
-            if texts:
-                yield "".join(texts)
-            if ended:
-                await drain(batches)
-                return
-    raise backend_error("bad_reply", missing)
+    def feed(self, data: bytes, final: bool = False) -> list[Event]: ...
+
+
+def _batch_text(events: list[Event], read: Callable[[Event], tuple[str | None, bool]]) -> tuple[str, bool]:
+    """The text of events that arrived together, and whether the last event was among them."""
+    texts: list[str] = []
+    for event in events:
+        text, ended = read(event)
+        if text is not None:
+            texts.append(text)
+        if ended:
+            return "".join(texts), True
+    return "".join(texts), False
+
+
+async def stream_text(
+    response: aiohttp.ClientResponse,
+    parser: Parser[Event],
+    read: Callable[[Event], tuple[str | None, bool]],
+    missing: str,
+) -> AsyncGenerator[str, None]:
+    """The completion's text from ``response``'s body, one piece for each part of it that
+    arrived together (one write to the browser, not one per token).
+
+    ``parser`` makes the events; ``read`` gives an event's text (None: it has none) and
+    whether it is the last.  After the last, the rest of the body is read, never parsed, so
+    that the connection goes back to the pool (a new connection per keystroke costs ~1 ms).
+    ``missing`` is the error if the body ends before the last event.  (One generator for the
+    whole body: each layer of generators costs every piece of every keystroke.)"""
+    chunks = response.content.iter_any()
+    async for data in chunks:
+        text, ended = _batch_text(parser.feed(data), read)
+        if text:
+            yield text
+        if ended:
+            async for _ in chunks:
+                pass
+            return
+    text, ended = _batch_text(parser.feed(b"", final=True), read)
+    if text:
+        yield text
+    if not ended:
+        raise backend_error("bad_reply", missing)
 
 
 def choice_stream(
@@ -208,4 +215,4 @@ def choice_stream(
             return None, False  # the usage-only event of stream_options.include_usage
         return choice_text(event, *path), False
 
-    return stream_text(sse_json(response, url, host_label), read, f"{url} ended the stream before [DONE].")
+    return stream_text(response, SseJson(url, host_label), read, f"{url} ended the stream before [DONE].")
