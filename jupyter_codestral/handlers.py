@@ -15,6 +15,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from . import jsonio
 from .errors import CompletionError
 from .hangup import client_gone
 from .service import Completion, CompletionService, Event
@@ -77,7 +78,7 @@ class CompleteHandler(CodestralHandler):
             if client_gone(self.request):
                 return
             if self._streaming:  # the error is the stream's last line
-                self.finish(json.dumps(error.to_json()) + "\n", set_content_type=NDJSON)
+                self.finish(jsonio.dumps(error.to_json()) + b"\n", set_content_type=NDJSON)
             else:
                 self.send_json(error.status, error.to_json(), error.retry_after)
         finally:
@@ -92,7 +93,7 @@ class CompleteHandler(CodestralHandler):
             self.set_header("Content-Type", NDJSON)
             self.set_header("Cache-Control", "no-store")
             self.set_header("X-Accel-Buffering", "no")  # proxies must not buffer the stream
-        self.write(json.dumps(event) + "\n")
+        self.write(jsonio.dumps(event) + b"\n")
         # Events that arrive together go out in one write, and a reply whose events all
         # arrived together goes out whole with finish(): one send, with a Content-Length.
         if "done" in event:

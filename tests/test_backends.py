@@ -57,6 +57,7 @@ ALL = ["mistral", "openai", "ollama", "llamacpp"]
 async def test_each_backend_streams_a_completion(fake: FakeFimServer, name: str) -> None:
     assert await collect(make(fake, name)) == "df.head()"
     assert len(fake.requests) == 1
+    assert fake.last.headers["Content-Type"] == "application/json"
 
 
 async def test_mistral_wire_format(fake: FakeFimServer) -> None:

@@ -13,6 +13,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from .. import jsonio
 from ..errors import BackendError, backend_error
 from ..templates import FimTemplate
 from .base import Backend, BackendSettings, FimRequest
@@ -76,7 +77,7 @@ class HttpBackend(Backend):
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 base_url=self.settings.url.rstrip("/") + "/",
-                headers=self.headers,
+                headers={**self.headers, "Content-Type": "application/json"},  # every request posts JSON
                 # sock_read: the first byte, or the next chunk; no limit on the whole stream.
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self.settings.connect_timeout, sock_read=self.settings.timeout
@@ -158,7 +159,7 @@ class HttpBackend(Backend):
     async def _attempt(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
         """One POST; the streaming response, or the backend's error."""
         try:
-            response = await self.session.post(self.path.lstrip("/"), json=payload)
+            response = await self.session.post(self.path.lstrip("/"), data=jsonio.dumps(payload))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._failed(self.transport_error(exc)) from None
         if response.status >= 400:

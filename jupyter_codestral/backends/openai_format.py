@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
+from .. import jsonio
 from ..errors import BackendError, backend_error
 from ..usage import Usage
 
@@ -96,7 +97,7 @@ class EventStream:
 def json_object(text: str, url: str) -> dict[str, Any]:
     """``text`` as a JSON object, or a malformed-reply error."""
     try:
-        value = json.loads(text)
+        value = jsonio.loads(text)
     except ValueError:
         raise malformed(url, text) from None
     if not isinstance(value, dict):
