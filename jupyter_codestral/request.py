@@ -7,9 +7,11 @@ Pure functions: bytes in, a frozen :class:`CompletionRequest` out, or a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import jsonio
 from .errors import RequestError
 
 CELL_TYPES = ("code", "markdown", "raw")
@@ -99,9 +101,21 @@ def _optional(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
 def parse_completion_request(raw: bytes, limits: RequestLimits = RequestLimits()) -> CompletionRequest:
     """Validate a request body; raise :class:`RequestError` with a readable message."""
     try:
-        body = json.loads(raw)
+        return _validated(_read(raw, jsonio.loads), limits)
+    except RequestError:
+        # The fast reader reads an integer beyond 64 bits as a float: the standard library's
+        # reading is the one whose checks name it (a refused request is rare: read twice).
+        return _validated(_read(raw, json.loads), limits)
+
+
+def _read(raw: bytes, loads: Callable[[bytes], Any]) -> Any:
+    try:
+        return loads(raw)
     except (ValueError, RecursionError):
         raise _fail("The request body is not valid JSON.", kind="bad_json") from None
+
+
+def _validated(body: Any, limits: RequestLimits) -> CompletionRequest:
     if not isinstance(body, dict):
         raise _fail("The request body must be a JSON object.")
 
