@@ -36,10 +36,13 @@ With ``--relay`` two reference endpoints join (``benchmarks/relay_floor.py``,
 loaded only here): our request parsed and answered with a streamed reply
 after the backend's delay, and the same with one bare aiohttp request to a
 backend: what any relay of this request costs before the completion's own
-work.
+work.  With ``--fresh`` every round starts new servers: a server process's
+own layout in memory moves its CPU by a few percent for its whole life, the
+same in every round, so the rounds of one set of servers agree with each
+other more closely than two runs do; new processes per round sample that too.
 
     python benchmarks/load_test.py [--users 10,50,100] [--duration 15] [--rounds 1] [--before REV] [--parts]
-                                   [--together] [--relay]
+                                   [--together] [--relay] [--fresh]
 """
 
 from __future__ import annotations
@@ -264,6 +267,9 @@ def main() -> None:
     parser.add_argument("--together", action="store_true",
                         help="run each round's targets at the same time, each on a Jupyter server of its own, so that "
                              "the machine's drift falls on the floor and the completion alike")
+    parser.add_argument("--fresh", action="store_true",
+                        help="new Jupyter servers for every round: a server process's own layout in memory moves its "
+                             "CPU by a few percent for its whole life, so one set of servers is one sample")
     parser.add_argument("--relay", action="store_true",
                         help="also the reference endpoints of benchmarks/relay_floor.py: a streamed reply to our "
                              "request, and the same with one bare aiohttp request to the backend")
@@ -279,9 +285,14 @@ def main() -> None:
                         [("Host", urlsplit(backend).netloc), ("Authorization", "Bearer load-test-key"),
                          ("Content-Type", "application/json")], lambda n: fim_body)
 
-        def start(revision: str | None, *extra: str, env: dict[str, str] | None = None) -> tuple[str, list, object]:
-            tree = servers.enter_context(source_tree(revision)) | {"CODESTRAL_API_KEY": "load-test-key"}
-            base, token_headers, proc = servers.enter_context(jupyter_server(
+        trees: dict[str | None, dict[str, str]] = {}
+
+        def start(stack: ExitStack, revision: str | None, *extra: str,
+                  env: dict[str, str] | None = None) -> tuple[str, list, object]:
+            if revision not in trees:
+                trees[revision] = servers.enter_context(source_tree(revision)) | {"CODESTRAL_API_KEY": "load-test-key"}
+            tree = trees[revision]
+            base, token_headers, proc = stack.enter_context(jupyter_server(
                 "--CodestralExtension.backend=mistral", f"--CodestralExtension.url={backend}", *extra,
                 env=tree | (env or {})))
             cookie = login_cookie(base, token_headers)
@@ -291,10 +302,16 @@ def main() -> None:
             # Each user edits a notebook of their own (newest wins per user and document).
             return json.dumps(nb | {"path": f"student-{n}/exercises.ipynb"}).encode()
 
-        groups: list[tuple[Target, list[Target]]] = []  # (floor, what is measured against it) for each revision
-        for revision in revisions:
+        def start_servers(stack: ExitStack) -> list[tuple[Target, list[Target]]]:
+            """The servers and their targets: (floor, what is measured against it) for each revision."""
+            groups: list[tuple[Target, list[Target]]] = []
+            for revision in revisions:
+                groups.append(revision_targets(stack, revision))
+            return groups
+
+        def revision_targets(stack: ExitStack, revision: str | None) -> tuple[Target, list[Target]]:
             label = f", {revision}" if revision else ""
-            base, headers, proc = start(revision)
+            base, headers, proc = start(stack, revision)
             json_headers = [*headers, ("Content-Type", "application/json")]
             server = Target(f"through codestral/complete{label}", f"{base}/complete", json_headers, completion_body,
                             server_pid=proc.pid)
@@ -303,12 +320,12 @@ def main() -> None:
                                                        "stream": False}).encode(), delay_ms=0.0, server_pid=proc.pid,
                             calls_backend=False)
             if args.together:  # every target on a server of its own: its CPU is its own
-                base, headers, proc = start(revision)
+                base, headers, proc = start(stack, revision)
             # Jupyter's own floor: its cheapest authenticated endpoint, same users, same pace.
             floor = Target(f"jupyter GET api/status (floor{label})", base.replace("/codestral", "/api/status"),
                            headers, lambda n: b"", "GET", 0.0, proc.pid, calls_backend=False)
             if args.parts and args.together:
-                base, headers, proc = start(revision)
+                base, headers, proc = start(stack, revision)
                 json_headers = [*headers, ("Content-Type", "application/json")]
                 parsed = replace(parsed, url=f"{base}/complete", headers=json_headers, server_pid=proc.pid)
             others = [parsed, server] if args.parts else [server]
@@ -316,19 +333,25 @@ def main() -> None:
                 # The reference endpoints, each on a server of its own; the relay with a backend of its own.
                 bench = {"PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                          "RELAY_FLOOR_DELAY": str(args.backend_delay)}
-                relay_backend = servers.enter_context(fake_backend(delay=args.backend_delay))
+                relay_backend = stack.enter_context(fake_backend(delay=args.backend_delay))
                 for kind, what in (("reply", "streamed reply"), ("relay", "+ bare aiohttp request")):
-                    base, headers, proc = start(None, "--ServerApp.jpserver_extensions={'relay_floor': True}",
+                    base, headers, proc = start(stack, None, "--ServerApp.jpserver_extensions={'relay_floor': True}",
                                                 env=bench | {"RELAY_FLOOR_BACKEND": relay_backend})
                     others.insert(-1, Target(f"reference: {what}", f"{base.removesuffix('/codestral')}/relay-floor/"
                                              f"{kind}", [*headers, ("Content-Type", "application/json")],
                                              completion_body, server_pid=proc.pid, calls_backend=kind == "relay",
                                              backend=relay_backend if kind == "relay" else None))
-            groups.append((floor, others))
+            return floor, others
+
+        fresh = servers.enter_context(ExitStack())  # the servers of the round being measured, with --fresh
+        groups = [] if args.fresh else start_servers(servers)
         for users in [int(u) for u in args.users.split(",")]:
             rows.append((direct, users, asyncio.run(run(direct, users, args.duration, args.interval,
                                                         args.backend_delay, backend, None))))
             for _ in range(args.rounds):
+                if args.fresh:  # new processes for each round; the last round's are stopped first
+                    fresh.close()
+                    groups = start_servers(fresh)
                 for floor, others in groups:
                     if args.together:
                         results = asyncio.run(together([floor, *others], users, args, backend))
