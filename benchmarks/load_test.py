@@ -36,10 +36,11 @@ With ``--relay`` two reference endpoints join (``benchmarks/relay_floor.py``,
 loaded only here): our request parsed and answered with a streamed reply
 after the backend's delay, and the same with one bare aiohttp request to a
 backend: what any relay of this request costs before the completion's own
-work.  With ``--fresh`` every round starts new servers: a server process's
-own layout in memory moves its CPU by a few percent for its whole life, the
-same in every round, so the rounds of one set of servers agree with each
-other more closely than two runs do; new processes per round sample that too.
+work.  With ``--fresh`` every round starts new servers: a server process keeps
+whatever makes it a few percent faster or slower (its layout in memory, most
+likely) for its whole life, so the rounds of one set of servers agree with
+each other more closely than two runs do; new processes per round sample that
+too.
 
     python benchmarks/load_test.py [--users 10,50,100] [--duration 15] [--rounds 1] [--before REV] [--parts]
                                    [--together] [--relay] [--fresh]
@@ -268,8 +269,8 @@ def main() -> None:
                         help="run each round's targets at the same time, each on a Jupyter server of its own, so that "
                              "the machine's drift falls on the floor and the completion alike")
     parser.add_argument("--fresh", action="store_true",
-                        help="new Jupyter servers for every round: a server process's own layout in memory moves its "
-                             "CPU by a few percent for its whole life, so one set of servers is one sample")
+                        help="new Jupyter servers for every round: a server process is a few percent faster or slower "
+                             "for its whole life, so one set of servers is one sample")
     parser.add_argument("--relay", action="store_true",
                         help="also the reference endpoints of benchmarks/relay_floor.py: a streamed reply to our "
                              "request, and the same with one bare aiohttp request to the backend")
