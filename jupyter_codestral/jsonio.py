@@ -2,7 +2,7 @@
 
 Each completion reads the whole notebook, encodes the prompt for the backend, reads the
 backend's events and encodes the reply's lines; orjson does each several times faster than
-``json`` (the notebook: 5 µs against 13; the prompt: 1 µs against 13).  It is stricter, though:
+``json`` (``benchmarks/stage_costs.py``: parsing the body).  It is stricter, though:
 NaN and lone surrogates are errors to it, so a text it refuses is read again by ``json`` (what
 was accepted before still is), and a value it cannot encode is encoded by ``json``.  It reads an
 integer beyond 64 bits as a float: a request refused after this reading is read again by

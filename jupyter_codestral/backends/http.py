@@ -66,7 +66,10 @@ class HttpBackend(Backend):
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
-        self.headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        # What every request carries: each posts JSON, and the key where there is one.
+        self.headers = {"Content-Type": "application/json"}
+        if settings.api_key:
+            self.headers["Authorization"] = f"Bearer {settings.api_key}"
         # Requests wait for a connection here, where the wait has a readable timeout of its own.
         self.connection_slots = asyncio.Semaphore(settings.max_connections)
         self.template: FimTemplate = settings.prompt.template_for(settings.model)
@@ -77,7 +80,7 @@ class HttpBackend(Backend):
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 base_url=self.settings.url.rstrip("/") + "/",
-                headers={**self.headers, "Content-Type": "application/json"},  # every request posts JSON
+                headers=self.headers,
                 # sock_read: the first byte, or the next chunk; no limit on the whole stream.
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self.settings.connect_timeout, sock_read=self.settings.timeout
