@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
 import pytest
-from conftest import notebook_request
+from conftest import notebook_request, the_app
 from fake_backends import FakeFimServer
 
 from jupyter_codestral.ratelimit import TokenBucket, UserRateLimiter
@@ -54,19 +54,35 @@ async def test_the_request_cannot_choose_the_backend_host(complete: Any, fake_ba
 SECRET_CODE = "customer_ledger_7f3a = load_private()"
 
 
-async def test_prompts_and_completions_are_not_logged_by_default(complete: Any, caplog: pytest.LogCaptureFixture) -> None:
+@contextmanager
+def every_log(jp_serverapp: Any, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """What the server and the extension log, in ``caplog`` (the extension's logger does not propagate)."""
     caplog.set_level(logging.DEBUG)
+    log = the_app(jp_serverapp).log
+    log.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(caplog.handler)
+
+
+async def test_prompts_and_completions_are_not_logged_by_default(
+    complete: Any, caplog: pytest.LogCaptureFixture, jp_serverapp: Any
+) -> None:
     cells = [{"cell_type": "code", "source": SECRET_CODE}, {"cell_type": "code", "source": "x."}]
-    code, reply = await complete({"cells": cells, "cell_index": 1, "cursor": 2})
-    assert code == 200
+    with every_log(jp_serverapp, caplog):
+        code, reply = await complete({"cells": cells, "cell_index": 1, "cursor": 2})
+    assert code == 200 and reply["completion"] == "df.head()"
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "customer_ledger_7f3a" not in logged and "df.head()" not in logged
 
 
 @pytest.mark.parametrize("codestral_config", [{"log_prompts": True}], indirect=True)
-async def test_log_prompts_logs_completions_for_debugging(complete: Any, codestral_config: Any, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    code, _ = await complete(notebook_request())
+async def test_log_prompts_logs_completions_for_debugging(
+    complete: Any, codestral_config: Any, caplog: pytest.LogCaptureFixture, jp_serverapp: Any
+) -> None:
+    with every_log(jp_serverapp, caplog):
+        code, _ = await complete(notebook_request())
     assert code == 200
     assert "df.head()" in "\n".join(r.getMessage() for r in caplog.records)
 
