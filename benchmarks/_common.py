@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import socket
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -23,7 +22,7 @@ import httpx
 import websocket
 
 from jupyter_codestral.evaluation import read_cells
-from jupyter_codestral.stats import percentile
+from jupyter_codestral.stats import median, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_NOTEBOOKS = ROOT.parent / "shared" / "bench" / "notebooks"
@@ -45,7 +44,7 @@ def load_cells(folder: Path = BENCH_NOTEBOOKS) -> list[list[dict[str, str]]]:
 
 def summary(values: Sequence[float]) -> dict[str, float]:
     ordered = sorted(values)
-    return {"n": len(ordered), "median": statistics.median(ordered), "p95": percentile(ordered, 0.95),
+    return {"n": len(ordered), "median": median(ordered), "p95": percentile(ordered, 0.95),
             "p99": percentile(ordered, 0.99)}
 
 

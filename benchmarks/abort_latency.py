@@ -20,7 +20,7 @@ from _common import summary
 
 from jupyter_codestral.app import CodestralExtension
 from jupyter_codestral.backends.embedded import EmbeddedBackend
-from jupyter_codestral.config import backend_settings, context_budget
+from jupyter_codestral.assembly import backend_settings, context_budget
 from jupyter_codestral.errors import CompletionError
 from jupyter_codestral.ratelimit import UserRateLimiter
 from jupyter_codestral.request import Cell, CompletionRequest, RequestLimits

@@ -53,7 +53,6 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -64,6 +63,8 @@ import h11
 import httpx
 import psutil
 from _common import fake_backend, jupyter_server, load_cells, source_tree, summary
+
+from jupyter_codestral.stats import median
 
 
 @dataclass
@@ -394,9 +395,9 @@ def main() -> None:
                 ratios = [c / f for f, c in zip(cpu[floor.name], cpu[server.name], strict=True)]
                 rounds = ", ".join(f"{c:.2f}/{f:.2f} = {r:.2f}x"
                                    for f, c, r in zip(cpu[floor.name], cpu[server.name], ratios, strict=True))
-                beyond = statistics.median(c - f for f, c in zip(cpu[floor.name], cpu[server.name], strict=True))
+                beyond = median(c - f for f, c in zip(cpu[floor.name], cpu[server.name], strict=True))
                 print(f"{users} users, {server.name}: server CPU per request / per floor request, by round: "
-                      f"{rounds}; median {statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}x to "
+                      f"{rounds}; median {median(ratios):.2f}x (rounds {min(ratios):.2f}x to "
                       f"{max(ratios):.2f}x), {beyond:.2f} ms beyond the floor")
     print("p50/p95/p99: overhead in ms = time seen by the user - the backend's 100 ms (the baseline rows are what the "
           "load generator and the backend add by themselves; the floor rows are the time of Jupyter's status endpoint, "

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -49,7 +48,7 @@ from typing_replay import timed_stream
 
 from jupyter_codestral.embedded.model_files import MODELS, ensure_model
 from jupyter_codestral.evaluation import Case, pick_cases, score
-from jupyter_codestral.stats import percentile
+from jupyter_codestral.stats import median, percentile
 
 STRONG = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 KINDS = ("line", "block")
@@ -180,9 +179,9 @@ def row(outcomes: list[Outcome]) -> dict[str, Any]:
         "errors": len(outcomes) - len(ok),
         "exact": sum(o.exact for o in ok) / max(1, len(outcomes)),
         "similarity": sum(o.similarity for o in ok) / max(1, len(outcomes)),
-        "first_p50": statistics.median(firsts) if firsts else float("nan"),
+        "first_p50": median(firsts) if firsts else float("nan"),
         "first_p95": percentile(firsts, 0.95) if firsts else float("nan"),
-        "warm_p50": statistics.median(warms) if warms else float("nan"),
+        "warm_p50": median(warms) if warms else float("nan"),
         "warm_p95": percentile(warms, 0.95) if warms else float("nan"),
         "answered": answered,
     }
@@ -263,7 +262,7 @@ def paired_ms(a: Results, b: Results, kind: str | None = None, warm: bool = Fals
 
     pairs = [ms(y) - ms(x) for x, y in zip(a.of(kind), b.of(kind), strict=True)
              if x.error is None and y.error is None]
-    return statistics.median(pairs) if pairs else float("nan")
+    return median(pairs) if pairs else float("nan")
 
 
 def main() -> None:

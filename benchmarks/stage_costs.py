@@ -26,7 +26,7 @@ from load_test import notebook
 from jupyter_codestral.context import ContextBudget, build_context
 from jupyter_codestral.postprocess import options_for
 from jupyter_codestral.request import parse_completion_request
-from jupyter_codestral.routing import route_kind
+from jupyter_codestral.routes import route_kind
 
 # The Mistral backend's defaults (backends.KINDS).
 BUDGET = ContextBudget(prefix_tokens=4096, suffix_tokens=1024, trim_step_tokens=256)

@@ -1,77 +1,45 @@
 """Turn "cursor at offset N in cell K" into the text around the cursor.
 
-The notebook is rendered as one script in the percent format that jupytext
-and most editors understand (``# %%`` before each code cell, markdown as
-``# %% [markdown]`` plus comment lines), because code models have seen that
-shape often.  Everything here is a pure function of the request.
-
-The four pieces are kept apart (earlier cells, the current cell before and
-after the cursor, later cells) so that prompt templates can lay them out for
-cache reuse rather than only as one prefix and one suffix.
+The notebook is rendered as one script (``script.py``): the earlier cells in a window (``window.py``),
+each run cell followed by the variables it made (``kernel_variables.py``), the current cell before and
+after the cursor, the later cells.  The pieces are kept apart so that prompt templates can lay them out
+for cache reuse rather than only as one prefix and one suffix.  Everything here is a pure function of
+the request.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import NamedTuple
 
-from .namespace import KernelState, bound_names, place_variables
+from .kernel_variables import KernelState, bound_names, place_variables
 from .policy import in_prompt
 from .request import Cell, CompletionRequest
+from .script import (
+    CELL_SEPARATOR,
+    cell_marker,
+    comment_prefix,
+    estimate_tokens,
+    head_lines,
+    render_cell,
+    tail_lines,
+)
+from .window import earlier_window
 
-# Line-comment markers for markdown cells rendered into a code script.
-COMMENT_PREFIX = {
-    "python": "#",
-    "ipython": "#",
-    "r": "#",
-    "julia": "#",
-    "bash": "#",
-    "sh": "#",
-    "shell": "#",
-    "ruby": "#",
-    "perl": "#",
-    "powershell": "#",
-    "nim": "#",
-    "elixir": "#",
-    "javascript": "//",
-    "typescript": "//",
-    "java": "//",
-    "c": "//",
-    "c++": "//",
-    "cpp": "//",
-    "csharp": "//",
-    "c#": "//",
-    "go": "//",
-    "rust": "//",
-    "scala": "//",
-    "kotlin": "//",
-    "swift": "//",
-    "dart": "//",
-    "sql": "--",
-    "lua": "--",
-    "haskell": "--",
-    "matlab": "%",
-    "octave": "%",
-    "wolfram": "(*",
-    "maxima": "/*",
-}
-CELL_SEPARATOR = "\n\n"
-
-
-def comment_prefix(language: str) -> str:
-    return COMMENT_PREFIX.get(language, "#")
-
-
-def cell_marker(language: str) -> str:
-    return f"{comment_prefix(language)} %%"
-
-
-def estimate_tokens(text: str, chars_per_token: float = 3.2) -> int:
-    """A fast, slightly pessimistic token count (code averages ~3.5 chars/token)."""
-    return math.ceil(len(text) / chars_per_token)
+# The names other modules take from here.
+__all__ = [
+    "CELL_SEPARATOR",
+    "WINDOWS",
+    "ContextBudget",
+    "FimContext",
+    "build_context",
+    "cell_marker",
+    "comment_prefix",
+    "estimate_tokens",
+    "nearer",
+]
 
 
 @dataclass(frozen=True)
@@ -92,7 +60,7 @@ class ContextBudget:
         """This budget for another window, holding as much earlier text on average.
 
         A "steps" window holds between one and two steps less than the budget
-        left after the current cell's room (its start moves a step at a time),
+        (a step of room for the current cell; its start moves a step at a time),
         so one step and a half less on average; a "nearest" window of half
         steps, with one step less to fill, holds the same."""
         if window == self.window:
@@ -153,43 +121,6 @@ class FimContext:
         return self.line_suffix.strip() != ""
 
 
-def render_cell(cell: Cell, language: str) -> str:
-    """One cell as it appears in the script view of the notebook."""
-    marker = cell_marker(language)
-    if cell.cell_type == "markdown":
-        mark = comment_prefix(language)
-        lines = [f"{mark} {line}".rstrip() for line in cell.source.rstrip("\n").split("\n")]
-        return f"{marker} [markdown]\n" + "\n".join(lines)
-    return f"{marker}\n{cell.source.rstrip()}"
-
-
-def _tail_lines(text: str, budget: int, cpt: float) -> str:
-    """The last whole lines of ``text`` that fit in ``budget`` tokens."""
-    lines = text.split("\n")
-    kept: list[str] = []
-    used = 0
-    for line in reversed(lines):
-        cost = estimate_tokens(line + "\n", cpt)
-        if used + cost > budget:
-            break
-        kept.append(line)
-        used += cost
-    return "\n".join(reversed(kept))
-
-
-def _head_lines(text: str, budget: int, cpt: float) -> str:
-    """The first whole lines of ``text`` that fit in ``budget`` tokens."""
-    kept: list[str] = []
-    used = 0
-    for line in text.split("\n"):
-        cost = estimate_tokens(line + "\n", cpt)
-        if used + cost > budget:
-            break
-        kept.append(line)
-        used += cost
-    return "\n".join(kept)
-
-
 def _trim_cell_prefix(text: str, budget: int, cpt: float) -> str:
     """Keep the current line whole, then as many lines above it as fit."""
     if estimate_tokens(text, cpt) <= budget:
@@ -197,7 +128,7 @@ def _trim_cell_prefix(text: str, budget: int, cpt: float) -> str:
     head, sep, current_line = text.rpartition("\n")
     if not sep:
         return text
-    above = _tail_lines(head, budget - estimate_tokens(current_line, cpt), cpt)
+    above = tail_lines(head, budget - estimate_tokens(current_line, cpt), cpt)
     return (above + "\n" if above else "") + current_line
 
 
@@ -208,7 +139,7 @@ def _trim_cell_suffix(text: str, budget: int, cpt: float) -> str:
     current_line, sep, tail = text.partition("\n")
     if not sep:
         return text
-    below = _head_lines(tail, budget - estimate_tokens(current_line, cpt), cpt)
+    below = head_lines(tail, budget - estimate_tokens(current_line, cpt), cpt)
     return current_line + ("\n" + below if below else "")
 
 
@@ -231,115 +162,13 @@ def _pack_later(cells: Sequence[Cell], left: int, language: str, cpt: float) -> 
             continue
         text, cost = _later_cell(cell, language, cpt)
         if cost > left:
-            partial = _head_lines(text, left, cpt)
+            partial = head_lines(text, left, cpt)
             if partial.strip():
                 parts.append(partial)
             break
         parts.append(text)
         left -= cost
     return parts
-
-
-class _CellLines(NamedTuple):
-    """One earlier cell as it appears in the window, costed once (it comes with every keystroke)."""
-
-    text: str
-    lines: tuple[str, ...]  # each with its newline
-    costs: tuple[int, ...]  # each line's tokens
-    cost: int  # the lines' costs summed
-    whole: int  # the tokens of the whole text at once
-
-
-@lru_cache(maxsize=16384)
-def _cell_lines(cell: Cell, language: str, cpt: float) -> _CellLines:
-    text = render_cell(cell, language) + CELL_SEPARATOR
-    lines = tuple(text.splitlines(keepends=True))
-    costs = tuple(estimate_tokens(line, cpt) for line in lines)
-    return _CellLines(text, lines, costs, sum(costs), estimate_tokens(text, cpt))
-
-
-def _window_start(cells: Sequence[_CellLines], left: int, step: int) -> tuple[int, int]:
-    """Where the earlier cells' window begins: (cell position, line in that cell).
-
-    The start moves in steps: it is chosen among anchors laid every ``step``
-    tokens from the top of the notebook, the first from which the rest fits
-    in ``left`` tokens.  So adding a cell at the end, or typing, keeps the
-    start (and a KV cache holding it) until the window overflows; then it
-    drops a whole step at once.  Anchors are cell starts, and line starts
-    inside cells larger than a step."""
-    candidates: list[tuple[int, int, int]] = []  # (cumulative tokens, cell position, line)
-    used = 0
-    for position, cell in enumerate(cells):
-        if cell.cost > step:
-            for number, cost in enumerate(cell.costs):
-                candidates.append((used, position, number))
-                used += cost
-        else:
-            candidates.append((used, position, 0))
-            used += cell.cost
-    anchors, mark = [], 0
-    for candidate in candidates:
-        if candidate[0] >= mark:
-            anchors.append(candidate)
-            mark = (candidate[0] // step + 1) * step
-    for cumulative, position, number in [*anchors, *candidates]:
-        if used - cumulative <= left:
-            return position, number
-    return len(cells), 0
-
-
-def _nearest_start(cells: Sequence[_CellLines], left: int) -> tuple[int, int]:
-    """Where a window of the nearest cells begins: whole cells from the cursor
-    up while they fit in ``left`` tokens, then the last lines of the next one."""
-    for position in range(len(cells) - 1, -1, -1):
-        cell = cells[position]
-        if cell.whole <= left:
-            left -= cell.whole
-            continue
-        line = len(cell.costs)
-        while line > 0 and cell.costs[line - 1] <= left:
-            line -= 1
-            left -= cell.costs[line]
-        if "".join(cell.lines[line:]).strip():
-            return position, line
-        return position + 1, 0
-    return 0, 0
-
-
-class _EarlierWindow(NamedTuple):
-    """The earlier cells' window, as the prompt shows them."""
-
-    start: int  # the notebook index where it begins (the cursor's cell when it is empty)
-    cells: tuple[tuple[int, str], ...]  # (notebook index, text) of each cell in it
-    text: str  # the cells' texts joined (one string object while the earlier cells stay the same)
-
-
-@lru_cache(maxsize=256)
-def _earlier_window(
-    cells: tuple[Cell, ...], language: str, cpt: float, left: int, step: int, window: str
-) -> _EarlierWindow:
-    """The window of ``cells`` (the cells above the cursor's) that fits in ``left`` tokens.
-
-    Cached: while the user types in a cell, the cells above it stay the same, and so does the
-    window; its text, the same string each time, is then also found at once by the caches
-    keyed on it (redaction)."""
-    earlier = [(i, c) for i, c in enumerate(cells) if in_prompt(c)]
-    rendered = [_cell_lines(cell, language, cpt) for _, cell in earlier]
-    if window == "nearest":
-        first, first_line = _nearest_start(rendered, left)
-    else:
-        first, first_line = _window_start(rendered, left, step)
-    shown = tuple(
-        (
-            earlier[position][0],
-            "".join(rendered[position].lines[first_line:])
-            if position == first and first_line
-            else rendered[position].text,
-        )
-        for position in range(first, len(rendered))
-    )
-    start = earlier[first][0] if first < len(earlier) else len(cells)
-    return _EarlierWindow(start, shown, "".join(text for _, text in shown))
 
 
 def _comment_lines(lines: Sequence[str], language: str) -> str:
@@ -363,12 +192,11 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
     current = request.cells[request.cell_index]
     header = "" if current.cell_type == "markdown" else cell_marker(language) + "\n"
 
-    # Earlier cells, in notebook order, in a window (budget.window).  Room is
-    # kept for the current cell in steps, so typing rarely moves its start.
+    # Earlier cells, in notebook order, in a window (budget.window) that leaves a step of room for the
+    # current cell: its start depends on the cells above the cursor only, never on what is being typed.
     step = max(1, budget.trim_step_tokens)
-    reserve = max(1, math.ceil(estimate_tokens(header + cell_prefix, cpt) / step)) * step
-    left = max(0, budget.prefix_tokens - reserve)
-    earlier = _earlier_window(request.cells[: request.cell_index], language, cpt, left, step, budget.window)
+    left = max(0, budget.prefix_tokens - step)
+    earlier = earlier_window(request.cells[: request.cell_index], language, cpt, left, step, budget.window)
 
     placement = None
     if kernel is not None:
@@ -418,9 +246,28 @@ def _leading_block(lines: Sequence[str], language: str, budget: ContextBudget) -
     """The variables no visible cell explains, as comment lines leading the prompt, within their budget."""
     if not lines:
         return ""
-    kept = _head_lines("\n".join(lines), budget.namespace_tokens, budget.chars_per_token).split("\n")
+    kept = head_lines("\n".join(lines), budget.namespace_tokens, budget.chars_per_token).split("\n")
     kept = [line for line in kept if line]
     if not kept:
         return ""
     mark = comment_prefix(language)
     return f"{mark} Variables in the running kernel:\n" + _comment_lines(kept, language) + "\n"
+
+
+# The nearer prompt's earlier cells: what a CPU reads in about two seconds (the time from entering a
+# cell to the first pause in typing), so that a cell far from anything read before answers at once.
+NEAR_TOKENS = 256
+
+
+def nearer(context: FimContext, tokens: int = NEAR_TOKENS, chars_per_token: float = 3.2) -> FimContext | None:
+    """``context`` with only its nearest earlier cells (whole cells, within ``tokens``), or None when that
+    would not be much shorter.  The rest is the same text, so what is read of it stays read when the
+    whole context is read after it."""
+    before = context.before
+    room = round(tokens * chars_per_token)  # in characters, as estimate_tokens counts
+    if len(before) <= room + round(128 * chars_per_token):
+        return None
+    marker = re.compile("^" + re.escape(cell_marker(context.language)), re.MULTILINE)
+    starts = [match.start() for match in marker.finditer(before)]
+    start = next((p for p in starts if len(before) - p <= room), len(before))
+    return replace(context, before=before[start:], cells_before=sum(p >= start for p in starts))

@@ -16,12 +16,12 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from . import jsonio
-from .errors import CompletionError
+from .errors import CompletionError, ErrorKind
 from .hangup import client_gone
 from .service import Completion, CompletionService, Event
 
 NDJSON = "application/x-ndjson"
-CLIENT_LEFT = CompletionError("cancelled", "The client went away.", 499)
+CLIENT_LEFT = CompletionError(ErrorKind.CANCELLED, "The client went away.", 499)
 
 
 class CodestralHandler(ExtensionHandlerMixin, APIHandler):
@@ -36,10 +36,10 @@ class CodestralHandler(ExtensionHandlerMixin, APIHandler):
         # shape too, and never a traceback.
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
-        kind = "forbidden" if status_code == 403 else "http_error"
+        kind = ErrorKind.FORBIDDEN if status_code == 403 else ErrorKind.HTTP_ERROR
         if status_code >= 500:
-            kind, message = "internal", "The completion server failed; see the Jupyter server log."
-        self.send_json(status_code, {"error": {"kind": kind, "message": message}})
+            kind, message = ErrorKind.INTERNAL, "The completion server failed; see the Jupyter server log."
+        self.send_json(status_code, CompletionError(kind, message, status_code).to_json())
 
     def send_json(self, status: int, body: dict[str, Any], retry_after: float | None = None) -> None:
         self.set_status(status)
@@ -110,8 +110,7 @@ class CompleteHandler(CodestralHandler):
     def _whole(self, event: Event) -> None:
         """Answers with the done event alone, as JSON."""
         if "done" in event:
-            reply = {k: v for k, v in event.items() if k != "done"}
-            self.finish({**self.service.backend.summary(), **reply})
+            self.finish({k: v for k, v in event.items() if k != "done"})
 
     def on_connection_close(self) -> None:
         # The browser aborted (a newer keystroke) or closed: stop paying for tokens.

@@ -1,7 +1,7 @@
 """Runs inside the user's IPython kernel: a compact description of its namespace.
 
 This file is not imported by the server: its source is sent to the kernel
-and executed in a throwaway dictionary (see ``kernel_summary.py``), so it
+and executed in a throwaway dictionary (see ``kernel_namespace.py``), so it
 must stay self-contained and leave nothing behind.  It returns an object
 whose JSON representation IPython sends back as ``application/json``::
 

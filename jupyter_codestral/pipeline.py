@@ -1,9 +1,10 @@
 """request → context → backend stream → postprocess → events.
 
-:func:`run_completion` is the whole data flow for one request.  It yields
+:func:`run_completion` is the data flow for one request the policy allows
+(``service.py`` checks the policy and reads the kernel first).  It yields
 ``{"delta": str}`` events as visible text arrives and ends with one
-``{"done": True, "completion": str, "timings": {...}}``; failures are raised
-as :class:`~jupyter_codestral.errors.CompletionError`.
+``{"done": True, "completion": str, ...}``; failures are raised as
+:class:`~jupyter_codestral.errors.CompletionError`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
-from .backends.base import Backend, FimRequest
-from .context import ContextBudget, FimContext, build_context, cell_marker, estimate_tokens
-from .namespace import KernelState
+from .backends.base import FimRequest
+from .context import ContextBudget, FimContext, cell_marker, estimate_tokens
+from .kernel_variables import KernelState
 from .postprocess import CompletionFilter, options_for
-from .redaction import redact_context
+from .prompt_source import PromptSource
 from .request import CompletionRequest
-from .routing import route_kind
+from .router import Answered, Completer
+from .routes import route_kind
 from .usage import UsageLedger
 
 
@@ -37,55 +39,51 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
+def done_event(completion: str, answered: Answered | dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """The last event of every completion: the text, and who answered (a backend, or the service's summary)."""
+    if isinstance(answered, Answered):
+        who: dict[str, Any] = {"backend": answered.backend, "model": answered.model}
+        if answered.fallback_reason is not None:
+            who["fallback_reason"] = answered.fallback_reason
+    else:
+        who = {"backend": answered["backend"], "model": answered["model"]}
+    return {"done": True, "completion": completion, **who, **fields}
+
+
 async def run_completion(
     request: CompletionRequest,
-    backend: Backend,
+    completer: Completer,
     budget: ContextBudget,
     max_tokens: int,
     kernel: KernelState | None = None,
     ledger: UsageLedger | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
+    """``max_tokens``: the server's ceiling, and the length of a completion whose request does not say."""
     start = time.perf_counter()
-
-    def redacted(context: FimContext) -> tuple[FimContext, int]:
-        """Before the context reaches a backend that sends it away: secrets replaced (and how many)."""
-        if not backend.settings.redact_secrets:
-            return context, 0
-        done = redact_context(context)
-        return done.context, done.count
-
-    contexts: dict[ContextBudget, FimContext] = {}
-
-    def context_for(within: ContextBudget) -> FimContext:
-        """The context within another budget (a routed backend may have one of its own)."""
-        if within not in contexts:
-            contexts[within] = redacted(build_context(request, within, kernel))[0]
-        return contexts[within]
-
-    context = build_context(request, budget, kernel)
-    redacting = time.perf_counter()
-    context, redactions = redacted(context)
-    redaction_ms = _ms(time.perf_counter() - redacting)
-    contexts[budget] = context
+    source = PromptSource(request, kernel, redact=completer.redact_secrets)
+    context = source.context(budget)
     options = options_for(context, single_line=request.single_line)
     route = route_kind(context, options.single_line)
     fim = FimRequest(
-        context=context,
-        max_tokens=request.max_tokens or max_tokens,
+        source=source,
+        budget=budget,
+        max_tokens=min(request.max_tokens or max_tokens, max_tokens),
         stop=stop_sequences(context, options.single_line),
         prefetch=request.prefetch,
         route=route,
         ledger=ledger,
-        budget=budget,
-        context_for=context_for,
     )
     completion = CompletionFilter(options)
     context_done = time.perf_counter()
     first_text: float | None = None
+    answered: Answered | None = None
 
-    async with aclosing(backend.serve(fim)) as pieces:
+    async with aclosing(completer.serve(fim)) as pieces:
         async for piece in pieces:
-            delta = completion.feed(piece)
+            if type(piece) is Answered:
+                answered = piece
+                continue
+            delta = completion.feed(piece if type(piece) is str else piece.text)  # type: ignore[union-attr]
             if delta:
                 first_text = first_text or time.perf_counter()
                 yield {"delta": delta}
@@ -96,12 +94,11 @@ async def run_completion(
         first_text = first_text or time.perf_counter()
         yield {"delta": delta}
     end = time.perf_counter()
-    yield {
-        "done": True,
-        "completion": completion.text,
-        "route": route,
-        **fim.outcome,  # a routing backend says which backend answered
-        "timings": {
+    yield done_event(
+        completion.text,
+        answered or completer.summary(),
+        route=str(route),
+        timings={
             "context_ms": _ms(context_done - start),
             "first_token_ms": _ms((first_text or end) - start),
             "total_ms": _ms(end - start),
@@ -109,7 +106,7 @@ async def run_completion(
             "cells_before": context.cells_before,
             "cells_after": context.cells_after,
             "kernel_summary": kernel is not None and kernel.latest is not None,
-            "redactions": redactions,
-            "redaction_ms": redaction_ms,
+            "redactions": source.redactions,
+            "redaction_ms": source.redaction_ms,
         },
-    }
+    )

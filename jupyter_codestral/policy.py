@@ -18,6 +18,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from wcmatch import glob
 
@@ -35,15 +36,35 @@ def in_prompt(cell: Cell) -> bool:
     return cell.cell_type != "raw" and NO_CONTEXT not in cell.tags
 
 
-def notebook_reason(request: CompletionRequest) -> str | None:
-    """Why the notebook or the cell at the cursor says no completions here, or None."""
+class OffScope(StrEnum):
+    """Where completions are off, for the status bar: "off in this cell", "off in this notebook"."""
+
+    CELL = "cell"  # the cell's tags
+    NOTEBOOK = "notebook"  # the notebook's metadata
+    COURSE_POLICY = "course_policy"  # the server's disabled_paths or allowed_paths
+
+
+@dataclass(frozen=True)
+class Off:
+    """Completions are off here: where, and why (a sentence for the user)."""
+
+    scope: OffScope
+    message: str
+
+
+def notebook_off(request: CompletionRequest) -> Off | None:
+    """Whether the notebook or the cell at the cursor says no completions here."""
     if not request.notebook_enabled:
-        return "Completions are off in this notebook (its metadata: codestral.enabled is false)."
+        return Off(
+            OffScope.NOTEBOOK, "Completions are off in this notebook (its metadata: codestral.enabled is false)."
+        )
     tags = request.cells[request.cell_index].tags
     if NO_COMPLETION in tags:
-        return "Completions are off in this cell (tag no-completion)."
+        return Off(OffScope.CELL, "Completions are off in this cell (tag no-completion).")
     if NO_CONTEXT in tags:
-        return "Completions are off in this cell: its tag no-context keeps its text out of every prompt."
+        return Off(
+            OffScope.CELL, "Completions are off in this cell: its tag no-context keeps its text out of every prompt."
+        )
     return None
 
 

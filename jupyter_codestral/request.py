@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import jsonio
-from .errors import RequestError
+from .contract import limit
+from .errors import ErrorKind, RequestError
 
 CELL_TYPES = ("code", "markdown", "raw")
 
@@ -34,7 +35,7 @@ class RequestLimits:
     max_cells: int = 5000
     max_cell_chars: int = 2_000_000
     max_total_chars: int = 20_000_000
-    max_tokens: int = 1024
+    max_tokens: int = limit("CompleteRequest", "max_tokens", "maximum")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class CompletionRequest:
         return self.path or "<untitled>"
 
 
-def _fail(message: str, kind: str = "bad_request", status: int = 400) -> RequestError:
+def _fail(message: str, kind: ErrorKind = ErrorKind.BAD_REQUEST, status: int = 400) -> RequestError:
     return RequestError(kind, message, status)
 
 
@@ -112,7 +113,7 @@ def _read(raw: bytes, loads: Callable[[bytes], Any]) -> Any:
     try:
         return loads(raw)
     except (ValueError, RecursionError):
-        raise _fail("The request body is not valid JSON.", kind="bad_json") from None
+        raise _fail("The request body is not valid JSON.", kind=ErrorKind.BAD_JSON) from None
 
 
 def _validated(body: Any, limits: RequestLimits) -> CompletionRequest:

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .backends import Backend
+from .backends.base import BackendState
 from .context import ContextBudget
-from .errors import CompletionError, RequestError
-from .kernel_summary import KernelNamespace
-from .pipeline import run_completion
-from .policy import PathPolicy, notebook_reason
+from .errors import CompletionError, ErrorKind, RequestError
+from .kernel_namespace import KernelNamespace
+from .pipeline import done_event, run_completion
+from .policy import PathPolicy, notebook_off
 from .ratelimit import UserRateLimiter
 from .request import CompletionRequest, RequestLimits, parse_completion_request
+from .router import Completer
 from .stats import ServiceStats
 from .usage import UsageLedger
 
@@ -32,14 +33,16 @@ DocumentKey = tuple[str, str]  # (user, document)
 SessionPaths = Callable[[str], Awaitable[list[str]]]  # kernel id -> the documents it runs for
 Sink = Callable[[Event], None]  # takes each event as it comes (the handler's writer)
 
-SUPERSEDED = CompletionError("cancelled", "A newer request for this document replaced this one.", 409)
+SUPERSEDED = CompletionError(ErrorKind.CANCELLED, "A newer request for this document replaced this one.", 409)
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
     max_body_bytes: int
     request: RequestLimits
-    max_tokens: int  # a completion's length when the request does not say
+    # The most tokens any completion may have (a request asking for more gets this many), and a
+    # completion's length when the request does not say.
+    max_tokens: int
 
 
 class Completion:
@@ -123,7 +126,7 @@ async def _only(event: Event) -> AsyncGenerator[Event, None]:
 class CompletionService:
     def __init__(
         self,
-        backend: Backend,
+        completer: Completer,
         budget: ContextBudget,
         limits: ServiceLimits,
         rate_limiter: UserRateLimiter,
@@ -135,7 +138,7 @@ class CompletionService:
         log: logging.Logger | None = None,
         usage: UsageLedger | None = None,
     ) -> None:
-        self.backend = backend
+        self.completer = completer
         self.budget = budget
         self.limits = limits
         self.rate_limiter = rate_limiter
@@ -152,12 +155,12 @@ class CompletionService:
     # -- lifetime ------------------------------------------------------------
     async def start(self) -> None:
         """Begin slow preparation (the embedded model loads) without waiting for it."""
-        await self.backend.start()
+        await self.completer.start()
 
     async def aclose(self) -> None:
         for completion in list(self._latest.values()):
             completion.stop()
-        await self.backend.aclose()
+        await self.completer.aclose()
         await self.usage.aclose()
 
     # -- requests ------------------------------------------------------------
@@ -166,17 +169,17 @@ class CompletionService:
         limit = self.limits.max_body_bytes
         if len(body) > limit:
             raise RequestError(
-                "too_large",
+                ErrorKind.TOO_LARGE,
                 f"The request is {len(body)} bytes; the limit is {limit} (CodestralExtension.max_body_bytes).",
                 413,
             )
         request = parse_completion_request(body, self.limits.request)
         if self.config_error:
-            raise CompletionError("config", self.config_error, 503)
+            raise CompletionError(ErrorKind.CONFIG, self.config_error, 503)
         wait = self.rate_limiter.check(user)
         if wait > 0:
             raise CompletionError(
-                "user_rate_limited",
+                ErrorKind.USER_RATE_LIMITED,
                 f"You have sent too many completion requests; try again in {math.ceil(wait)} s.",
                 429,
                 wait,
@@ -198,9 +201,10 @@ class CompletionService:
         key = (user, request.document_id)
         older = self._latest.get(key)
         if request.prefetch and (
-            not self.backend.supports_prefetch or (older is not None and not older.done and not older.request.prefetch)
+            not self.completer.supports_prefetch
+            or (older is not None and not older.done and not older.request.prefetch)
         ):
-            return Completion(request, _only(self._done_event("", {"prefetch_skipped": True})), sink)
+            return Completion(request, _only(self._unsent({"prefetch_skipped": True})), sink)
         if older is not None:
             older.stop()
         completion = Completion(request, self._run(request), sink, partial(self._forget, key))
@@ -224,12 +228,12 @@ class CompletionService:
         refusal = await self._policy_refusal(request)
         if refusal:
             self.stats.refused += 1
-            raise CompletionError("policy", refusal, 403)
-        off = notebook_reason(request)
+            raise CompletionError(ErrorKind.POLICY, refusal, 403)
+        off = notebook_off(request)
         if off:
             # The notebook's author turned completions off here: nothing is sent anywhere.
             self.stats.refused += 1
-            yield {**self._done_event("", {"off": True}), "off": off}
+            yield {**self._unsent({"off": True}), "off": off.message, "off_scope": str(off.scope)}
             return
         try:
             kernel = None
@@ -238,7 +242,7 @@ class CompletionService:
                 kernel = await self.kernels.state(request.kernel_id, max(runs, default=None))
             events = run_completion(
                 request,
-                self.backend,
+                self.completer,
                 self.budget,
                 max_tokens=self.limits.max_tokens,
                 kernel=kernel,
@@ -249,25 +253,21 @@ class CompletionService:
                     self.stats.record(event["timings"])
                     if self.log_prompts:
                         self.log.info("codestral completion: %r", event["completion"])
-                    event = {**self._describe(), **event}
                 yield event
         except CompletionError as error:
-            if error.kind == "cancelled":
+            if error.kind == ErrorKind.CANCELLED:
                 self.stats.cancelled += 1  # a newer request for the same document replaced it
             else:
                 self.stats.record_error(error)
-                self.log.warning("codestral: %s", self.backend.settings.redact(str(error)))
+                self.log.warning("codestral: %s", self.completer.redact(str(error)))
             raise
         except asyncio.CancelledError:
             self.stats.cancelled += 1
             raise
 
-    def _describe(self) -> dict[str, Any]:
-        info = self.backend.summary()
-        return {"backend": info["backend"], "model": info["model"]}
-
-    def _done_event(self, completion: str, timings: dict[str, Any]) -> Event:
-        return {"done": True, "completion": completion, "timings": timings, **self._describe()}
+    def _unsent(self, timings: dict[str, Any]) -> Event:
+        """The done event of a request answered without asking a backend."""
+        return done_event("", self.completer.summary(), timings=timings)
 
     def in_flight(self) -> int:
         """Requests being served now (at most one per user and document)."""
@@ -276,19 +276,18 @@ class CompletionService:
     # -- status --------------------------------------------------------------
     def status(self, path: str | None = None) -> dict[str, Any]:
         """The service's state; with ``path``, whether the course policy allows completions there."""
-        backend = self.backend
-        state = "error" if self.config_error else backend.state
+        completer = self.completer
+        state = BackendState.ERROR if self.config_error else completer.state
         return {
-            **backend.describe(),
-            "state": state,
-            "ready": state == "ready",
-            "layout": backend.settings.layout,
-            "rate_limited_until": backend.rate_limited_until,
+            **completer.describe(),
+            "state": str(state),
+            "ready": state == BackendState.READY,
             "config_error": self.config_error,
             "last_error": self.stats.last_error,
             "latency": self.stats.to_json(),
             "budget": {"prefix_tokens": self.budget.prefix_tokens, "suffix_tokens": self.budget.suffix_tokens},
-            "redaction": {"on": backend.settings.redact_secrets, "redacted": self.stats.redacted},
+            "max_tokens": self.limits.max_tokens,
+            "redaction": {"on": completer.redact_secrets, "redacted": self.stats.redacted},
             "usage": self.usage.day(),
             **({"policy": self._path_status(path)} if path is not None else {}),
         }

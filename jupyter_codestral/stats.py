@@ -12,6 +12,12 @@ from typing import Any
 from .errors import CompletionError
 
 
+def median(values: Sequence[float]) -> float:
+    """The median (the mean of the two middle values of an even count): the one way every figure here is
+    summarised."""
+    return statistics.median(values)
+
+
 def percentile(ordered: Sequence[float], fraction: float) -> float:
     """The value at ``fraction`` (0..1) of already sorted values (nearest rank)."""
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -48,7 +54,7 @@ class ServiceStats:
             return {"median": None, "p95": None, "last": None}
         ordered = sorted(values)
         return {
-            "median": round(statistics.median(ordered), 1),
+            "median": round(median(ordered), 1),
             "p95": round(percentile(ordered, 0.95), 1),
             "last": values[-1],
         }

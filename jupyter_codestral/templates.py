@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .context import CELL_SEPARATOR, FimContext
+from .context import CELL_SEPARATOR, FimContext, nearer
 
 # Where the later cells go.
 # "inline": in the FIM suffix (the classic layout; for servers that read fast).
@@ -47,6 +47,20 @@ class PromptFormat:
     def render(self, template: FimTemplate, context: FimContext) -> str:
         """The prompt to answer from at once."""
         return render_prompt(template, context, self.answer_layout, self.kernel_file)
+
+    def render_all(
+        self, template: FimTemplate, context: FimContext, context_in: Callable[[str], FimContext]
+    ) -> tuple[list[str], str | None]:
+        """Every prompt of a request, for a backend that reads some while the user thinks (the embedded
+        model): in order of preference, the richer one (the adaptive layout's) and the one to answer from
+        at once; and a nearer one (the cells nearest the cursor only), answered from where the others would
+        take long (nothing around the cursor read before), and read first."""
+        prompts = [self.render(template, context)]
+        richer = self.render_richer(template, context_in)
+        if richer is not None:
+            prompts.insert(0, richer)
+        near = nearer(context) if self.answer_layout == "stable" else None
+        return prompts, None if near is None else self.render(template, near)
 
     def render_richer(self, template: FimTemplate, context_in: Callable[[str], FimContext]) -> str | None:
         """The adaptive layout's richer prompt, when it says more than :meth:`render`'s: the split one, with

@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .context import ContextBudget, estimate_tokens
-from .errors import CompletionError
+from .errors import CompletionError, ErrorKind
+from .validation import is_non_negative, is_number
 
 if TYPE_CHECKING:
-    from .backends.base import FimRequest
+    from .backends.base import BackendItem, FimRequest, Piece
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +48,30 @@ log = logging.getLogger(__name__)
 SAVE_EVERY_S = 5.0
 
 
-@dataclass
+def _count(value: Any) -> int | None:
+    """A token count as a server sent it (servers send null, or omit, what they do not know)."""
+    return value if is_number(value, whole=True) and value >= 0 else None
+
+
+@dataclass(frozen=True)
 class Usage:
-    """The tokens one call used, as its backend reported them (None: not reported)."""
+    """The tokens one call used, as its backend reported them (None: not reported); the last item
+    of a backend's stream."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
-    def report(self, prompt_tokens: Any = None, completion_tokens: Any = None) -> None:
-        """Keep the figures that are counts (servers send null or omit what they do not know)."""
-        if isinstance(prompt_tokens, int) and not isinstance(prompt_tokens, bool) and prompt_tokens >= 0:
-            self.prompt_tokens = prompt_tokens
-        if isinstance(completion_tokens, int) and not isinstance(completion_tokens, bool) and completion_tokens >= 0:
-            self.completion_tokens = completion_tokens
+    @classmethod
+    def reported(cls, prompt_tokens: Any = None, completion_tokens: Any = None) -> Usage:
+        return cls(_count(prompt_tokens), _count(completion_tokens))
 
-    def report_openai(self, payload: Mapping[str, Any]) -> None:
-        """An OpenAI-style ``usage`` object, when the event carries one."""
+    @classmethod
+    def from_openai(cls, payload: Mapping[str, Any]) -> Usage | None:
+        """An OpenAI-style event's ``usage`` object, when it carries one."""
         usage = payload.get("usage")
-        if isinstance(usage, dict):
-            self.report(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        if not isinstance(usage, dict):
+            return None
+        return cls.reported(usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class Price:
             return None
         ok = isinstance(value, dict) and set(value) <= {"input", "output"} and value
         numbers = [value.get(k, 0) for k in ("input", "output")] if ok else []
-        if not ok or not all(isinstance(n, int | float) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        if not ok or not all(is_non_negative(n) for n in numbers):
             raise ValueError(f'{where} must be like {{"input": 0.3, "output": 0.9}} (money per million tokens).')
         return cls(float(numbers[0]), float(numbers[1]))
 
@@ -254,43 +260,47 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-async def metered(pieces: AsyncGenerator[str, None], request: FimRequest, backend: str) -> AsyncGenerator[str, None]:
-    """``pieces`` unchanged; when they end, the call is recorded in the request's ledger."""
+async def metered(
+    items: AsyncGenerator[BackendItem, None], request: FimRequest, backend: str
+) -> AsyncGenerator[Piece, None]:
+    """The text of a backend's stream; when it ends, the call is recorded in the request's ledger with the
+    :class:`Usage` the stream ended with (else an estimate)."""
     ledger = request.ledger
-    if ledger is None:
-        async for piece in pieces:
-            yield piece
-        return
     text: list[str] = []
+    usage = Usage()
     outcome = "cancelled"  # unless it ends otherwise (CancelledError: superseded, or the client left)
     try:
-        async for piece in pieces:
-            text.append(piece)
-            yield piece
+        async for item in items:
+            if type(item) is Usage:
+                usage = item
+                continue
+            if ledger is not None:
+                text.append(item if type(item) is str else item.text)  # type: ignore[union-attr]
+            yield item  # type: ignore[misc]
         outcome = "served"
     except CompletionError as error:
-        outcome = "cancelled" if error.kind == "cancelled" else "failed"
+        outcome = "cancelled" if error.kind == ErrorKind.CANCELLED else "failed"
         raise
     except GeneratorExit:
         # Closed by the reader: the completion was complete, or the router gave up waiting for it.
         outcome = "served" if text else "cancelled"
         raise
     finally:
-        await pieces.aclose()
-        usage = request.usage
-        estimated = usage.prompt_tokens is None or usage.completion_tokens is None
-        context = request.context
-        ledger.record(
-            Call(
-                backend=backend,
-                outcome=outcome,
-                prompt_tokens=usage.prompt_tokens
-                if usage.prompt_tokens is not None
-                else ledger.estimate(context.prefix + context.suffix),
-                completion_tokens=usage.completion_tokens
-                if usage.completion_tokens is not None
-                else ledger.estimate("".join(text)),
-                estimated=estimated,
-                prefetch=request.prefetch,
+        await items.aclose()
+        if ledger is not None:
+            estimated = usage.prompt_tokens is None or usage.completion_tokens is None
+            context = request.context
+            ledger.record(
+                Call(
+                    backend=backend,
+                    outcome=outcome,
+                    prompt_tokens=usage.prompt_tokens
+                    if usage.prompt_tokens is not None
+                    else ledger.estimate(context.prefix + context.suffix),
+                    completion_tokens=usage.completion_tokens
+                    if usage.completion_tokens is not None
+                    else ledger.estimate("".join(text)),
+                    estimated=estimated,
+                    prefetch=request.prefetch,
+                )
             )
-        )

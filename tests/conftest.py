@@ -13,7 +13,7 @@ import platformdirs
 import pytest
 from fake_backends import FAKE_KEY, FakeFimServer
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+pytest_plugins = ["pytest_jupyter.jupyter_server", "contract_check"]
 
 # The tests give each server a temporary HOME; share one model cache between
 # them so the bundled model is assembled once, as on a user's machine.
@@ -62,7 +62,8 @@ def codestral_config(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
-def jp_server_config(fake_backend: FakeFimServer, codestral_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def jp_server_config(fake_backend: FakeFimServer, codestral_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                     tmp_path: Path) -> dict[str, Any]:
     for name in ("CODESTRAL_API_KEY", "MISTRAL_API_KEY", "JUPYTER_CODESTRAL_BACKEND", "JUPYTER_CODESTRAL_URL",
                  "JUPYTER_CODESTRAL_MODEL", "JUPYTER_CODESTRAL_API_KEY"):
         monkeypatch.delenv(name, raising=False)
@@ -75,6 +76,8 @@ def jp_server_config(fake_backend: FakeFimServer, codestral_config: dict[str, An
             "url": fake_backend.url,
             "retries": 1,
             "timeout": 2.0,
+            # What the embedded model keeps on disk, for this test alone.
+            "kv_disk_dir": str(tmp_path / "kv"),
             **codestral_config,
         },
     }

@@ -311,3 +311,15 @@ async def test_the_status_says_what_the_backend_last_answered(complete: Any, jp_
     await fake_backend.stop()
     await complete(notebook_request())
     assert await state() == "unreachable"
+
+
+@pytest.mark.parametrize("codestral_config", [{"max_tokens": 64}], indirect=True)
+async def test_the_servers_max_tokens_bounds_what_a_request_asks_for(
+    complete: Any, fake_backend: FakeFimServer, codestral_config: Any, jp_fetch: Any
+) -> None:
+    for asked, sent in ((512, 64), (1024, 64), (16, 16), (None, 64)):
+        body = notebook_request() if asked is None else notebook_request(max_tokens=asked)
+        code, _ = await complete(body)
+        assert code == 200 and fake_backend.last.body["max_tokens"] == sent, (asked, fake_backend.last.body)
+    status = json.loads((await jp_fetch("codestral", "status")).body)
+    assert status["max_tokens"] == 64

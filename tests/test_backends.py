@@ -14,9 +14,10 @@ from traitlets.config import Config
 from jupyter_codestral.app import CodestralExtension
 from jupyter_codestral.backends import create_backend
 from jupyter_codestral.backends.base import Backend, FimRequest
-from jupyter_codestral.backends.openai_format import MAX_LINE_CHARS, EventStream, LineBuffer
-from jupyter_codestral.config import backend_settings
-from jupyter_codestral.context import ContextBudget, build_context
+from jupyter_codestral.backends.event_streams import MAX_LINE_CHARS, EventStream, LineBuffer
+from jupyter_codestral.assembly import backend_settings
+from jupyter_codestral.context import ContextBudget
+from jupyter_codestral.prompt_source import PromptSource
 from jupyter_codestral.errors import BackendError
 from jupyter_codestral.request import Cell, CompletionRequest
 
@@ -25,7 +26,7 @@ CELLS = (Cell("code", "import numpy as np"), Cell("code", "x = np."), Cell("code
 
 def fim_request(**kw: Any) -> FimRequest:
     req = CompletionRequest(CELLS, 1, len(CELLS[1].source))
-    return FimRequest(build_context(req, ContextBudget()), max_tokens=kw.pop("max_tokens", 32), **kw)
+    return FimRequest(PromptSource(req), ContextBudget(), max_tokens=kw.pop("max_tokens", 32), **kw)
 
 
 def make(fake: FakeFimServer, name: str, **kw: Any) -> Backend:
@@ -39,7 +40,7 @@ def make(fake: FakeFimServer, name: str, **kw: Any) -> Backend:
 
 async def collect(backend: Backend, request: FimRequest | None = None, close: bool = True) -> str:
     try:
-        return "".join([piece async for piece in backend.stream(request or fim_request())])
+        return "".join([piece async for piece in backend.serve(request or fim_request())])
     finally:
         if close:
             await backend.aclose()
@@ -252,8 +253,8 @@ async def test_tokens_that_arrive_together_are_one_piece(fake: FakeFimServer, na
     backend = make(fake, name)
     try:
         fake.reset(chunks=["df", ".he", "ad()"], one_write=True)
-        assert [piece async for piece in backend.stream(fim_request())] == ["df.head()"]
+        assert [piece async for piece in backend.serve(fim_request())] == ["df.head()"]
         fake.reset(chunks=["df", ".he", "ad()"], delay_between=0.05)
-        assert [piece async for piece in backend.stream(fim_request())] == ["df", ".he", "ad()"]
+        assert [piece async for piece in backend.serve(fim_request())] == ["df", ".he", "ad()"]
     finally:
         await backend.aclose()

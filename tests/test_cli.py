@@ -177,3 +177,53 @@ async def test_usage_without_a_server_reads_the_usage_file_or_says_why_there_is_
     assert code == 0 and "codestral" in out and "1,200" in out and "no prices are set" in out
     code, _, err = await cli("usage", env=home)
     assert code == 1 and "No running Jupyter server with jupyter-codestral" in err
+
+
+def routed_env(first: str, second: str, routes: dict[str, Any] | None = None) -> dict[str, str]:
+    """Two named backends, the second standing in for the first (as in the README's examples)."""
+    backends = {"primary": {"backend": "mistral", "url": first, "api_key_env": "CODESTRAL_API_KEY"},
+                "fallback": {"backend": "openai", "url": second, "model": "qwen-fallback"}}
+    return {"CODESTRAL_API_KEY": FAKE_KEY, "JUPYTER_CODESTRAL_BACKENDS": json.dumps(backends),
+            "JUPYTER_CODESTRAL_ROUTES": json.dumps(routes or {"line": ["primary", "fallback"]})}
+
+
+async def test_complete_follows_the_route_and_its_fallback_as_the_server_does(
+    tmp_path: Path, fake_backend: FakeFimServer
+) -> None:
+    second = FakeFimServer()
+    second.start()
+    try:
+        second.reset(chunks=["from", "_fallback()"])
+        notebook = write_notebook(tmp_path / "sales.ipynb", NOTEBOOK)
+        code, out, err = await cli("complete", str(notebook), "--cell", "2", "--json",
+                                   env=routed_env(fake_backend.url, second.url))
+        assert code == 0, err
+        reply = json.loads(out)
+        assert reply["answered_by"] == "primary" and reply["backend"] == "mistral" and reply["route"] == "line"
+        assert reply["completion"] == "df.head()"
+        assert second.request_count == 0
+        await fake_backend.stop()  # the first backend of the route goes down: the next one answers
+        code, out, err = await cli("complete", str(notebook), "--cell", "2", env=routed_env(fake_backend.url, second.url))
+        assert code == 0, err
+        assert out.strip() == "from_fallback()" and "fallback (openai)" in err and "Cannot reach" in err
+        assert second.request_count == 1
+    finally:
+        await second.stop()
+
+
+async def test_doctor_reports_wrong_routes_and_an_unreachable_named_backend(fake_backend: FakeFimServer) -> None:
+    second = FakeFimServer()
+    second.start()
+    try:
+        code, out, _ = await cli("doctor", env=routed_env(fake_backend.url, second.url, {"line": ["primary", "nope"]}))
+        assert code == 1 and "✗" in out and "unknown backend 'nope'" in out and "JUPYTER_CODESTRAL_ROUTES" in out
+        env = routed_env(fake_backend.url, second.url)
+        code, out, _ = await cli("doctor", env={**env, "JUPYTER_CODESTRAL_BACKENDS": '{"primary": {"backend": "gpt"}}'})
+        assert code == 1 and "unknown backend 'gpt'" in out and "JUPYTER_CODESTRAL_BACKENDS" in out
+        await second.stop()
+        code, out, _ = await cli("doctor", env=env)
+        assert code == 1 and "a test completion came back" in out and "(backend primary)" in out
+        assert "✗ unreachable" in out and "(backend fallback)" in out and "start the server" in out
+        assert "line completions: primary → fallback" in out
+    finally:
+        await second.stop()

@@ -8,9 +8,9 @@ from traitlets.config import Config
 
 from jupyter_codestral.app import CodestralExtension
 from jupyter_codestral.backends import BackendSettings
-from jupyter_codestral.config import backend_settings, config_error, context_budget
+from jupyter_codestral.assembly import assemble, backend_settings, context_budget
 from jupyter_codestral.context import ContextBudget, FimContext, build_context
-from jupyter_codestral.namespace import KernelState, Snapshot, Variable
+from jupyter_codestral.kernel_variables import KernelState, Snapshot, Variable
 from jupyter_codestral.request import Cell, CompletionRequest
 from jupyter_codestral.templates import TEMPLATES, PromptFormat, render_prompt, template_for_model
 
@@ -77,7 +77,7 @@ def test_traitlets_apply_without_environment(configure: Any) -> None:
 def test_bad_configuration_is_explained(configure: Any, traits: dict[str, object], env: dict[str, str],
                                         fragments: list[str]) -> None:
     _, _, app = configure(traits, env)
-    problem = config_error(app)
+    problem = assemble(app).config_error
     assert problem is not None and all(f in problem for f in fragments), problem
 
 

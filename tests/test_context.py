@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from jupyter_codestral.context import ContextBudget, build_context, estimate_tokens
-from jupyter_codestral.namespace import KernelState, Snapshot, Variable, bound_names
+from jupyter_codestral.kernel_variables import KernelState, Snapshot, Variable, bound_names
 from jupyter_codestral.request import Cell, CompletionRequest
 
 

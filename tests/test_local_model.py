@@ -97,7 +97,7 @@ async def worker_timings(backend: Any, seen: int) -> dict[str, Any]:
 @pytest.mark.slow
 async def test_typing_reuses_the_kv_cache(jp_fetch: Any, complete: Any, jp_serverapp: Any) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).service.backend
+    backend = the_app(jp_serverapp).service.completer.backend
     await complete(body(cursor=len("values = np.array([1, 2, 3, 4])\nmean = val")))
     await worker_timings(backend, 0)
     await complete(body())
@@ -109,7 +109,7 @@ async def test_typing_reuses_the_kv_cache(jp_fetch: Any, complete: Any, jp_serve
 @pytest.mark.slow
 async def test_prefetch_warms_the_cache_without_a_completion(jp_fetch: Any, complete: Any, jp_serverapp: Any) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).service.backend
+    backend = the_app(jp_serverapp).service.completer.backend
     code, reply = await complete(body(prefetch=True))
     assert code == 200 and reply["completion"] == ""
     await worker_timings(backend, 0)
@@ -141,7 +141,7 @@ async def test_a_crashed_worker_gives_a_readable_error_and_restarts(
     jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str], jp_serverapp: Any, complete: Any
 ) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).service.backend
+    backend = the_app(jp_serverapp).service.completer.backend
     pid = backend.describe()["worker_pid"]
     slow = body(cells=[{"cell_type": "code", "source": LONG_LIST}], cell_index=0, cursor=len(LONG_LIST), max_tokens=400)
     async with httpx.AsyncClient(headers=jp_auth_header, timeout=60) as client:
@@ -268,7 +268,7 @@ async def test_a_new_cell_after_running_the_one_before_reads_only_its_own_tokens
     jp_fetch: Any, complete: Any, jp_serverapp: Any, kernel: Any
 ) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).service.backend
+    backend = the_app(jp_serverapp).service.completer.backend
     kernel_id, client = kernel
     cells = [{"cell_type": "markdown", "source": "# Arrays\nSome numbers and their statistics."},
              *code_cells("table", 20), {"cell_type": "code", "source": "import numpy as np"}]
@@ -277,8 +277,10 @@ async def test_a_new_cell_after_running_the_one_before_reads_only_its_own_tokens
     # The user writes the next cell; the model has read the notebook up to it.
     writing = "values = np.arange(10)\nmean = values.mean()"
     cells.append({"cell_type": "code", "source": writing})
-    await timed(complete, backend, {"cells": cells, "cell_index": len(cells) - 1, "cursor": len(writing),
-                                    "path": "arrays.ipynb", "kernel_id": kernel_id, "max_tokens": 4})
+    at_end = {"cells": cells, "cell_index": len(cells) - 1, "cursor": len(writing), "path": "arrays.ipynb",
+              "kernel_id": kernel_id, "max_tokens": 4}
+    await timed(complete, backend, {**at_end, "prefetch": True})  # the frontend's, on entering the cell
+    await timed(complete, backend, at_end)
     # Shift+Enter: the cell runs (the kernel now has `values` and `mean`) and a new cell opens.
     _, count = await execute_cell(client, writing)
     await settle(jp_serverapp, kernel_id)
@@ -296,15 +298,18 @@ async def test_two_notebooks_in_turn_keep_what_the_model_read(
     jp_fetch: Any, complete: Any, jp_serverapp: Any
 ) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).service.backend
+    backend = the_app(jp_serverapp).service.completer.backend
 
     def at_end(prefix: str, typed: str) -> dict[str, Any]:
         cells = [*code_cells(prefix, 25), {"cell_type": "code", "source": typed}]
         return {"cells": cells, "cell_index": len(cells) - 1, "cursor": len(typed), "path": f"{prefix}.ipynb",
                 "max_tokens": 4}
 
-    first_a = await timed(complete, backend, at_end("sales", "total = sales_3"))
-    first_b = await timed(complete, backend, at_end("stock", "level = stock_7"))
+    # The user enters the cell (the frontend's prefetch reads its prompts), then types there.
+    first_a = await timed(complete, backend, {**at_end("sales", "total = sales_3"), "prefetch": True})
+    await timed(complete, backend, at_end("sales", "total = sales_3"))
+    first_b = await timed(complete, backend, {**at_end("stock", "level = stock_7"), "prefetch": True})
+    await timed(complete, backend, at_end("stock", "level = stock_7"))
     assert first_a["read_tokens"] > 400 and first_b["read_tokens"] > 400  # each read once, in full
     again_a = await timed(complete, backend, at_end("sales", "total = sales_3."))
     again_b = await timed(complete, backend, at_end("stock", "level = stock_7."))
@@ -318,7 +323,7 @@ async def test_returning_to_a_cell_restores_what_the_model_read_there(
     jp_fetch: Any, complete: Any, jp_serverapp: Any
 ) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).service.backend
+    backend = the_app(jp_serverapp).service.completer.backend
     # Long enough that the window of an early cell and that of the last cell begin in different places.
     cells = [*code_cells("part", 90), {"cell_type": "code", "source": "result = "}]
     end = {"cells": cells, "cell_index": len(cells) - 1, "cursor": 9, "path": "long.ipynb", "max_tokens": 4}
@@ -335,7 +340,7 @@ async def test_a_keystroke_during_the_prefetch_goes_on_from_what_it_has_read(
     jp_fetch: Any, server_url: str, jp_auth_header: dict[str, str], jp_serverapp: Any
 ) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).service.backend
+    backend = the_app(jp_serverapp).service.completer.backend
     cells = [*code_cells("sheet", 40), {"cell_type": "code", "source": ""}]
     entered = {"cells": cells, "cell_index": len(cells) - 1, "cursor": 0, "path": "sheets.ipynb", "prefetch": True}
     typed = {**entered, "cells": [*cells[:-1], {"cell_type": "code", "source": "t"}], "cursor": 1, "max_tokens": 4,
@@ -374,7 +379,7 @@ async def test_a_prefetch_reads_the_later_cells_too_and_keystrokes_answer_from_t
     jp_fetch: Any, complete: Any, jp_serverapp: Any
 ) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).service.backend
+    backend = the_app(jp_serverapp).service.completer.backend
     assert backend.settings.layout == "adaptive"  # the embedded model's default
     entered = await timed(complete, backend, {**mid_notebook("summary = "), "prefetch": True})
     assert not entered["richer"]
@@ -390,7 +395,7 @@ async def test_the_worker_reads_the_later_cells_ahead_between_keystrokes(
     jp_fetch: Any, complete: Any, jp_serverapp: Any
 ) -> None:
     await wait_ready(jp_fetch)
-    backend = the_app(jp_serverapp).service.backend
+    backend = the_app(jp_serverapp).service.completer.backend
     aheads = backend.aheads_seen
     first = await timed(complete, backend, mid_notebook("summary = "))
     assert not first["richer"]  # answered at once from the notebook up to the cursor

@@ -13,7 +13,7 @@ from fake_backends import FAKE_KEY, FakeFimServer, Script
 
 from jupyter_codestral.context import ContextBudget, build_context
 from jupyter_codestral.request import parse_completion_request
-from jupyter_codestral.routing import route_kind
+from jupyter_codestral.routes import route_kind
 
 # -- route kinds, from real cursor positions ----------------------------------------------
 
@@ -195,7 +195,7 @@ def test_the_global_redaction_setting_applies_to_every_named_backend() -> None:
     from traitlets.config import Config
 
     from jupyter_codestral.app import CodestralExtension
-    from jupyter_codestral.config import route_spec
+    from jupyter_codestral.assembly import route_spec
 
     remote = {"backend": "openai", "url": "http://127.0.0.1:9"}
     default = CodestralExtension()
@@ -283,13 +283,13 @@ async def test_a_codestral_key_alone_means_codestral_with_the_embedded_model_loa
     fake_backend: FakeFimServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from jupyter_codestral.app import CodestralExtension
-    from jupyter_codestral.config import build_service
+    from jupyter_codestral.assembly import assemble
 
     for name in ("JUPYTER_CODESTRAL_BACKEND", "JUPYTER_CODESTRAL_BACKENDS", "JUPYTER_CODESTRAL_ROUTES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CODESTRAL_API_KEY", FAKE_KEY)
     monkeypatch.setenv("JUPYTER_CODESTRAL_URL", fake_backend.url)
-    service = build_service(CodestralExtension())
+    service = assemble(CodestralExtension()).service
     try:
         await service.start()
         status = service.status()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..embedded.model_files import BUNDLED
 from .base import Backend, BackendSettings, FimRequest
 from .mistral import CODESTRAL_URL
 
@@ -36,7 +37,7 @@ KINDS: dict[str, BackendKind] = {
         # On a laptop CPU every token read costs ~6 ms: the prompt's start stays put
         # (stable layout, a window that moves in large steps) so it is read once; the
         # later cells come in once the worker has read them in the background (adaptive).
-        BackendKind("embedded", "embedded", "qwen2.5-coder-0.5b-instruct-q4_k_m", 1536, 384, "adaptive", 512),
+        BackendKind("embedded", "embedded", BUNDLED.name, 1536, 384, "adaptive", 512),
     )
 }
 

@@ -1,13 +1,18 @@
-"""The one interface every completion backend implements."""
+"""The one interface every completion backend implements, and what its stream carries."""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..context import ContextBudget, FimContext
+from ..policy import PathPolicy
+from ..prompt_source import PromptSource
+from ..routes import RouteKind
 from ..templates import PromptFormat
 from ..usage import Usage, metered
 
@@ -18,9 +23,45 @@ if TYPE_CHECKING:
 RETRY_BACKOFF = 0.2
 
 
+class BackendState(StrEnum):
+    """What a backend is doing, as ``codestral/status`` says it (the status bar reads it)."""
+
+    IDLE = "idle"  # not started: it starts when a route first needs it
+    STARTING = "starting"
+    ASSEMBLING = "assembling"  # the embedded model's parts are being put together
+    VERIFYING = "verifying"
+    LOADING = "loading"
+    READY = "ready"
+    RESTARTING = "restarting"
+    ERROR = "error"  # it cannot be used (the reason is in the status)
+    UNAUTHORIZED = "unauthorized"
+    RATE_LIMITED = "rate_limited"
+    UNREACHABLE = "unreachable"
+    FAILING = "failing"
+    COOLING_DOWN = "cooling_down"  # a named backend skipped after a failure, until a probe finds it back
+
+
+class Scored(NamedTuple):
+    """A piece of the completion with the sum of its tokens' log-probabilities (where the backend reports them)."""
+
+    text: str
+    logprob: float
+    tokens: int
+
+
+# What a backend's stream yields: the completion's text, in pieces, and at its end the tokens the call used
+# as the backend reported them (Backend.serve counts them, and passes the text on).
+Piece = str | Scored
+BackendItem = str | Scored | Usage
+
+
+def piece_text(piece: Piece) -> str:
+    return piece if type(piece) is str else piece.text  # type: ignore[union-attr]
+
+
 @dataclass(frozen=True)
 class BackendSettings:
-    """Where a backend is and how to talk to it (from the extension's settings, ``config.py``)."""
+    """Where a backend is and how to talk to it (from the extension's settings, ``assembly.py``)."""
 
     backend: str
     url: str
@@ -38,8 +79,12 @@ class BackendSettings:
     model_path: str | None  # local backend: a GGUF file instead of the bundled model
     model_sha256: str | None  # local backend: what model_path must hash to (checked before loading)
     threads: int | None  # local backend
-    kv_cache: bool  # local backend: reuse what the model read across requests
+    kv_reuse: str  # local backend: what a prompt keeps of the tokens read before (chunks, prefix, off)
     kv_cache_mb: int  # local backend: memory for saved copies of prompts read before
+    kv_disk_mb: int  # local backend: disk for the same
+    kv_disk_dir: str | None  # local backend: where (None: the cache folder's kv/)
+    # local backend: the course policy (its disk holds nothing of the documents the policy refuses)
+    course_policy: PathPolicy
     # Credentials in the prompt are replaced before it is sent (redaction.py); off only where
     # prompts never leave the machine (the embedded model) or the user turned it off.
     redact_secrets: bool = True
@@ -56,28 +101,28 @@ class BackendSettings:
 
 @dataclass(frozen=True)
 class FimRequest:
-    context: FimContext
+    """One completion asked of a backend: where its context comes from, and how much to write."""
+
+    source: PromptSource  # the request's text: its context within any budget
+    budget: ContextBudget  # the budget this backend's context is built within
     max_tokens: int
     stop: tuple[str, ...] = ()
     prefetch: bool = False  # only read the prompt into the backend's cache; no text wanted
-    route: str = "block"  # the kind of completion (routing.route_kind), for backends that route
-    # Filled in by a routing backend: which backend answered (and why not the first).
-    outcome: dict[str, str] = field(default_factory=dict)
-    # Where each call to a backend is counted (usage.py), and the figures the backend reported
-    # for this call (each call gets its own, Backend.serve).
+    route: RouteKind = RouteKind.BLOCK  # the kind of completion (routes.route_kind)
+    # Where each call to a backend is counted (usage.py).
     ledger: UsageLedger | None = field(default=None, repr=False)
-    usage: Usage = field(default_factory=Usage, repr=False)
-    # The budget ``context`` was built within, and the same request's context within
-    # another budget (for a routed backend with its own, and the adaptive layout's richer prompt).
-    budget: ContextBudget | None = field(default=None, repr=False)
-    context_for: Callable[[ContextBudget], FimContext] | None = field(default=None, repr=False)
 
-    def context_in(self, window: str) -> FimContext:
-        """The same request's context with its earlier cells in another window (``context.WINDOWS``);
-        ``context`` itself when it is in that window or no other can be built."""
-        if self.budget is None or self.context_for is None or window == self.budget.window:
-            return self.context
-        return self.context_for(self.budget.in_window(window))
+    @cached_property
+    def context(self) -> FimContext:
+        return self.source.context(self.budget)
+
+    def in_window(self, window: str) -> FimContext:
+        """The same request's context with its earlier cells in another window (``context.WINDOWS``)."""
+        return self.source.context(self.budget.in_window(window))
+
+    def within(self, budget: ContextBudget) -> FimRequest:
+        """The same request for a backend with a context budget of its own."""
+        return self if budget == self.budget else replace(self, budget=budget)
 
     @property
     def prefix(self) -> str:
@@ -98,19 +143,17 @@ class Backend(abc.ABC):
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
         self.label = self.name  # the name users see: the backend's name in the routes, else its kind
-        self.state = "ready"
+        self.state = BackendState.READY
         self.rate_limited_until: float | None = None  # wall-clock seconds
 
     @abc.abstractmethod
-    def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
-        """Yield pieces of the completion as they arrive; raise :class:`~jupyter_codestral.errors.BackendError`.
+    def stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        """Yield the completion's pieces as they arrive, and at the end the :class:`Usage` the backend
+        reported, if it reports any; raise :class:`~jupyter_codestral.errors.BackendError`."""
 
-        Where the backend reports the tokens a call used, put them in ``request.usage``."""
-
-    def serve(self, request: FimRequest) -> AsyncGenerator[str, None]:
-        """:meth:`stream`, with the call counted in the request's usage ledger."""
-        call = replace(request, usage=Usage())
-        return metered(self.stream(call), call, self.label)
+    def serve(self, request: FimRequest) -> AsyncGenerator[Piece, None]:
+        """:meth:`stream`'s text, with the call counted in the request's usage ledger."""
+        return metered(self.stream(request), request, self.label)
 
     async def start(self) -> None:
         """Begin any slow preparation (model loading) without waiting for it."""

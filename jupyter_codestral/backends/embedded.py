@@ -20,12 +20,28 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from ..embedded.model_files import MODELS
-from ..errors import backend_error
-from .base import Backend, BackendSettings, FimRequest
+from ..errors import ErrorKind, backend_error, error_kind
+from ..usage import Usage
+from .base import Backend, BackendItem, BackendSettings, BackendState, FimRequest, Scored
 
 log = logging.getLogger(__name__)
 # A worker that dies again soon after starting waits longer before the next try.
 RESTART_DELAYS = (0.2, 1.0, 5.0, 15.0)
+# The worker's figures the status shows (its last request's, and its copies').
+CACHE_FIGURES = (
+    "prompt_tokens",
+    "cached_tokens",
+    "read_tokens",
+    "richer",
+    "nearer",
+    "restored",
+    "saved_prompts",
+    "saved_mb",
+    "disk_prompts",
+    "disk_mb",
+)
+# How long the worker may take to write what it read to disk when the server stops.
+SHUTDOWN_S = 5.0
 
 
 class EmbeddedBackend(Backend):
@@ -34,14 +50,14 @@ class EmbeddedBackend(Backend):
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
-        self.state = "idle"  # until start(): at once on a server's start, or when a route first needs it
+        self.state = BackendState.IDLE  # until start(): at once on a server's start, or when a route first needs it
         self.progress: float | None = None
         self.fatal: str | None = None
         self.restarts = 0
         spec = MODELS.get(settings.model)
         if settings.model_path is None and spec is None:
             self.state, self.fatal = (
-                "error",
+                BackendState.ERROR,
                 (
                     f"Unknown embedded model {settings.model!r}; known: {', '.join(MODELS)}. "
                     "Set CodestralExtension.model_path to use another GGUF file."
@@ -59,6 +75,7 @@ class EmbeddedBackend(Backend):
         self._supervisor: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._settled = asyncio.Event()  # ready, or never will be
+        self._closing = False
         if self.fatal:
             self._settled.set()
 
@@ -73,9 +90,17 @@ class EmbeddedBackend(Backend):
             cmd += ["--model", self.settings.model]
         if self.settings.threads:
             cmd += ["--threads", str(self.settings.threads)]
-        if not self.settings.kv_cache:
-            cmd.append("--no-cache")
-        cmd += ["--cache-mb", str(self.settings.kv_cache_mb)]
+        cmd += ["--reuse", self.settings.kv_reuse, "--cache-mb", str(self.settings.kv_cache_mb)]
+        cmd += ["--disk-mb", str(self.settings.kv_disk_mb)]
+        if self.settings.kv_disk_dir:
+            cmd += ["--disk-dir", self.settings.kv_disk_dir]
+        policy = self.settings.course_policy
+        if policy.active:
+            rules = {
+                "disabled": list(policy.disabled),
+                "allowed": None if policy.allowed is None else list(policy.allowed),
+            }
+            cmd += ["--policy", json.dumps(rules)]
         for token in self.template.stop:
             cmd += ["--stop-token", token]
         return cmd
@@ -89,11 +114,11 @@ class EmbeddedBackend(Backend):
         await self.start()
         await self._settled.wait()
         if self.fatal:
-            raise backend_error("loading", self.fatal)
+            raise backend_error(ErrorKind.LOADING, self.fatal)
 
     def _given_up(self) -> bool:
-        """The model cannot be used (the worker said so): restarting would not help."""
-        return self.fatal is not None
+        """The model cannot be used (the worker said so), or the server is stopping: no restart."""
+        return self.fatal is not None or self._closing
 
     async def _supervise(self) -> None:
         failures = 0
@@ -110,7 +135,7 @@ class EmbeddedBackend(Backend):
             await asyncio.sleep(delay)
 
     async def _run_worker(self) -> None:
-        self.state, self.progress = "starting", None
+        self.state, self.progress = BackendState.STARTING, None
         self._ready.clear()
         self._settled.clear()
         proc = await asyncio.create_subprocess_exec(
@@ -138,10 +163,10 @@ class EmbeddedBackend(Backend):
             self._proc = None
             self._ready.clear()
             if self.fatal is None:
-                self.state = "restarting"
+                self.state = BackendState.RESTARTING
                 reason = f"The embedded model process stopped (exit code {code}); it is being restarted."
                 for queue in self._pending.values():
-                    queue.put_nowait({"event": "error", "kind": "worker_crashed", "message": reason})
+                    queue.put_nowait({"event": "error", "kind": ErrorKind.WORKER_CRASHED, "message": reason})
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -154,8 +179,8 @@ class EmbeddedBackend(Backend):
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "state":
-            self.state, self.progress = event["state"], event.get("progress")
-            if self.state == "ready":
+            self.state, self.progress = BackendState(event["state"]), event.get("progress")
+            if self.state == BackendState.READY:
                 self._ready.set()
                 self._settled.set()
         elif kind == "ahead":
@@ -163,7 +188,7 @@ class EmbeddedBackend(Backend):
             self.aheads_seen += 1
         elif kind == "fatal":
             self.fatal = event["message"]
-            self.state = "error"
+            self.state = BackendState.ERROR
             self._settled.set()
             log.error("jupyter_codestral: the embedded model cannot be used: %s", self.fatal)
         else:
@@ -180,6 +205,13 @@ class EmbeddedBackend(Backend):
             proc.stdin.write((json.dumps(command) + "\n").encode())
 
     async def aclose(self) -> None:
+        self._closing = True
+        proc = self._proc
+        if proc is not None and proc.stdin is not None and proc.returncode is None:
+            # Its input closed, the worker writes what the model read to disk and exits.
+            proc.stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), SHUTDOWN_S)
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -191,12 +223,14 @@ class EmbeddedBackend(Backend):
     # -- completions -----------------------------------------------------------
     def _unavailable(self) -> Exception:
         if self.fatal:
-            return backend_error("loading", f"The embedded model cannot be used: {self.fatal}")
-        if self.state in ("assembling", "verifying") and self.progress is not None:
-            return backend_error("loading", f"The embedded model is being prepared ({self.state} {self.progress:.0%}).")
-        return backend_error("loading", f"The embedded model is not ready yet ({self.state}).")
+            return backend_error(ErrorKind.LOADING, f"The embedded model cannot be used: {self.fatal}")
+        if self.state in (BackendState.ASSEMBLING, BackendState.VERIFYING) and self.progress is not None:
+            return backend_error(
+                ErrorKind.LOADING, f"The embedded model is being prepared ({self.state} {self.progress:.0%})."
+            )
+        return backend_error(ErrorKind.LOADING, f"The embedded model is not ready yet ({self.state}).")
 
-    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
         await self.start()
         if not self._ready.is_set():
             raise self._unavailable()
@@ -204,31 +238,35 @@ class EmbeddedBackend(Backend):
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._pending[req_id] = queue
         finished = False
-        prompt = self.settings.prompt
+        source = request.source.request
+        prompts, nearer = self.settings.prompt.render_all(self.template, request.context, request.in_window)
         command = {
             "op": "complete",
             "id": req_id,
-            "prompt": prompt.render(self.template, request.context),
+            "prompts": prompts,
+            "nearer": nearer,
             "max_tokens": request.max_tokens,
             "stop": list(request.stop),
             "prefetch": request.prefetch,
+            "document": source.path if source is not None else None,
         }
-        if (richer := prompt.render_richer(self.template, request.context_in)) is not None:
-            command["richer_prompt"] = richer
         try:
             self._send(command)
             while True:
                 event = await queue.get()
                 if event["event"] == "text":
-                    yield event["text"]
+                    logprob = event.get("logprob")
+                    yield Scored(event["text"], logprob, event["tokens"]) if logprob is not None else event["text"]
                 elif event["event"] == "done":
                     timings = event.get("timings") or {}
-                    request.usage.report(timings.get("prompt_tokens"), timings.get("generated_tokens"))
                     finished = True
+                    yield Usage.reported(timings.get("prompt_tokens"), timings.get("generated_tokens"))
                     return
                 else:
                     finished = True
-                    raise backend_error(event.get("kind", "failed"), event.get("message", "The embedded model failed."))
+                    raise backend_error(
+                        error_kind(event.get("kind")), event.get("message", "The embedded model failed.")
+                    )
         finally:
             if not finished:
                 self._send({"op": "cancel", "id": req_id})  # replaced by a newer request, or the client left
@@ -241,8 +279,11 @@ class EmbeddedBackend(Backend):
         info["progress"] = self.progress
         info["restarts"] = self.restarts
         info["worker_pid"] = self._proc.pid if self._proc else None
-        info["cache"] = {k: self.last_timings.get(k) for k in ("prompt_tokens", "cached_tokens", "richer")}
-        info["cache"]["read_ahead"] = self.last_ahead or None
+        # What the worker kept of the last request's prompt, and what it keeps in all (tests and users read
+        # these to see whether the model read a prompt again).
+        info["cache"] = {key: self.last_timings.get(key) for key in CACHE_FIGURES} | {
+            "read_ahead": self.last_ahead or None
+        }
         if self.fatal:
             info["fatal"] = self.fatal
         return info

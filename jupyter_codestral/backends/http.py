@@ -14,19 +14,19 @@ from multidict import CIMultiDictProxy
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .. import jsonio
-from ..errors import BackendError, backend_error
+from ..errors import BackendError, ErrorKind, backend_error
 from ..templates import FimTemplate
-from .base import Backend, BackendSettings, FimRequest
-from .openai_format import error_detail
+from .base import Backend, BackendItem, BackendSettings, BackendState, FimRequest
+from .event_streams import error_detail
 
 RETRIED_STATUS = frozenset({500, 502, 503, 504})
 RETRY_WAIT_MAX_S = 2.0  # the longest wait between two attempts
 # What a failure says about the backend, for codestral/status (other failures leave it as it was).
 STATE_AFTER = {
-    "auth": "unauthorized",
-    "rate_limited": "rate_limited",
-    "unreachable": "unreachable",
-    "server_error": "failing",
+    ErrorKind.AUTH: BackendState.UNAUTHORIZED,
+    ErrorKind.RATE_LIMITED: BackendState.RATE_LIMITED,
+    ErrorKind.UNREACHABLE: BackendState.UNREACHABLE,
+    ErrorKind.SERVER_ERROR: BackendState.FAILING,
 }
 
 
@@ -107,42 +107,44 @@ class HttpBackend(Backend):
     def status_error(self, status: int, body: bytes, headers: CIMultiDictProxy[str]) -> BackendError:
         detail = self.settings.redact(error_detail(body)) or "no details"
         if status in (401, 403):
-            return backend_error("auth", self.auth_message(status, detail))
+            return backend_error(ErrorKind.AUTH, self.auth_message(status, detail))
         if status == 429:
             wait = parse_retry_after(headers.get("retry-after"))
             until = f" for {wait:.0f} s" if wait is not None else ""
-            return backend_error("rate_limited", f"Rate limited by {self.settings.url}{until}: {detail}", wait)
+            return backend_error(ErrorKind.RATE_LIMITED, f"Rate limited by {self.settings.url}{until}: {detail}", wait)
         if status == 404:
             return backend_error(
-                "rejected", f"{self.settings.url}{self.path} was not found (404): is this a {self.name} server?"
+                ErrorKind.REJECTED, f"{self.settings.url}{self.path} was not found (404): is this a {self.name} server?"
             )
         if status < 500:
-            return backend_error("rejected", f"{self.host_label} rejected the request ({status}): {detail}")
+            return backend_error(ErrorKind.REJECTED, f"{self.host_label} rejected the request ({status}): {detail}")
         return backend_error(
-            "server_error", f"{self.host_label} failed ({status}): {detail}", retryable=status in RETRIED_STATUS
+            ErrorKind.SERVER_ERROR, f"{self.host_label} failed ({status}): {detail}", retryable=status in RETRIED_STATUS
         )
 
     def transport_error(self, exc: Exception) -> BackendError:
         url = self.settings.url
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return backend_error(
-                "unreachable", f"Could not connect to {url} within {self.settings.connect_timeout:g} s."
+                ErrorKind.UNREACHABLE, f"Could not connect to {url} within {self.settings.connect_timeout:g} s."
             )
         if isinstance(exc, TimeoutError):  # aiohttp's read timeout is one too
-            return backend_error("timeout", f"{url} sent nothing for {self.settings.timeout:g} s.")
+            return backend_error(ErrorKind.TIMEOUT, f"{url} sent nothing for {self.settings.timeout:g} s.")
         if isinstance(exc, aiohttp.ClientConnectorError):
             reason = self.settings.redact(str(exc.os_error) if exc.os_error else str(exc)) or "connection refused"
-            return backend_error("unreachable", f"Cannot reach {url}: {reason}.")
+            return backend_error(ErrorKind.UNREACHABLE, f"Cannot reach {url}: {reason}.")
         if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
-            return backend_error("bad_reply", f"{url} closed the connection before the completion was finished.")
+            return backend_error(
+                ErrorKind.BAD_REPLY, f"{url} closed the connection before the completion was finished."
+            )
         if isinstance(exc, NotAnEventStream):
-            return backend_error("bad_reply", f"{url} did not answer with an event stream: {exc}")
-        return backend_error("bad_reply", f"{url}: {self.settings.redact(str(exc))}")
+            return backend_error(ErrorKind.BAD_REPLY, f"{url} did not answer with an event stream: {exc}")
+        return backend_error(ErrorKind.BAD_REPLY, f"{url}: {self.settings.redact(str(exc))}")
 
     def _failed(self, error: BackendError) -> BackendError:
         """Note what the failure says about the backend's state; return it to be raised."""
         self.state = STATE_AFTER.get(error.kind, self.state)
-        if error.kind == "rate_limited" and error.retry_after is not None:
+        if error.kind == ErrorKind.RATE_LIMITED and error.retry_after is not None:
             self.rate_limited_until = time.time() + error.retry_after
         return error
 
@@ -152,12 +154,12 @@ class HttpBackend(Backend):
             wait = self.rate_limited_until - time.time()
             if wait > 0:
                 raise backend_error(
-                    "rate_limited",
+                    ErrorKind.RATE_LIMITED,
                     f"Rate limited by {self.settings.url}; the next request may be sent in {wait:.0f} s.",
                     wait,
                 )
             self.rate_limited_until = None
-            self.state = "ready"
+            self.state = BackendState.READY
 
     async def _attempt(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
         """One POST; the streaming response, or the backend's error."""
@@ -176,7 +178,7 @@ class HttpBackend(Backend):
             response.close()
             error = NotAnEventStream(f"its Content-Type is {response.headers.get('Content-Type')!r}")
             raise self._failed(self.transport_error(error))
-        self.state = "ready"
+        self.state = BackendState.READY
         return response
 
     async def _open(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
@@ -205,12 +207,11 @@ class HttpBackend(Backend):
         """The JSON body of the backend's streaming request for ``request``."""
         raise NotImplementedError
 
-    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
-        """The completion's pieces from the backend's streaming response (and its usage figures
-        into ``request.usage``)."""
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        """The completion's pieces from the backend's streaming response, then the tokens it used."""
         raise NotImplementedError
 
-    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
+    async def stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
         payload = self.payload(request)
         try:
             if self.connection_slots.locked():  # (a timer per keystroke only when it may be needed)
@@ -220,7 +221,7 @@ class HttpBackend(Backend):
                 await self.connection_slots.acquire()
         except TimeoutError:
             raise backend_error(
-                "timeout",
+                ErrorKind.TIMEOUT,
                 f"All {self.settings.max_connections} connections to {self.settings.url} stayed busy "
                 f"for {self.settings.timeout:g} s (CodestralExtension.backend_connections).",
             ) from None

@@ -14,9 +14,10 @@ from typing import Any
 import aiohttp
 
 from ..templates import split_layout_parts, stable_suffix
-from .base import FimRequest
+from ..usage import Usage
+from .base import BackendItem, FimRequest
+from .event_streams import Read, SseJson, stream_text
 from .http import HttpBackend
-from .openai_format import SseJson, stream_text
 
 
 class LlamaCppBackend(HttpBackend):
@@ -48,13 +49,14 @@ class LlamaCppBackend(HttpBackend):
             payload |= {"input_prefix": context.prefix, "input_suffix": context.suffix, "input_extra": []}
         return payload
 
-    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
-        def read(event: dict[str, Any] | None) -> tuple[str | None, bool]:
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        def read(event: dict[str, Any] | None) -> Read:
             if event is None:
-                return None, True
+                return Read(last=True)
+            text = str(event.get("content") or "")
             if event.get("stop"):  # the last event, with the tokens used
-                request.usage.report(event.get("tokens_evaluated"), event.get("tokens_predicted"))
-            return str(event.get("content") or ""), bool(event.get("stop"))
+                return Read(text, Usage.reported(event.get("tokens_evaluated"), event.get("tokens_predicted")), True)
+            return Read(text)
 
         url = self.settings.url
         return stream_text(

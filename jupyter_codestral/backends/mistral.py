@@ -7,10 +7,10 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import backend_error
-from .base import FimRequest
+from ..errors import ErrorKind, backend_error
+from .base import BackendItem, FimRequest
+from .event_streams import choice_stream
 from .http import HttpBackend
-from .openai_format import choice_stream
 
 CODESTRAL_URL = "https://codestral.mistral.ai"
 MISTRAL_URL = "https://api.mistral.ai"
@@ -50,7 +50,9 @@ class MistralBackend(HttpBackend):
 
     def payload(self, request: FimRequest) -> dict[str, Any]:
         if not self.settings.api_key:
-            raise backend_error("auth", "No Mistral key is configured: set CODESTRAL_API_KEY or MISTRAL_API_KEY.")
+            raise backend_error(
+                ErrorKind.AUTH, "No Mistral key is configured: set CODESTRAL_API_KEY or MISTRAL_API_KEY."
+            )
         payload: dict[str, Any] = {
             "model": self.settings.model,
             "prompt": request.prefix,
@@ -63,5 +65,5 @@ class MistralBackend(HttpBackend):
             payload["stop"] = list(request.stop)
         return payload
 
-    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
-        return choice_stream(response, self.settings.url, self.host_label, request.usage, "delta", "content")
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        return choice_stream(response, self.settings.url, self.host_label, "delta", "content")

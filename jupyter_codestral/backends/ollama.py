@@ -7,10 +7,11 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import backend_error
-from .base import FimRequest
+from ..errors import ErrorKind, backend_error
+from ..usage import Usage
+from .base import BackendItem, FimRequest
+from .event_streams import LineBuffer, Read, json_object, stream_text
 from .http import HttpBackend
-from .openai_format import LineBuffer, json_object, stream_text
 
 
 class OllamaBackend(HttpBackend):
@@ -32,18 +33,19 @@ class OllamaBackend(HttpBackend):
             },
         }
 
-    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
         # One JSON object per line; the last has "done": true.
         url = self.settings.url
 
-        def read(line: str) -> tuple[str | None, bool]:
+        def read(line: str) -> Read:
             if not line.strip():
-                return None, False
+                return Read()
             event = json_object(line, url)
             if "error" in event:
-                raise backend_error("server_error", f"Ollama reported: {event['error']}")
+                raise backend_error(ErrorKind.SERVER_ERROR, f"Ollama reported: {event['error']}")
+            text = str(event.get("response") or "")
             if event.get("done"):
-                request.usage.report(event.get("prompt_eval_count"), event.get("eval_count"))
-            return str(event.get("response") or ""), bool(event.get("done"))
+                return Read(text, Usage.reported(event.get("prompt_eval_count"), event.get("eval_count")), True)
+            return Read(text)
 
         return stream_text(response, LineBuffer(), read, f'{url} ended the stream before "done".')

@@ -11,9 +11,9 @@ from typing import Any
 
 import aiohttp
 
-from .base import FimRequest
+from .base import BackendItem, FimRequest
+from .event_streams import choice_stream
 from .http import HttpBackend
-from .openai_format import choice_stream
 
 
 class OpenAIBackend(HttpBackend):
@@ -36,5 +36,5 @@ class OpenAIBackend(HttpBackend):
             payload |= {"prompt": self.raw_prompt(request), "stop": self.stop_sequences(request)}
         return payload
 
-    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[str, None]:
-        return choice_stream(response, self.settings.url, self.host_label, request.usage, "text")
+    def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        return choice_stream(response, self.settings.url, self.host_label, "text")

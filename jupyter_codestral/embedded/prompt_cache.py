@@ -1,14 +1,14 @@
-"""What the embedded model has read: the prompt in its context, and saved copies of others.
+"""What the embedded model has read: the prompt in its context, and saved copies of others, in memory and on disk.
 
-Reading a prompt is the expensive part on a CPU (a few ms per token), while
-continuing one whose start is already in llama.cpp's KV cache costs only the
-new tokens.  The context holds one prompt; when a new prompt would throw much
-of it away (the user moved to another notebook, or to a cell the context no
-longer matches), its KV state is copied out first (``llama_state_seq_get_data``,
-about 12 KB per token for the 0.5B model), and a later prompt that shares
-more with a saved copy than with the context gets that copy back
-(``llama_state_seq_set_data``, a memcpy).  Copies are kept least recently
-used first, within a memory budget.
+Reading a prompt is the expensive part on a CPU (a few ms a token), while the KV of tokens read before
+can be kept, and moved where a new prompt has them (``kv_reuse.py``).  For each prompt the cache finds
+where most of it was read: the context itself, or a saved copy (a prompt of another cell or notebook,
+copied out with ``llama_state_seq_get_data`` before the context moved on, about 12 KB a token; or one
+saved on disk before a restart).  A copy that spares enough reading is brought back (a memcpy), the
+tokens kept are moved into place, and only the rest is read.
+
+Copies are kept least recently used first, within a memory budget; each copy also goes to disk
+(``disk_cache.py``), and so does the context when the model has nothing to do.
 
 Runs in the worker process, on the thread that owns the model.
 """
@@ -17,137 +17,253 @@ from __future__ import annotations
 
 import ctypes
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-Tokens = npt.NDArray[np.intc]
+from .disk_cache import DiskCache, key_of
+from .engine import Engine
+from .kv_reuse import GRAM, MIN_CHUNK_TOKENS, Plan, Read, Tokens, common_prefix, plan_reuse
 
-# Restoring a copy (and saving the context first) costs tens of milliseconds:
-# worth it only when it spares reading at least this many tokens.
+# Bringing a copy back (and saving the context first) costs tens of milliseconds: worth it only when
+# it spares reading at least this many tokens.
 MIN_GAIN_TOKENS = 32
-# A prompt that would drop at least this many tokens of the context saves it first.
+# A prompt that would move or drop at least this many tokens of the context saves it first.
 MIN_SAVED_TOKENS = 128
+# A prompt the context nearly holds already is not looked for among the copies.
+CLOSE_ENOUGH_TOKENS = 8
 
 
-def common_prefix(a: Tokens, b: Tokens) -> int:
-    """How many tokens ``a`` and ``b`` share at their start."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    differ = np.flatnonzero(a[:n] != b[:n])
-    return int(differ[0]) if differ.size else n
+class Reuse(StrEnum):
+    """What of the tokens read before a new prompt may keep."""
+
+    CHUNKS = "chunks"  # its start, and runs of it found anywhere, moved into place (the default)
+    PREFIX = "prefix"  # only the start it shares (to measure what moving costs in quality)
+    OFF = "off"  # nothing: every prompt read from its start (to measure what reuse is worth)
 
 
 @dataclass
-class SavedState:
-    tokens: Tokens
-    data: Any  # a ctypes byte array holding the sequence's KV state
+class Copy:
+    """A saved prompt: its tokens and their KV (in memory, else on disk under ``key``)."""
+
+    read: Read
+    data: Any | None  # a ctypes byte array; None: on disk only
+    key: str
+    document: str | None
 
     @property
     def size(self) -> int:
-        return ctypes.sizeof(self.data)
+        return ctypes.sizeof(self.data) if self.data is not None else 0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The context made ready for a prompt: what of it is kept, and where that came from."""
+
+    plan: Plan
+    source: str  # "context", "memory" or "disk"
+
+    @property
+    def restored(self) -> bool:
+        return self.source != "context"
 
 
 class PromptCache:
-    def __init__(self, llm: Any, budget_bytes: int, reuse: bool = True) -> None:
-        import llama_cpp
+    def __init__(
+        self,
+        engine: Engine,
+        budget_bytes: int,
+        reuse: Reuse = Reuse.CHUNKS,
+        disk: DiskCache | None = None,
+        min_chunk: int = MIN_CHUNK_TOKENS,
+    ) -> None:
+        self.engine = engine
+        self.reuse = reuse
+        self.budget_bytes = budget_bytes if reuse != Reuse.OFF else 0
+        self.disk = disk if reuse != Reuse.OFF else None
+        self.min_chunk = min_chunk
+        self.saved: OrderedDict[str, Copy] = OrderedDict()
+        self.document: str | None = None  # the document the context's prompt came from
+        self._live: Read | None = None
+        self._on_disk = ""  # the key of the context's tokens last written to disk
 
-        self._llama_cpp = llama_cpp
-        self.llm = llm
-        self.budget_bytes = budget_bytes if reuse else 0
-        self.reuse = reuse  # off: every prompt is read from its start (to measure what reuse is worth)
-        self.saved: OrderedDict[int, SavedState] = OrderedDict()
-        self._ids = 0
-
+    # -- what is read where -------------------------------------------------------------
     @property
-    def live(self) -> Tokens:
-        return self.llm.input_ids[: self.llm.n_tokens]  # type: ignore[no-any-return]
+    def live(self) -> Read:
+        """The context's tokens, indexed (the index is kept while they stay the same)."""
+        tokens = self.engine.tokens
+        if self._live is None or self._live.tokens is not tokens:
+            self._live = Read(tokens)
+        return self._live
 
     @property
     def saved_bytes(self) -> int:
-        return sum(state.size for state in self.saved.values())
+        return sum(copy.size for copy in self.saved.values())
 
-    def prepare(self, tokens: Tokens, keep_live: bool = False) -> tuple[int, bool]:
-        """Make the context hold as much of ``tokens``' start as any copy has.
+    def plan(self, read: Read, prompt: Tokens) -> Plan:
+        if self.reuse == Reuse.CHUNKS:
+            return plan_reuse(read, prompt, self.min_chunk)
+        if self.reuse == Reuse.PREFIX:
+            return Plan(len(prompt), min(common_prefix(read.tokens, prompt), max(0, len(prompt) - 1)))
+        return Plan(len(prompt), 0)
 
-        ``keep_live``: save what the context holds even if short (a request will come back to it soon).
-        Returns (how many of its tokens need no reading, whether a copy was restored)."""
-        if not self.reuse:
-            self.llm.reset()
-            self.llm._ctx.kv_cache_seq_rm(0, 0, -1)
-            return 0, False
-        least = 1 if keep_live else MIN_SAVED_TOKENS  # the shortest context worth a copy
-        keep = common_prefix(self.live, tokens)
-        best, best_keep = self._best_copy(tokens, keep)
-        restored = False
-        if best is not None and best_keep >= keep + MIN_GAIN_TOKENS:
-            state = self.saved.pop(best)  # out of the way of the context's own copy and eviction
+    def _copies(self) -> list[Copy]:
+        """Every saved prompt: those in memory, then those only on disk."""
+        copies = list(self.saved.values())
+        if self.disk is not None:
+            in_memory = set(self.saved)
+            copies += [
+                Copy(entry.read, None, key, entry.document)
+                for key, entry in self.disk.entries.items()
+                if key not in in_memory
+            ]
+        return copies
+
+    def best(self, prompt: Tokens) -> tuple[Copy | None, Plan]:
+        """Where most of ``prompt`` was read: the context (None), or a copy worth bringing back; and the plan."""
+        plan = self.plan(self.live, prompt)
+        if plan.unread <= CLOSE_ENOUGH_TOKENS or self.reuse == Reuse.OFF:
+            return None, plan
+        best: Copy | None = None
+        best_plan = plan
+        for copy in self._copies():
+            if not _may_share(copy.read, prompt, best_plan.kept):
+                continue
+            candidate = self.plan(copy.read, prompt)
+            if candidate.kept > best_plan.kept:
+                best, best_plan = copy, candidate
+        if best is None or best_plan.kept < plan.kept + MIN_GAIN_TOKENS:
+            return None, plan
+        return best, best_plan
+
+    def unread(self, prompt: Tokens) -> int:
+        """How many of ``prompt``'s tokens :meth:`prepare` would leave to read."""
+        return self.best(prompt)[1].unread
+
+    # -- making the context ready ---------------------------------------------------------
+    def prepare(self, prompt: Tokens, keep_live: bool = False, document: str | None = None) -> Prepared:
+        """Make the context hold what it can keep of ``prompt``: its kept start in place, the other kept
+        runs parked at their new positions (:meth:`read` brings them in as it reads the rest).
+
+        ``keep_live``: save the context first even if little of it would be lost (a request will come
+        back to it soon)."""
+        least = 1 if keep_live else MIN_SAVED_TOKENS
+        copy, plan = self.best(prompt)
+        source = "context"
+        if copy is not None:
             self.save_live(least)
-            restored = self._restore(state)
-            keep = common_prefix(self.live, tokens)
-        elif self.llm.n_tokens - keep >= least:
-            self.save_live(least)  # about to be overwritten: keep a copy to come back to
-        # The last token is always read again: its logits start the completion.
-        keep = min(keep, len(tokens) - 1)
-        self.llm._ctx.kv_cache_seq_rm(0, keep, -1)
-        self.llm.n_tokens = keep
-        return keep, restored
+            source = "memory" if copy.data is not None else "disk"
+            if not self._restore(copy):
+                source = "context"
+            plan = self.plan(self.live, prompt)
+        elif len(self.engine.tokens) - plan.prefix >= least:
+            self.save_live(least)  # about to be moved or dropped: keep a copy to come back to
+        self.engine.park(list(plan.chunks), plan.prefix)
+        self.document = document
+        return Prepared(plan, source)
 
-    def _best_copy(self, tokens: Tokens, least: int) -> tuple[int | None, int]:
-        """The saved copy sharing the longest start with ``tokens``, if longer than ``least`` (key, length)."""
-        best, best_keep = None, least
-        for key, state in self.saved.items():
-            shared = common_prefix(state.tokens, tokens)
-            if shared > best_keep:
-                best, best_keep = key, shared
-        return best, best_keep
+    def read(self, prompt: Tokens, plan: Plan, stop: Callable[[], bool]) -> tuple[bool, int]:
+        """Read what ``plan`` leaves of ``prompt`` but its last token (whose logits start a completion),
+        bringing the parked runs in on the way; until ``stop()``.  (Whether all of it was read, how many
+        tokens were read); when not all, the context holds the start read so far."""
+        engine = self.engine
+        decoded = 0
+        for chunk in plan.chunks:
+            gap = prompt[len(engine.tokens) : chunk.target]
+            done = engine.decode(gap, stop)
+            decoded += done
+            if done < len(gap):
+                engine.drop_parked()
+                return False, decoded
+            engine.unpark(chunk, prompt[chunk.target : chunk.target + chunk.length])
+        rest = prompt[len(engine.tokens) : len(prompt) - 1]
+        done = engine.decode(rest, stop)
+        return done == len(rest), decoded + done
 
-    def unread(self, tokens: Tokens) -> int:
-        """How many of ``tokens`` neither the context nor any copy holds (what prepare() would leave to read)."""
-        if not self.reuse:
-            return len(tokens)
-        return len(tokens) - self._best_copy(tokens, common_prefix(self.live, tokens))[1]
+    def abandon(self) -> None:
+        """A read stopped halfway (aborted): what was parked for it is dropped."""
+        self.engine.drop_parked()
 
+    # -- copies ----------------------------------------------------------------------------
     def save_live(self, least: int = MIN_SAVED_TOKENS) -> None:
-        """Copy the context's state out, unless a copy already holds it or it is shorter than ``least``."""
-        if self.budget_bytes <= 0 or self.llm.n_tokens < least:
+        """Copy the context's state out (to memory, and to disk), unless a copy already holds it or it is
+        shorter than ``least``."""
+        tokens = self.engine.tokens
+        if self.budget_bytes <= 0 or len(tokens) < least:
             return
-        live = self.live.copy()
-        n = len(live)
-        for key, state in list(self.saved.items()):
-            shared = common_prefix(state.tokens, live)
+        n = len(tokens)
+        for key, copy in list(self.saved.items()):
+            shared = common_prefix(copy.read.tokens, tokens)
             if shared == n:  # a copy already holds all of it
                 self.saved.move_to_end(key)
                 return
-            if shared == len(state.tokens):  # the context holds all of that copy and more
+            if shared == len(copy.read.tokens):  # the context holds all of that copy and more
                 del self.saved[key]
-        lib, ctx = self._llama_cpp, self.llm._ctx.ctx
-        size = lib.llama_state_seq_get_size(ctx, 0)
-        if size > self.budget_bytes:
+        data = self.engine.save()
+        if data is None or ctypes.sizeof(data) > self.budget_bytes:
             return
-        data = (ctypes.c_uint8 * size)()
-        if lib.llama_state_seq_get_data(ctx, data, size, 0) != size:
-            return
-        self._ids += 1
-        self.saved[self._ids] = SavedState(live, data)
+        key = key_of(tokens)
+        self.saved[key] = Copy(Read(tokens.copy()), data, key, self.document)
         while self.saved_bytes > self.budget_bytes:
             self.saved.popitem(last=False)
+        if self.disk is not None:
+            self.disk.put(tokens, data, self.document)
+            self._on_disk = key
 
-    def _restore(self, state: SavedState) -> bool:
+    def persist_live(self) -> None:
+        """Write the context to disk if it is not there yet (when the model has nothing else to do)."""
+        tokens = self.engine.tokens
+        if self.disk is None or len(tokens) < MIN_SAVED_TOKENS:
+            return
+        key = key_of(tokens)
+        if key == self._on_disk or key in self.disk.entries:
+            return
+        data = self.engine.save()
+        if data is not None:
+            self.disk.put(tokens, data, self.document)
+            self._on_disk = key
+
+    def _restore(self, copy: Copy) -> bool:
         """Load a copy into the context (it stays saved, as the most recently used)."""
-        self.llm._ctx.kv_cache_seq_rm(0, 0, -1)
-        if not self._llama_cpp.llama_state_seq_set_data(self.llm._ctx.ctx, state.data, state.size, 0):
-            self.llm.n_tokens = 0  # it did not load: read from the start
+        data = copy.data
+        if data is None:
+            assert self.disk is not None
+            raw = self.disk.load(copy.key)
+            if raw is None:
+                return False
+            data = (ctypes.c_uint8 * len(raw)).from_buffer_copy(raw)
+        if not self.engine.load(data, copy.read.tokens):
+            self.saved.pop(copy.key, None)
             return False
-        n = len(state.tokens)
-        self.llm.input_ids[:n] = state.tokens
-        self.llm.n_tokens = n
-        self._ids += 1
-        self.saved[self._ids] = state
+        self.saved.pop(copy.key, None)
+        if ctypes.sizeof(data) <= self.budget_bytes:
+            self.saved[copy.key] = Copy(copy.read, data, copy.key, copy.document)
+            while self.saved_bytes > self.budget_bytes:
+                self.saved.popitem(last=False)
+        self.document = copy.document
+        self._on_disk = copy.key if copy.data is None else self._on_disk
+        self._live = copy.read
         return True
 
     def describe(self) -> dict[str, Any]:
-        return {"saved_prompts": len(self.saved), "saved_mb": round(self.saved_bytes / 2**20, 1)}
+        figures: dict[str, Any] = {"saved_prompts": len(self.saved), "saved_mb": round(self.saved_bytes / 2**20, 1)}
+        if self.disk is not None:
+            figures |= {"disk_prompts": len(self.disk.entries), "disk_mb": round(self.disk.used_bytes / 2**20, 1)}
+        return figures
+
+
+def _may_share(read: Read, prompt: Tokens, at_least: int) -> bool:
+    """A quick look before planning: whether ``read`` could hold more than ``at_least`` of ``prompt`` (a few
+    of the prompt's runs found in it, or a long shared start)."""
+    tokens = read.tokens
+    if len(tokens) <= at_least:
+        return False
+    if common_prefix(tokens, prompt) > at_least:
+        return True
+    grams = read.grams
+    probes = np.linspace(0, max(0, len(prompt) - GRAM - 1), num=12, dtype=int)
+    found = sum(prompt[p : p + GRAM].tobytes() in grams for p in probes)
+    return found >= 3

@@ -1,61 +1,8 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import {
-  CompletionFailure,
-  ICompletionBody,
-  IStreamEvent,
-  NdjsonDecoder,
-  failureFromReply
-} from './protocol';
-
-export interface IServerStatus {
-  backend: string;
-  model: string;
-  base_url: string | null;
-  state: string;
-  ready: boolean;
-  progress?: number | null;
-  rate_limited_until?: number | null;
-  config_error?: string | null;
-  last_error?: { kind: string; message: string; at: number } | null;
-  latency?: {
-    first_token_ms: { median: number | null; last: number | null };
-    total_ms: { median: number | null; last: number | null };
-  };
-  /** Asked with a path: whether the course policy allows completions there. */
-  policy?: { path: string; allowed: boolean; reason: string | null };
-  /** With several backends: each one's state (a failed one is skipped until `skipped_until`). */
-  backends?: Record<
-    string,
-    {
-      kind: string;
-      state: string;
-      skipped_until: number | null;
-      last_error: { kind: string; message: string } | null;
-    }
-  >;
-  /** Whether prompts are redacted before they are sent, and how many secrets were. */
-  redaction?: { on: boolean; redacted: number };
-  /** Today's requests and tokens per backend, and their cost where prices are set. */
-  usage?: IUsageDay;
-}
-
-/** One backend's (or the total) usage over a day, as `codestral/status` reports it. */
-export interface IUsageRow {
-  requests: number;
-  cancelled: number;
-  prompt_tokens: number;
-  completion_tokens: number;
-  estimated: number;
-  cost: number | null;
-}
-
-export interface IUsageDay {
-  date: string;
-  backends: Record<string, IUsageRow>;
-  total: IUsageRow;
-}
+import { CompleteRequest, Status, StreamEvent } from './contract';
+import { CompletionFailure, NdjsonDecoder, failureFromReply } from './protocol';
 
 /**
  * Talks to the server extension with the server's own connection settings,
@@ -72,9 +19,9 @@ export class CodestralClient {
 
   /** Stream a completion; aborting `signal` closes the request (the server cancels the backend). */
   async *complete(
-    body: ICompletionBody,
+    body: CompleteRequest,
     signal: AbortSignal
-  ): AsyncGenerator<IStreamEvent, void, undefined> {
+  ): AsyncGenerator<StreamEvent, void, undefined> {
     let response: Response;
     try {
       response = await ServerConnection.makeRequest(
@@ -123,7 +70,7 @@ export class CodestralClient {
   }
 
   /** Read the whole reply of a prefetch (warms the model's cache; no text). */
-  async prefetch(body: ICompletionBody, signal: AbortSignal): Promise<void> {
+  async prefetch(body: CompleteRequest, signal: AbortSignal): Promise<void> {
     try {
       await ServerConnection.makeRequest(
         this.url('complete'),
@@ -136,7 +83,7 @@ export class CodestralClient {
   }
 
   /** The server's state; with `path`, also whether the course policy allows completions there. */
-  async status(path?: string | null): Promise<IServerStatus> {
+  async status(path?: string | null): Promise<Status> {
     const query = path ? `?path=${encodeURIComponent(path)}` : '';
     const response = await ServerConnection.makeRequest(
       this.url('status') + query,
@@ -146,6 +93,6 @@ export class CodestralClient {
     if (!response.ok) {
       throw failureFromReply(response.status, response.statusText, await response.text());
     }
-    return (await response.json()) as IServerStatus;
+    return (await response.json()) as Status;
   }
 }

@@ -11,7 +11,7 @@ import { NotebookPanel } from '@jupyterlab/notebook';
 import { CommandRegistry } from '@lumino/commands';
 
 import { CodestralProvider } from './provider';
-import { nextLine, nextWord } from './suggestions';
+import { nextLine, nextWord } from './accept';
 
 export const ACCEPT_WORD = 'codestral:accept-word';
 export const ACCEPT_LINE = 'codestral:accept-line';

@@ -4,21 +4,23 @@
  * are unit-tested in plain Node.
  */
 
-export type CellType = 'code' | 'markdown' | 'raw';
+import {
+  Cell,
+  CompleteRequest,
+  DoneEvent,
+  ErrorInfo,
+  ErrorKind,
+  ErrorReply,
+  StreamEvent
+} from './contract';
 
-export interface ICellSource {
-  cell_type: CellType;
+/** A cell as the frontend sends it (the contract also allows nbformat's list of lines). */
+export interface ICellSource extends Cell {
   source: string;
-  /** The kernel's execution number when the cell last ran (code cells that ran). */
-  execution_count?: number;
-  /** nbformat's cell metadata, only its tags (`no-completion`, `no-context` are honoured). */
-  metadata?: { tags: string[] };
 }
 
 /** The notebook's own switch, as nbformat stores it in the notebook's metadata. */
-export interface INotebookSettings {
-  enabled?: boolean;
-}
+export type INotebookSettings = NonNullable<NonNullable<CompleteRequest['metadata']>['codestral']>;
 
 export interface IRequestOptions {
   path?: string;
@@ -31,38 +33,14 @@ export interface IRequestOptions {
   notebook?: INotebookSettings | null;
 }
 
-export interface ICompletionBody {
-  cells?: ICellSource[];
-  cell_index?: number;
-  text?: string;
-  cursor: number;
-  path?: string;
-  language?: string;
-  stream: boolean;
-  max_tokens?: number;
-  single_line?: boolean;
-  kernel_id?: string;
-  prefetch?: boolean;
-  metadata?: { codestral: INotebookSettings };
+/** A stream's failure line. */
+export function isError(event: StreamEvent): event is ErrorReply {
+  return 'error' in event;
 }
 
-export interface IErrorInfo {
-  kind: string;
-  message: string;
-  retry_after?: number;
-}
-
-export interface IStreamEvent {
-  delta?: string;
-  done?: boolean;
-  completion?: string;
-  /** Why no completion was made here (the notebook or the cell turned them off). */
-  off?: string;
-  /** The route taken and the backend that answered. */
-  route?: string;
-  backend?: string;
-  timings?: Record<string, number>;
-  error?: IErrorInfo;
+/** A stream's last line, when it succeeded. */
+export function isDone(event: StreamEvent): event is DoneEvent {
+  return 'done' in event;
 }
 
 /**
@@ -85,8 +63,8 @@ export function codePointOffset(text: string, utf16Offset: number): number {
   return count;
 }
 
-function common(options: IRequestOptions): Partial<ICompletionBody> {
-  const body: Partial<ICompletionBody> = {};
+function common(options: IRequestOptions): Partial<CompleteRequest> {
+  const body: Partial<CompleteRequest> = {};
   if (options.path) {
     body.path = options.path;
   }
@@ -117,7 +95,7 @@ export function notebookBody(
   cellIndex: number,
   utf16Offset: number,
   options: IRequestOptions = {}
-): ICompletionBody {
+): CompleteRequest {
   const source = cells[cellIndex]?.source ?? '';
   return {
     cells,
@@ -133,7 +111,7 @@ export function fileBody(
   text: string,
   utf16Offset: number,
   options: IRequestOptions = {}
-): ICompletionBody {
+): CompleteRequest {
   return {
     text,
     cursor: codePointOffset(text, utf16Offset),
@@ -170,7 +148,7 @@ export function notebookRequestBody(
   activeId: string,
   request: { text: string; offset: number },
   options: IRequestOptions = {}
-): ICompletionBody | null {
+): CompleteRequest | null {
   const index = cells.findIndex(cell => cell.id === activeId);
   if (index < 0 || cells[index].source !== request.text) {
     return null;
@@ -187,7 +165,7 @@ export class NdjsonDecoder {
   private _buffer = '';
   private _decoder = new TextDecoder();
 
-  push(chunk: Uint8Array | string): IStreamEvent[] {
+  push(chunk: Uint8Array | string): StreamEvent[] {
     this._buffer +=
       typeof chunk === 'string' ? chunk : this._decoder.decode(chunk, { stream: true });
     const lines = this._buffer.split('\n');
@@ -196,16 +174,16 @@ export class NdjsonDecoder {
   }
 
   /** The stream ended: whatever is left must be one last whole line. */
-  flush(): IStreamEvent[] {
+  flush(): StreamEvent[] {
     const rest = this._buffer + this._decoder.decode();
     this._buffer = '';
     return rest.trim() ? [parseLine(rest)] : [];
   }
 }
 
-function parseLine(line: string): IStreamEvent {
+function parseLine(line: string): StreamEvent {
   try {
-    return JSON.parse(line) as IStreamEvent;
+    return JSON.parse(line) as StreamEvent;
   } catch {
     return {
       error: {
@@ -219,7 +197,7 @@ function parseLine(line: string): IStreamEvent {
 /** An error the server (or the network) reported, with its kind. */
 export class CompletionFailure extends Error {
   constructor(
-    readonly kind: string,
+    readonly kind: ErrorKind,
     message: string,
     readonly retryAfter?: number
   ) {
@@ -237,7 +215,7 @@ export function failureFromReply(
     const body = JSON.parse(bodyText);
     if (body?.error?.message) {
       return new CompletionFailure(
-        body.error.kind ?? 'error',
+        (body.error.kind as ErrorKind | undefined) ?? 'http_error',
         body.error.message,
         body.error.retry_after
       );
@@ -264,7 +242,7 @@ export class ErrorGate {
 
   constructor(private readonly quietMs = 60_000) {}
 
-  shouldShow(error: IErrorInfo, now = Date.now()): boolean {
+  shouldShow(error: ErrorInfo, now = Date.now()): boolean {
     const key = error.kind;
     const repeat = key === this._last && now - this._lastAt < this.quietMs;
     this._last = key;

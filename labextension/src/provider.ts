@@ -1,4 +1,3 @@
-import { CodeCell } from '@jupyterlab/cells';
 import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import {
   CompletionHandler,
@@ -8,94 +7,40 @@ import {
   IInlineCompletionProvider,
   InlineCompletionTriggerKind
 } from '@jupyterlab/completer';
-import { IDocumentWidget } from '@jupyterlab/docregistry';
-import { FileEditor } from '@jupyterlab/fileeditor';
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { CodestralClient } from './client';
+import { OffScope, StreamEvent } from './contract';
 import {
   CompletionFailure,
   ErrorGate,
-  ICompletionBody,
-  INotebookCell,
-  INotebookSettings,
   IRequestOptions,
-  IStreamEvent,
   LatestRequest,
-  fileBody,
-  notebookRequestBody,
-  serverLanguage
+  isDone,
+  isError
 } from './protocol';
 import {
-  IPlace,
-  Suggestion,
-  SuggestionStore,
-  KeyRhythm,
-  adaptiveDelay,
-  hashText,
-  worthAsking
-} from './suggestions';
-
-/** Our part of the inline completer's settings (besides the core's own: enabled, debounce, timeout). */
-export interface ICodestralSettings {
-  trigger: 'automatic' | 'manual';
-  maxTokens: number;
-  lineMode: 'multi' | 'single';
-  skipLanguages: string[];
-  prefetch: boolean;
-  skipAfter: string[];
-  adaptiveDebounce: boolean;
-}
-
-export const DEFAULT_SETTINGS: ICodestralSettings = {
-  trigger: 'automatic',
-  maxTokens: 128,
-  lineMode: 'multi',
-  skipLanguages: ['markdown'],
-  prefetch: true,
-  skipAfter: [';'],
-  adaptiveDebounce: true
-};
-
-/** A request to make, or to answer from a suggestion: its body, its document and the cursor's place. */
-export interface ITarget {
-  body: ICompletionBody;
-  document: string;
-  place: IPlace;
-}
+  DEFAULT_DEBOUNCE_MS,
+  DEFAULT_SETTINGS,
+  ICodestralSettings,
+  ProviderSettings,
+  settingsSchema
+} from './settings';
+import { IPlace, Suggestion, SuggestionStore } from './suggestions';
+import { Targets } from './target';
+import { KeyRhythm, adaptiveDelay, median, worthAsking } from './timing';
 
 export interface IActivity {
-  /** 'off': no completion here, by the notebook's settings or the course policy (`message` says which). */
+  /** 'off': no completion here, by the notebook's settings or the course policy (`offScope` says which). */
   state: 'idle' | 'working' | 'error' | 'off';
   message?: string;
+  offScope?: OffScope;
   firstTokenMs?: number;
   /** With several backends: the one that answered. */
   backend?: string;
   retryAfter?: number;
-}
-
-/** The cells of a notebook as the server wants them, each with its model's id. */
-function notebookCells(panel: NotebookPanel): INotebookCell[] {
-  return panel.content.widgets.map(cell => {
-    const entry: INotebookCell = {
-      id: cell.model.id,
-      cell_type: cell.model.type as INotebookCell['cell_type'],
-      source: cell.model.sharedModel.getSource()
-    };
-    // Which kernel snapshot shows what the cell produced (the server's namespace.py).
-    const count = cell instanceof CodeCell ? cell.model.executionCount : null;
-    if (typeof count === 'number') {
-      entry.execution_count = count;
-    }
-    // The server honours `no-completion` and `no-context` (policy.py).
-    const tags = cell.model.getMetadata('tags');
-    if (Array.isArray(tags) && tags.length) {
-      entry.metadata = { tags: tags.filter((t): t is string => typeof t === 'string') };
-    }
-    return entry;
-  });
 }
 
 /**
@@ -112,7 +57,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
   enabled = true;
 
   private _client: CodestralClient;
-  private _languages: IEditorLanguageRegistry | null;
+  private _targets: Targets;
   /** Requests sent, and keystrokes answered from a suggestion instead (for tests and the status). */
   requests = 0;
   followed = 0;
@@ -122,7 +67,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
   private _tokens = 0;
   private _fetches = 0;
   private _latencies: number[] = [];
-  private _coreDelay = 200;
+  private _coreDelay = DEFAULT_DEBOUNCE_MS;
   /** The user's typing rhythm (fed by the plugin with every keystroke in an editor). */
   readonly rhythm = new KeyRhythm();
   private _latest = new LatestRequest();
@@ -133,75 +78,17 @@ export class CodestralProvider implements IInlineCompletionProvider {
 
   constructor(client: CodestralClient, languages: IEditorLanguageRegistry | null = null) {
     this._client = client;
-    this._languages = languages;
+    this._targets = new Targets(languages);
   }
 
   get schema(): ISettingRegistry.IProperty {
-    return {
-      properties: {
-        trigger: {
-          title: 'Trigger',
-          description: "'automatic': while you type; 'manual': only when you ask (Alt+\\).",
-          type: 'string',
-          enum: ['automatic', 'manual']
-        },
-        maxTokens: {
-          title: 'Maximum completion length (tokens)',
-          type: 'number',
-          minimum: 1,
-          maximum: 1024
-        },
-        lineMode: {
-          title: 'Line mode',
-          description:
-            "'multi': complete whole blocks; 'single': one line at a time. Mid-line completions are always single-line.",
-          type: 'string',
-          enum: ['multi', 'single']
-        },
-        skipLanguages: {
-          title: 'Languages without completions',
-          description: 'Cell or file languages in which no completion is requested.',
-          type: 'array',
-          items: { type: 'string' }
-        },
-        skipAfter: {
-          title: 'No automatic request right after',
-          description:
-            'Characters after which no completion is requested while typing (it still is when you ask, Alt+\\).',
-          type: 'array',
-          items: { type: 'string' }
-        },
-        adaptiveDebounce: {
-          title: 'Adaptive delay',
-          description:
-            'Wait longer than the debounce delay when you type slowly or the backend answers slowly, so fewer requests are thrown away (at most 1 s in all).',
-          type: 'boolean'
-        },
-        prefetch: {
-          title: 'Warm up on cell entry',
-          description:
-            'When the cursor enters a code cell, or a cell has run, let the model read the notebook ahead of the first keystroke (local models).',
-          type: 'boolean'
-        }
-      },
-      default: {
-        enabled: true,
-        // The server answers from a warm cache in well under this: wait for
-        // a pause in typing, not for every keystroke.
-        debouncerDelay: 200,
-        timeout: 20000,
-        autoFillInMiddle: true,
-        ...DEFAULT_SETTINGS
-      }
-    };
+    return settingsSchema();
   }
 
-  configure(
-    settings: Partial<ICodestralSettings> & { enabled?: boolean; debouncerDelay?: number }
-  ): void {
+  configure(settings: ProviderSettings): void {
     const { enabled, debouncerDelay, ...ours } = settings;
     this.enabled = enabled ?? true;
-    this._coreDelay = debouncerDelay ?? 200;
+    this._coreDelay = debouncerDelay ?? DEFAULT_DEBOUNCE_MS;
     this.settings = { ...DEFAULT_SETTINGS, ...ours };
   }
 
@@ -222,78 +109,6 @@ export class CodestralProvider implements IInlineCompletionProvider {
     };
   }
 
-  private language(
-    name: string | undefined,
-    mimeType: string | undefined,
-    fallback: string
-  ): string {
-    const found = mimeType ? this._languages?.findByMIME(mimeType)?.name : undefined;
-    return serverLanguage(name ?? found, fallback);
-  }
-
-  /**
-   * The request for the document the completer is in: its body, the
-   * document's id and the place of the cursor (for the suggestion store), or
-   * null when there is nothing to ask.
-   */
-  documentBody(
-    widget: unknown,
-    request: CompletionHandler.IRequest,
-    options: IRequestOptions,
-    cellId?: string
-  ): ITarget | null {
-    const before = request.text.slice(0, request.offset);
-    const after = request.text.slice(request.offset);
-    if (widget instanceof NotebookPanel) {
-      const id = cellId ?? widget.content.activeCell?.model.id;
-      if (!id) {
-        return null;
-      }
-      const cells = notebookCells(widget);
-      const cell = cells.find(c => c.id === id);
-      const kernelLanguage = (
-        widget.model?.metadata?.language_info as { name?: string } | undefined
-      )?.name;
-      const language =
-        cell?.cell_type === 'markdown'
-          ? 'markdown'
-          : this.language(kernelLanguage, request.mimeType, 'python');
-      const notebook =
-        (widget.model?.getMetadata('codestral') as INotebookSettings | undefined) ?? null;
-      const body = notebookRequestBody(cells, id, request, {
-        ...options,
-        language,
-        path: widget.context.path,
-        kernelId: widget.sessionContext.session?.kernel?.id ?? null,
-        notebook
-      });
-      if (!body) {
-        return null;
-      }
-      // What else the model sees: the other cells (and the notebook's switch).
-      const others = cells.filter(c => c.id !== id);
-      const context = hashText(
-        JSON.stringify(notebook),
-        ...others.map(
-          c => `${c.cell_type}\u0000${c.source}\u0000${c.metadata?.tags.join(',') ?? ''}`
-        )
-      );
-      const document = widget.context.path;
-      return { body, document, place: { key: `${document}#${id}`, before, after, context } };
-    }
-    const doc = widget as IDocumentWidget<FileEditor> | undefined;
-    if (doc?.content instanceof FileEditor) {
-      const body = fileBody(request.text, request.offset, {
-        ...options,
-        language: this.language(undefined, request.mimeType, 'text'),
-        path: doc.context.path
-      });
-      const document = doc.context.path;
-      return { body, document, place: { key: document, before, after, context: '' } };
-    }
-    return null;
-  }
-
   async fetch(
     request: CompletionHandler.IRequest,
     context: IInlineCompletionContext
@@ -311,7 +126,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
     }
     // The request comes from the active cell's editor, now: its model id
     // says which cell it is, whatever text the others hold.
-    const target = this.documentBody(context.widget, request, this.options());
+    const target = this._targets.of(context.widget, request, this.options());
     if (!target || this.settings.skipLanguages.includes(target.body.language ?? '')) {
       return nothing;
     }
@@ -332,7 +147,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
         return nothing;
       }
       const wait = this.settings.adaptiveDebounce
-        ? adaptiveDelay(this.rhythm.gapMs, this._expectedLatency(), this._coreDelay)
+        ? adaptiveDelay(this.rhythm.gapMs, median(this._latencies), this._coreDelay)
         : 0;
       if (wait > 0) {
         await new Promise(resolve => setTimeout(resolve, wait));
@@ -375,7 +190,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
 
   /** Read a request's events into its suggestion, whoever shows it (the stream is not the core's to stop). */
   private async _pump(
-    events: AsyncGenerator<IStreamEvent>,
+    events: AsyncGenerator<StreamEvent>,
     suggestion: Suggestion,
     document: string
   ): Promise<void> {
@@ -383,31 +198,30 @@ export class CodestralProvider implements IInlineCompletionProvider {
     this._activity.emit({ state: 'working' });
     try {
       for await (const event of events) {
-        if (event.error) {
+        if (isError(event)) {
           const { kind, message, retry_after } = event.error;
           throw new CompletionFailure(kind, message, retry_after);
         }
-        if (event.done && event.off) {
-          this._store.remove(document, suggestion);
-          suggestion.update('', true);
-          this._activity.emit({ state: 'off', message: event.off });
-          return;
-        }
-        if (event.delta) {
+        if (!isDone(event)) {
           text += event.delta;
           suggestion.update(text);
+          continue;
         }
-        if (event.done) {
-          this._errors.reset();
-          const firstTokenMs = event.timings?.first_token_ms;
-          if (typeof firstTokenMs === 'number') {
-            this._latencies.push(firstTokenMs);
-            this._latencies.splice(0, this._latencies.length - 20);
-          }
-          this._activity.emit({ state: 'idle', firstTokenMs, backend: event.backend });
-          suggestion.update(event.completion ?? text, true);
+        if (event.off) {
+          this._store.remove(document, suggestion);
+          suggestion.update('', true);
+          this._activity.emit({ state: 'off', message: event.off, offScope: event.off_scope });
           return;
         }
+        this._errors.reset();
+        const firstTokenMs = event.timings.first_token_ms;
+        if (typeof firstTokenMs === 'number') {
+          this._latencies.push(firstTokenMs);
+          this._latencies.splice(0, this._latencies.length - 20);
+        }
+        this._activity.emit({ state: 'idle', firstTokenMs, backend: event.backend });
+        suggestion.update(event.completion, true);
+        return;
       }
       // Aborted by a newer request: it will never be complete, so it answers nothing later.
       this._store.remove(document, suggestion);
@@ -416,12 +230,12 @@ export class CodestralProvider implements IInlineCompletionProvider {
     } catch (error) {
       this._store.remove(document, suggestion);
       const failure =
-        error instanceof CompletionFailure ? error : new CompletionFailure('error', String(error));
+        error instanceof CompletionFailure ? error : new CompletionFailure('failed', String(error));
       if (failure.kind === 'cancelled') {
         this._activity.emit({ state: 'idle' });
       } else if (failure.kind === 'policy') {
         // The course policy: not an error to show in the editor, a state for the bar.
-        this._activity.emit({ state: 'off', message: failure.message });
+        this._activity.emit({ state: 'off', message: failure.message, offScope: 'course_policy' });
       } else {
         if (failure.retryAfter) {
           this._blockedUntil = Date.now() + failure.retryAfter * 1000;
@@ -468,26 +282,19 @@ export class CodestralProvider implements IInlineCompletionProvider {
     }
   }
 
-  /** The median first-token time of the recent completions, or null before any. */
-  private _expectedLatency(): number | null {
-    if (!this._latencies.length) {
-      return null;
-    }
-    const sorted = [...this._latencies].sort((a, b) => a - b);
-    return sorted[Math.floor(sorted.length / 2)];
-  }
-
   /** What is left of our suggestion on screen at the cursor of `editor`'s document, if any. */
   visibleRest(widget: unknown, text: string, offset: number): string | null {
-    const request = { text, offset, mimeType: undefined } as CompletionHandler.IRequest;
-    const target = this.documentBody(widget, request, this.options());
+    const target = this._targets.of(widget, { text, offset }, this.options());
     if (!target) {
       return null;
     }
     return this._store.follow(target.document, target.place)?.rest ?? null;
   }
 
-  /** Let the model read the prompt of the active cell of `panel` ahead of the first keystroke. */
+  /**
+   * Let the model read the prompt of the active cell of `panel` ahead of the first keystroke, with
+   * the cursor where it is (entering a cell by the arrow keys puts it at the start).
+   */
   prefetch(panel: NotebookPanel): void {
     if (!this.enabled || !this.settings.prefetch) {
       return;
@@ -496,15 +303,12 @@ export class CodestralProvider implements IInlineCompletionProvider {
     if (!cell || cell.model.type !== 'code') {
       return;
     }
-    const source = cell.model.sharedModel.getSource();
-    const request = {
-      text: source,
-      offset: source.length,
-      mimeType: undefined
-    } as CompletionHandler.IRequest;
-    const body = this.documentBody(
+    const text = cell.model.sharedModel.getSource();
+    const editor = cell.editor;
+    const offset = editor ? editor.getOffsetAt(editor.getCursorPosition()) : text.length;
+    const body = this._targets.of(
       panel,
-      request,
+      { text, offset },
       { ...this.options(), prefetch: true },
       cell.model.id
     )?.body;

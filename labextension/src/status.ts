@@ -1,10 +1,17 @@
 import { Widget } from '@lumino/widgets';
 
-import { IServerStatus, IUsageDay } from './client';
+import { BackendState, OffScope, Status, UsageDay } from './contract';
 import { IActivity } from './provider';
 
+/** Where completions are off, as the bar says it. */
+const OFF_WHERE: Record<OffScope, string> = {
+  cell: 'off in this cell',
+  notebook: 'off in this notebook',
+  course_policy: 'off in this notebook (course policy)'
+};
+
 /** What an HTTP backend's state says, in the bar (its last error says why, on hover). */
-const PROBLEMS: Record<string, string> = {
+const PROBLEMS: Partial<Record<BackendState, string>> = {
   unauthorized: 'key refused',
   unreachable: 'backend unreachable',
   failing: 'backend failing',
@@ -16,7 +23,7 @@ const PROBLEMS: Record<string, string> = {
  * latency. Clicking it turns completions on or off.
  */
 export class CodestralStatus extends Widget {
-  private _server: IServerStatus | null = null;
+  private _server: Status | null = null;
   private _activity: IActivity = { state: 'idle' };
   private _enabled = true;
   private _unreachable: string | null = null;
@@ -38,7 +45,7 @@ export class CodestralStatus extends Widget {
     this.render();
   }
 
-  set server(status: IServerStatus | null) {
+  set server(status: Status | null) {
     this._server = status;
     this._unreachable = null;
     this.render();
@@ -76,13 +83,12 @@ export class CodestralStatus extends Widget {
       };
     }
     if (this._activity.state === 'off') {
-      const message = this._activity.message ?? '';
-      const where = message.includes('course policy')
-        ? 'off in this notebook (course policy)'
-        : message.includes('this cell')
-          ? 'off in this cell'
-          : 'off in this notebook';
-      return { label: `Codestral: ${where}`, state: 'policy', detail: message };
+      const where = OFF_WHERE[this._activity.offScope ?? 'notebook'];
+      return {
+        label: `Codestral: ${where}`,
+        state: 'policy',
+        detail: this._activity.message ?? ''
+      };
     }
     if (this._unreachable) {
       return { label: 'Codestral: error', state: 'error', detail: this._unreachable };
@@ -176,7 +182,7 @@ function count(n: number): string {
 }
 
 /** Today's usage, a line per backend, for the tooltip. */
-export function usageLines(day: IUsageDay): string[] {
+export function usageLines(day: UsageDay): string[] {
   const rows = Object.entries(day.backends).filter(([, row]) => row.requests > 0);
   if (!rows.length) {
     return [];

@@ -90,7 +90,7 @@ test('streams events and sends the Jupyter token', async () => {
     events.push(event);
   }
   assert.deepEqual(
-    events.map(e => e.delta ?? (e.done ? 'DONE' : '?')),
+    events.map(e => ('delta' in e ? e.delta : 'done' in e ? 'DONE' : '?')),
     ['df.', 'head()', 'DONE']
   );
   const request = seen.find(s => s.body?.path === 'a.ipynb');
@@ -120,7 +120,7 @@ test('aborting closes the connection so the server can cancel the backend', asyn
   const body = { text: 'x', cursor: 1, stream: true, path: 'slow.ipynb' };
   const received: string[] = [];
   for await (const event of client().complete(body, controller.signal)) {
-    received.push(event.delta ?? '');
+    received.push('delta' in event ? event.delta : '');
     if (received.length === 2) {
       controller.abort();
     }

@@ -121,7 +121,7 @@ test('a multi-byte character split across chunks survives', () => {
 
 test('a line that is not JSON becomes a readable error event', () => {
   const [event] = new NdjsonDecoder().push('oops\n');
-  assert.equal(event.error?.kind, 'bad_reply');
+  assert.equal('error' in event ? event.error.kind : undefined, 'bad_reply');
 });
 
 test('error replies keep the server message, kind and retry-after', () => {
@@ -138,7 +138,7 @@ test('error replies keep the server message, kind and retry-after', () => {
 
 test('the same kind of error is shown once, again after a success or a quiet spell', () => {
   const gate = new ErrorGate(1000);
-  const error = { kind: 'auth', message: 'bad key' };
+  const error = { kind: 'auth' as const, message: 'bad key' };
   assert.equal(gate.shouldShow(error, 0), true);
   assert.equal(gate.shouldShow(error, 100), false);
   assert.equal(gate.shouldShow({ ...error, message: 'bad key (again)' }, 200), false);

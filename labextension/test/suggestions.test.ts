@@ -1,18 +1,9 @@
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
 
-import {
-  IPlace,
-  KeyRhythm,
-  Suggestion,
-  SuggestionStore,
-  adaptiveDelay,
-  hashText,
-  nextLine,
-  nextWord,
-  typedAlong,
-  worthAsking
-} from '../src/suggestions';
+import { nextLine, nextWord } from '../src/accept';
+import { IPlace, Suggestion, SuggestionStore, hashText, typedAlong } from '../src/suggestions';
+import { KeyRhythm, adaptiveDelay, worthAsking } from '../src/timing';
 
 const at = (before: string, after = '', key = 'nb.ipynb#cell-1', context = 'ctx'): IPlace => ({
   key,

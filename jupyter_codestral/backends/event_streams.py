@@ -1,17 +1,19 @@
-"""Reading the event streams of OpenAI-style servers (Mistral, vLLM, LM Studio, llama.cpp)."""
+"""Reading backends' streaming replies: server-sent events (Mistral, OpenAI-style servers, llama.cpp's
+``/infill``) and JSON lines (Ollama), into the completion's text and the tokens the call used."""
 
 from __future__ import annotations
 
 import codecs
 import json
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import aiohttp
 
 from .. import jsonio
-from ..errors import BackendError, backend_error
+from ..errors import BackendError, ErrorKind, backend_error
 from ..usage import Usage
+from .base import BackendItem, Piece, Scored
 
 
 def error_detail(body: bytes) -> str:
@@ -37,7 +39,7 @@ def error_detail(body: bytes) -> str:
 
 
 def malformed(url: str, what: str) -> BackendError:
-    return backend_error("bad_reply", f"{url} sent a malformed event: {what[:200]}")
+    return backend_error(ErrorKind.BAD_REPLY, f"{url} sent a malformed event: {what[:200]}")
 
 
 # A line (or an event) this long is no completion: a broken server, which must not fill the memory.
@@ -46,21 +48,28 @@ MAX_LINE_CHARS = 1 << 20
 
 class LineBuffer:
     """Complete lines, without their line ends, from bytes that arrive in pieces of any size
-    (a UTF-8 character or a line may be split between two pieces)."""
+    (a UTF-8 character or a line may be split between two pieces).  A line ends with CRLF, LF or
+    a lone CR, as the event-stream format says."""
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._partial = ""
 
     def feed(self, data: bytes, final: bool = False) -> list[str]:
-        lines = (self._partial + self._decoder.decode(data, final)).split("\n")
-        self._partial = lines.pop()
+        text = self._partial + self._decoder.decode(data, final)
+        held = ""
+        if "\r" in text:
+            if text.endswith("\r") and not final:
+                text, held = text[:-1], "\r"  # the first half of a CRLF, maybe: wait for the next piece
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        self._partial = lines.pop() + held
         if len(self._partial) > MAX_LINE_CHARS:
             raise ValueError(f"a line of more than {MAX_LINE_CHARS} characters")
         if final and self._partial:
             lines.append(self._partial)
             self._partial = ""
-        return [line.rstrip("\r") for line in lines]
+        return lines
 
 
 class EventStream:
@@ -112,7 +121,7 @@ def event_json(data: str, url: str, host_label: str) -> dict[str, Any] | None:
         return None
     payload = json_object(data, url)
     if "error" in payload:
-        raise backend_error("server_error", f"{host_label} reported: {error_detail(data.encode())}")
+        raise backend_error(ErrorKind.SERVER_ERROR, f"{host_label} reported: {error_detail(data.encode())}")
     return payload
 
 
@@ -147,7 +156,7 @@ def choice_text(payload: dict[str, Any], *path: str) -> str:
         for key in path:
             node = node[key]
     except (KeyError, IndexError, TypeError):
-        raise backend_error("bad_reply", f"Unexpected event shape: {json.dumps(payload)[:200]}") from None
+        raise backend_error(ErrorKind.BAD_REPLY, f"Unexpected event shape: {json.dumps(payload)[:200]}") from None
     return node or ""
 
 
@@ -160,60 +169,110 @@ class Parser(Protocol[Event]):
     def feed(self, data: bytes, final: bool = False) -> list[Event]: ...
 
 
-def _batch_text(events: list[Event], read: Callable[[Event], tuple[str | None, bool]]) -> tuple[str, bool]:
-    """The text of events that arrived together, and whether the last event was among them."""
+class Read(NamedTuple):
+    """What one event of a backend's stream says."""
+
+    text: str | None = None  # a piece of the completion (None: the event has none)
+    usage: Usage | None = None  # the tokens the call used, when the event reports them
+    last: bool = False  # the stream's last event
+    logprob: float | None = None  # the piece's tokens' summed log-probability, when reported
+    tokens: int = 0  # how many tokens that sum is over
+
+
+def _batch(events: list[Event], read: Callable[[Event], Read]) -> tuple[Piece | None, Usage | None, bool]:
+    """The text of events that arrived together (scored, where the backend reports log-probabilities),
+    the last usage reported among them, and whether the last event was among them."""
     texts: list[str] = []
+    logprob, tokens, scored = 0.0, 0, False
+    usage = None
+    last = False
     for event in events:
-        text, ended = read(event)
-        if text is not None:
-            texts.append(text)
-        if ended:
-            return "".join(texts), True
-    return "".join(texts), False
+        piece = read(event)
+        if piece.text is not None:
+            texts.append(piece.text)
+            if piece.logprob is not None:
+                scored, logprob, tokens = True, logprob + piece.logprob, tokens + piece.tokens
+        usage = piece.usage or usage
+        if piece.last:
+            last = True
+            break
+    text = "".join(texts)
+    if not text:
+        return None, usage, last
+    return (Scored(text, logprob, tokens) if scored else text), usage, last
 
 
 async def stream_text(
     response: aiohttp.ClientResponse,
     parser: Parser[Event],
-    read: Callable[[Event], tuple[str | None, bool]],
+    read: Callable[[Event], Read],
     missing: str,
-) -> AsyncGenerator[str, None]:
-    """The completion's text from ``response``'s body, one piece for each part of it that
-    arrived together (one write to the browser, not one per token).
+) -> AsyncGenerator[BackendItem, None]:
+    """The completion from ``response``'s body: one piece for each part of it that arrived together
+    (one write to the browser, not one per token), then the :class:`Usage` the stream reported.
 
-    ``parser`` makes the events; ``read`` gives an event's text (None: it has none) and
-    whether it is the last.  After the last, the rest of the body is read, never parsed, so
-    that the connection goes back to the pool (a new connection per keystroke costs ~1 ms).
-    ``missing`` is the error if the body ends before the last event.  (One generator for the
-    whole body: each layer of generators costs every piece of every keystroke.)"""
+    ``parser`` makes the events; ``read`` says what each one holds.  After the last, the rest of
+    the body is read, never parsed, so that the connection goes back to the pool (a new
+    connection per keystroke costs ~1 ms).  ``missing`` is the error if the body ends before the
+    last event.  (One generator for the whole body: each layer of generators costs every piece of
+    every keystroke.)"""
     chunks = response.content.iter_any()
+    usage: Usage | None = None
+    ended = False
     async for data in chunks:
-        text, ended = _batch_text(parser.feed(data), read)
-        if text:
-            yield text
+        piece, reported, ended = _batch(parser.feed(data), read)
+        usage = reported or usage
+        if piece is not None:
+            yield piece
         if ended:
             async for _ in chunks:
                 pass
-            return
-    text, ended = _batch_text(parser.feed(b"", final=True), read)
-    if text:
-        yield text
+            break
     if not ended:
-        raise backend_error("bad_reply", missing)
+        piece, reported, ended = _batch(parser.feed(b"", final=True), read)
+        usage = reported or usage
+        if piece is not None:
+            yield piece
+        if not ended:
+            raise backend_error(ErrorKind.BAD_REPLY, missing)
+    if usage is not None:
+        yield usage
 
 
 def choice_stream(
-    response: aiohttp.ClientResponse, url: str, host_label: str, usage: Usage, *path: str
-) -> AsyncGenerator[str, None]:
+    response: aiohttp.ClientResponse, url: str, host_label: str, *path: str
+) -> AsyncGenerator[BackendItem, None]:
     """The text of ``choices[0][path...]`` from the events of an OpenAI-style stream ending in
-    ``[DONE]``; the ``usage`` an event carries (usually the last) goes into ``usage``."""
+    ``[DONE]``, with the tokens' log-probabilities where the server sends them (``logprobs``), and
+    the ``usage`` an event carries (usually the last)."""
 
-    def read(event: dict[str, Any] | None) -> tuple[str | None, bool]:
+    def read(event: dict[str, Any] | None) -> Read:
         if event is None:
-            return None, True
-        usage.report_openai(event)
-        if event.get("choices") == [] and "usage" in event:
-            return None, False  # the usage-only event of stream_options.include_usage
-        return choice_text(event, *path), False
+            return Read(last=True)
+        usage = Usage.from_openai(event)
+        if event.get("choices") == [] and usage is not None:
+            return Read(usage=usage)  # the usage-only event of stream_options.include_usage
+        text = choice_text(event, *path)
+        logprobs = _token_logprobs(event)
+        if logprobs:
+            return Read(text, usage, logprob=sum(logprobs), tokens=len(logprobs))
+        return Read(text, usage)
 
     return stream_text(response, SseJson(url, host_label), read, f"{url} ended the stream before [DONE].")
+
+
+def _token_logprobs(event: dict[str, Any]) -> list[float]:
+    """The log-probabilities of an OpenAI-style choice's tokens: the completions API's
+    ``logprobs.token_logprobs``, or the chat-style ``logprobs.content[].logprob``."""
+    try:
+        logprobs = event["choices"][0].get("logprobs")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return []
+    if not isinstance(logprobs, dict):
+        return []
+    values = logprobs.get("token_logprobs")
+    if values is None and isinstance(logprobs.get("content"), list):
+        values = [item.get("logprob") for item in logprobs["content"] if isinstance(item, dict)]
+    if not isinstance(values, list):
+        return []
+    return [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]

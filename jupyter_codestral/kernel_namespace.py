@@ -23,7 +23,7 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from .namespace import KernelState, Snapshot, Variable
+from .kernel_variables import KernelState, Snapshot, Variable
 
 # The probe's source, sent to the kernel and run there (it is not imported here).
 PROBE = (Path(__file__).parent / "kernel_probe.py").read_text(encoding="utf-8")

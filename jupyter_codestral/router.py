@@ -1,42 +1,35 @@
-"""Several backends at once: which one serves each completion, and who takes over when it fails.
+"""What serves a completion: one backend (:class:`Direct`), or named backends along routes (:class:`Router`).
 
-A *route* is an ordered chain of named backends for one kind of completion,
-decided on the server from the context (:func:`route_kind`):
+The service asks a :class:`Completer`; its stream begins with :class:`Answered`
+(which backend answers, and why not the first of its route), then the text.
 
-- ``line``: code to the right of the cursor, text before it on the line, or
-  the user asked for single lines;
-- ``block``: an empty or new line, where several lines make sense;
-- ``comment``: inside a comment or a docstring;
-- ``markdown``: a markdown cell (no completion unless a route is configured).
-
-:class:`Router` is a backend made of backends: it tries the chain in order.
-A backend that fails before any text (unreachable, 5xx after its retries,
-429, no first text within its ``first_token_timeout_ms``, its model still
-loading, its key refused) hands the same request to the next one, and is
-skipped for a cool-down (a 429's Retry-After, else a back-off that grows
-with each failure) so an outage does not cost every keystroke a timeout.
-When the cool-down ends, a probe (a one-token completion of ``x = 1``) asks
-the backend in the background; only once it answers do completions go to
-it again, so no keystroke waits on a backend that is still down.
+:class:`Router` tries a route's chain in order.  A backend that fails before
+any text (unreachable, 5xx after its retries, 429, no first text within its
+``first_token_timeout_ms``, its model still loading, its key refused) hands
+the same request to the next one, and is skipped for a cool-down (a 429's
+Retry-After, else a back-off that grows with each failure) so an outage does
+not cost every keystroke a timeout.  When the cool-down ends, a probe (a
+one-token completion of ``x = 1``) asks the backend in the background; only
+once it answers do completions go to it again, so no keystroke waits on a
+backend that is still down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from .backends.base import Backend, BackendSettings, FimRequest
+from .backends.base import Backend, BackendSettings, BackendState, FimRequest, Piece
 from .context import ContextBudget, FimContext
-from .errors import BackendError, CompletionError, backend_error
-from .stats import percentile
+from .errors import BackendError, CompletionError, ErrorKind, backend_error
+from .prompt_source import PromptSource
+from .routes import Route, RouteKind
+from .stats import median, percentile
 from .usage import Price, UsageLedger
-
-ROUTE_KINDS = ("line", "block", "comment", "markdown")
 
 # How long a remote backend may take to its first text before the next one takes over.
 REMOTE_FIRST_TOKEN_TIMEOUT_MS = 1500.0
@@ -58,22 +51,74 @@ PROBE_CONTEXT = FimContext(
 # How long a probe of a backend without a first-token timeout (the embedded model) may take.
 PROBE_TIMEOUT_MS = 30_000.0
 
-_STRINGS = re.compile(r"""("|')(?:\\.|(?!\1).)*\1""")
+
+@dataclass(frozen=True)
+class Answered:
+    """Who answers a completion: the first item of a completer's stream."""
+
+    backend: str
+    model: str
+    fallback_reason: str | None = None  # why the backends before it in the route did not
 
 
-def route_kind(context: FimContext, single_line: bool) -> str:
-    """The kind of completion wanted at the cursor (see the module's docstring)."""
-    if context.language == "markdown":
-        return "markdown"
-    before_cursor = context.cell_prefix
-    if before_cursor.count('"""') % 2 or before_cursor.count("'''") % 2:
-        return "comment"  # inside a docstring
-    line = context.line_prefix
-    if "#" in _STRINGS.sub("", line):
-        return "comment"
-    if single_line or context.mid_line or line.strip():
-        return "line"
-    return "block"
+class Completer(Protocol):
+    """What the completion service asks for a completion (and its state)."""
+
+    supports_prefetch: bool
+    redact_secrets: bool  # prompts are redacted before any backend of it sees them
+
+    @property
+    def state(self) -> BackendState: ...
+
+    def serve(self, request: FimRequest) -> AsyncGenerator[Answered | Piece, None]: ...
+
+    def redact(self, text: str) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class Direct:
+    """One backend serves every completion."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.supports_prefetch = backend.supports_prefetch
+        self.redact_secrets = backend.settings.redact_secrets
+
+    @property
+    def state(self) -> BackendState:
+        return self.backend.state
+
+    async def serve(self, request: FimRequest) -> AsyncGenerator[Answered | Piece, None]:
+        yield Answered(self.backend.label, self.backend.settings.model)
+        async with aclosing(self.backend.serve(request)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    def redact(self, text: str) -> str:
+        return self.backend.settings.redact(text)
+
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+    def summary(self) -> dict[str, Any]:
+        return self.backend.summary()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self.backend.describe(),
+            "layout": self.backend.settings.layout,
+            "rate_limited_until": self.backend.rate_limited_until,
+        }
 
 
 @dataclass(frozen=True)
@@ -124,15 +169,7 @@ class Health:
         self.last_error = {**error.to_json()["error"], "at": time.time()}
 
 
-@dataclass(frozen=True)
-class Route:
-    """The backends for one kind of completion, in order of preference."""
-
-    backends: tuple[str, ...]
-    hedge_ms: float | None = None  # start the next backend too after this long without text
-
-
-async def _first_piece(pieces: AsyncGenerator[str, None]) -> str | None:
+async def _first_piece(pieces: AsyncGenerator[Piece, None]) -> Piece | None:
     """The stream's first piece (None: it ended without text)."""
     try:
         return await anext(pieces)
@@ -146,16 +183,16 @@ class Attempt:
 
     name: str
     spec: RouteSpec
-    pieces: AsyncGenerator[str, None]
-    first: asyncio.Task[str | None]
+    pieces: AsyncGenerator[Piece, None]
+    first: asyncio.Task[Piece | None]
     started: float  # perf_counter seconds
     deadline: float | None  # monotonic seconds: no text by then, and the next backend takes over
 
     @classmethod
     def start(cls, name: str, router: Router, request: FimRequest) -> Attempt:
         spec = router.specs[name]
-        if spec.budget is not None and request.context_for is not None:
-            request = replace(request, context=request.context_for(spec.budget), budget=spec.budget)
+        if spec.budget is not None:
+            request = request.within(spec.budget)
         pieces = router.backends[name].serve(request)
         timeout = spec.first_token_timeout_ms
         return cls(
@@ -177,32 +214,35 @@ class Attempt:
         await self.pieces.aclose()
 
 
+def all_failed(failures: list[tuple[str, CompletionError]]) -> BackendError:
+    """Every backend of a route failed: the first one's failure (the route's preferred backend, what the
+    user most likely has to fix), with what the others said."""
+    _, first = failures[0]
+    others = "; ".join(f"{name}: {error.message}" for name, error in failures[1:])
+    message = f"{first.message} (then {others})" if others else first.message
+    return BackendError(first.kind, message, first.status, first.retry_after)
+
+
 def no_text(name: str, timeout_ms: float) -> CompletionError:
-    return backend_error("timeout", f"{name} sent no text within {timeout_ms:.0f} ms.")
+    return backend_error(ErrorKind.TIMEOUT, f"{name} sent no text within {timeout_ms:.0f} ms.")
 
 
-class Router(Backend):
-    """A backend made of named backends and the routes between them."""
+class Router:
+    """Named backends and the routes between them."""
 
-    name = "routed"
-
-    def __init__(self, specs: Mapping[str, RouteSpec], routes: Mapping[str, Route]) -> None:
-        first = next(iter(specs.values()))
-        super().__init__(first.settings)
+    def __init__(
+        self, specs: Mapping[str, RouteSpec], routes: Mapping[RouteKind, Route], backends: Mapping[str, Backend]
+    ) -> None:
         self.specs = dict(specs)
         self.routes = dict(routes)
-        self.backends: dict[str, Backend] = {}
-        self.health = {name: Health() for name in specs}
-        # Redacted once for all: any backend of the chain may be the one that sends it away.
-        self.settings = replace(first.settings, redact_secrets=any(s.settings.redact_secrets for s in specs.values()))
-        self.supports_prefetch = False
-        self._probes: dict[str, asyncio.Task[None]] = {}
-
-    def attach(self, backends: Mapping[str, Backend]) -> None:
         self.backends = dict(backends)
         for name, backend in self.backends.items():
             backend.label = name
+        self.health = {name: Health() for name in specs}
+        # Redacted once for all: any backend of the chain may be the one that sends it away.
+        self.redact_secrets = any(s.settings.redact_secrets for s in self.specs.values())
         self.supports_prefetch = any(b.supports_prefetch for b in self.backends.values())
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     # -- lifetime ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -219,15 +259,13 @@ class Router(Backend):
             await backend.aclose()
 
     # -- serving -----------------------------------------------------------------------
-    def serve(self, request: FimRequest) -> AsyncGenerator[str, None]:
-        return self.stream(request)  # each backend's call is counted, not the router's
-
-    def _hide_keys(self, text: str) -> str:
+    def redact(self, text: str) -> str:
+        """``text`` without any of the backends' keys."""
         for backend in self.backends.values():
             text = backend.settings.redact(text)
         return text
 
-    async def stream(self, request: FimRequest) -> AsyncGenerator[str, None]:
+    async def serve(self, request: FimRequest) -> AsyncGenerator[Answered | Piece, None]:
         route = self.routes.get(request.route)
         if route is None:
             return  # no backend for this kind of completion: nothing to show
@@ -240,7 +278,7 @@ class Router(Backend):
         waiting = [name for name in chain if self.health[name].available] or list(chain)
         running: list[Attempt] = []
         winner: Attempt | None = None
-        last_error: CompletionError | None = None
+        failures: list[tuple[str, CompletionError]] = []  # the backends that failed, in turn
         hedge_at: float | None = None  # when the next backend starts too, if the running ones are silent
         try:
             while winner is None:
@@ -265,25 +303,22 @@ class Router(Backend):
                             winner = attempt  # its first text (or an empty completion: also an answer)
                             break
                         await attempt.pieces.aclose()
-                        if not isinstance(error, CompletionError) or error.kind == "cancelled":
+                        if not isinstance(error, CompletionError) or error.kind == ErrorKind.CANCELLED:
                             raise error
-                        error.message = self._hide_keys(error.message)
-                        last_error = self._failed(attempt.name, error, request.ledger)
+                        error.message = self.redact(error.message)
+                        failures.append((attempt.name, self._failed(attempt.name, error, request.ledger)))
                     elif attempt.overdue():
                         running.remove(attempt)
                         await attempt.abandon()
                         error = no_text(attempt.name, attempt.spec.first_token_timeout_ms or 0)
-                        last_error = self._failed(attempt.name, error, request.ledger)
+                        failures.append((attempt.name, self._failed(attempt.name, error, request.ledger)))
         finally:
             for attempt in running:  # hedges that lost, or every one when this request was stopped
                 await attempt.abandon()
         if winner is None:
-            assert last_error is not None  # the chain is never empty here
-            raise BackendError(last_error.kind, last_error.message, last_error.status, last_error.retry_after)
+            raise all_failed(failures)  # (the chain is never empty here)
         self.health[winner.name].succeeded((time.perf_counter() - winner.started) * 1000)
-        request.outcome["backend"] = winner.name
-        if last_error is not None:
-            request.outcome["fallback_reason"] = last_error.message
+        yield Answered(winner.name, winner.spec.settings.model, failures[-1][1].message if failures else None)
         async with aclosing(winner.pieces):
             first = winner.first.result()
             if first is None:
@@ -306,7 +341,9 @@ class Router(Backend):
         timeout_ms = spec.first_token_timeout_ms or PROBE_TIMEOUT_MS
         while True:
             await asyncio.sleep(max(0.0, health.until - time.monotonic()))
-            request = FimRequest(context=PROBE_CONTEXT, max_tokens=1, route="line", ledger=ledger)
+            request = FimRequest(
+                PromptSource.of(PROBE_CONTEXT), ContextBudget(), max_tokens=1, route=RouteKind.LINE, ledger=ledger
+            )
             try:
                 async with asyncio.timeout(timeout_ms / 1000), aclosing(self.backends[name].serve(request)) as pieces:
                     async for _ in pieces:
@@ -322,21 +359,17 @@ class Router(Backend):
 
     # -- status ------------------------------------------------------------------------
     @property
-    def state(self) -> str:
+    def state(self) -> BackendState:
         """Ready when some backend of every route can answer now."""
         states = {n: self.backends[n].state for n in self.backends}
-        usable = {n for n, s in states.items() if s == "ready" and self.health[n].available}
+        usable = {n for n, s in states.items() if s == BackendState.READY and self.health[n].available}
         if all(usable & set(route.backends) for route in self.routes.values()):
-            return "ready"
-        return "loading" if "loading" in states.values() else "failing"
-
-    @state.setter
-    def state(self, value: str) -> None:
-        pass  # the router's state is its backends'
+            return BackendState.READY
+        return BackendState.LOADING if BackendState.LOADING in states.values() else BackendState.FAILING
 
     def summary(self) -> dict[str, Any]:
         models = sorted({b.settings.model for b in self.backends.values()})
-        return {"backend": self.name, "model": ", ".join(models), "base_url": None}
+        return {"backend": "routed", "model": ", ".join(models), "base_url": None}
 
     def describe(self) -> dict[str, Any]:
         backends = {}
@@ -346,55 +379,23 @@ class Router(Backend):
             backends[name] = {
                 **backend.describe(),
                 "kind": backend.settings.backend,
-                "state": backend.state if health.available else "cooling_down",
+                "state": str(backend.state if health.available else BackendState.COOLING_DOWN),
                 "skipped_until": None if health.available else health.until_wall,
                 "last_error": health.last_error,
                 "served": health.served,
                 "first_text_ms": {
-                    "median": round(percentile(ordered, 0.5), 1) if ordered else None,
+                    "median": round(median(ordered), 1) if ordered else None,
                     "p95": round(percentile(ordered, 0.95), 1) if ordered else None,
                 },
             }
+        first = next(iter(self.specs.values())).settings
         return {
             **self.summary(),
+            "layout": first.layout,
+            "rate_limited_until": None,
             "backends": backends,
-            "routes": {kind: list(route.backends) for kind, route in self.routes.items()},
-            "hedge_ms": {kind: route.hedge_ms for kind, route in self.routes.items() if route.hedge_ms is not None},
+            "routes": {str(kind): list(route.backends) for kind, route in self.routes.items()},
+            "hedge_ms": {
+                str(kind): route.hedge_ms for kind, route in self.routes.items() if route.hedge_ms is not None
+            },
         }
-
-
-# -- configuration ----------------------------------------------------------------------
-
-
-def parse_routes(value: Any, names: set[str]) -> dict[str, Route]:
-    """``{"line": ["embedded"], "block": {"backends": [...], "hedge_ms": 400}}`` checked against the
-    backends' names; ValueError says what is wrong."""
-    if not isinstance(value, dict):
-        raise ValueError('routes must be an object like {"line": ["embedded"], "block": ["codestral"]}.')
-    routes: dict[str, Route] = {}
-    for kind, raw in value.items():
-        if kind not in ROUTE_KINDS:
-            raise ValueError(f"Unknown route {kind!r}; routes are {', '.join(ROUTE_KINDS)}.")
-        hedge_ms = None
-        chain = raw
-        if isinstance(raw, dict):
-            unknown = sorted(set(raw) - {"backends", "hedge_ms"})
-            if unknown:
-                raise ValueError(f"The route {kind!r} has unknown setting {unknown[0]!r}; known: backends, hedge_ms.")
-            chain, hedge_ms = raw.get("backends"), raw.get("hedge_ms")
-            if hedge_ms is not None and (
-                isinstance(hedge_ms, bool) or not isinstance(hedge_ms, int | float) or hedge_ms < 0
-            ):
-                raise ValueError(f"The route {kind!r}: hedge_ms must be a number of milliseconds.")
-        if isinstance(chain, str):
-            chain = [chain]
-        if not isinstance(chain, list) or not all(isinstance(n, str) for n in chain):
-            raise ValueError(f"The route {kind!r} must be a list of backend names.")
-        if not chain:
-            continue  # no backend: no completions of this kind
-        unknown = [n for n in chain if n not in names]
-        if unknown:
-            known = ", ".join(sorted(names)) or "none"
-            raise ValueError(f"The route {kind!r} names unknown backend {unknown[0]!r} (configured: {known}).")
-        routes[kind] = Route(tuple(chain), None if hedge_ms is None else float(hedge_ms))
-    return routes

@@ -1,0 +1,191 @@
+"""One request to the model: choose the prompt to answer from, read what the model has not read of it, write.
+
+A request brings its prompts in order of preference: the richest first (the notebook with the cells
+below the cursor), then the plain one (the notebook up to the cursor), then perhaps a nearer one (the
+cells nearest the cursor only, read in a second or two where nothing around was read before).  It is
+answered from the first that is (nearly) as cheap to finish as the cheapest; the others are read
+while the user thinks (``scheduler.py``), each building on the one before.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .engine import Aborted, Engine
+from .kv_reuse import Tokens
+from .prompt_cache import Prepared, PromptCache
+
+# A richer prompt answers a request when it needs at most this many more tokens read than the
+# cheapest one: a few tokens cost a few milliseconds, the richer context is worth that.
+RICHER_SLACK_TOKENS = 16
+# The nearer prompt answers only when the chosen one has more than this many tokens left to read
+# (about 400 ms here): a cell far from anything read before.
+NEARER_AFTER_TOKENS = 64
+
+Emit = Callable[..., None]
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    """One ``complete`` command, tokenized when it arrived."""
+
+    id: int
+    prompts: list[Tokens]  # in order of preference, the richest first
+    max_tokens: int
+    stop: list[str]
+    prefetch: bool
+    document: str | None = None
+    nearer: Tokens | None = None  # the cells nearest the cursor only: for when the others would take long
+    cancelled: bool = False
+    reading: bool = True  # still reading a prompt (else generating)
+    current: Tokens | None = None  # the prompt being read
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ahead(self) -> list[Tokens]:
+        """The prompts to read while nothing waits: the cheapest first, each building on the one before."""
+        return ([] if self.nearer is None else [self.nearer]) + self.prompts[::-1]
+
+
+class Model:
+    """The engine and what it has read; runs one job at a time."""
+
+    def __init__(self, engine: Engine, cache: PromptCache, stop_tokens: list[str]) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.stop_ids = engine.end_tokens()
+        for text in stop_tokens:
+            token = engine.special_token(text)
+            if token is not None:
+                self.stop_ids.add(token)
+
+    def tokenize(self, prompt: str, max_tokens: int) -> Tokens:
+        tokens = self.engine.tokenize(prompt)
+        room = self.engine.n_ctx - max(max_tokens, 1) - 1
+        return tokens[-room:] if len(tokens) > room else tokens  # the cursor end matters most
+
+    def choose(self, job: Job) -> Tokens:
+        """The prompt to answer ``job`` from: the most preferred one that is (nearly) as cheap as the cheapest,
+        or the nearer one when that would take long."""
+        unread = [self.cache.unread(prompt) for prompt in job.prompts]
+        cheapest = min(unread)
+        chosen, left = next(
+            (p, u) for p, u in zip(job.prompts, unread, strict=True) if u <= cheapest + RICHER_SLACK_TOKENS
+        )
+        if job.nearer is not None and left > NEARER_AFTER_TOKENS and self.cache.unread(job.nearer) < left:
+            return job.nearer
+        return chosen
+
+    def read(
+        self, prompt: Tokens, stop: Callable[[], bool], keep_live: bool, document: str | None
+    ) -> tuple[Prepared, bool, int]:
+        """Read ``prompt`` (but its last token) until ``stop()``: how the context was made ready for it,
+        whether all of it is read, and how many tokens were read."""
+        prepared = self.cache.prepare(prompt, keep_live=keep_live, document=document)
+        try:
+            finished, decoded = self.cache.read(prompt, prepared.plan, stop)
+        except Aborted:
+            self.cache.abandon()
+            raise
+        return prepared, finished, decoded
+
+    def read_ahead(self, prompts: list[Tokens], waiting: Callable[[], bool], document: str | None) -> tuple[int, bool]:
+        """Read ``prompts`` in turn while ``waiting()`` is false (the scheduler aborts a batch when a request
+        arrives); (tokens read, whether all of them are read now)."""
+        read = 0
+        for prompt in prompts:
+            if self.cache.unread(prompt) <= 1:
+                continue
+            try:
+                _, finished, decoded = self.read(prompt, waiting, keep_live=True, document=document)
+            except Aborted:
+                return read, False
+            read += decoded
+            if not finished:
+                return read, False
+        return read, True
+
+    def run(self, job: Job, emit: Emit) -> None:
+        start = time.perf_counter()
+        # A request reads the prompt it answers from; a prefetch reads every prompt, the cheapest first
+        # (its figures describe the one a request would answer from at once).
+        prompt = job.prompts[-1] if job.prefetch else self.choose(job)
+        job.timings = {
+            "prompt_tokens": len(prompt),
+            "richer": len(job.prompts) > 1 and prompt is job.prompts[0],
+            "nearer": prompt is job.nearer,
+        }
+        prepared: Prepared | None = None
+        read = generated = 0
+        first_token: float | None = None
+        try:
+            for one in job.ahead if job.prefetch else [prompt]:
+                job.current, job.reading = one, True
+                ready, _, decoded = self.read(one, lambda: job.cancelled, job.prefetch, job.document)
+                prepared = ready if one is prompt else prepared
+                read += decoded  # (a prefetch's: every prompt's)
+                if job.cancelled:
+                    raise Cancelled
+            job.reading = False
+            if not job.prefetch:
+                read += 1  # its last token, whose logits start the completion
+                generated, first_token = self._write(job, prompt, emit)
+        except Aborted:
+            raise Cancelled from None
+        finally:
+            end_time = time.perf_counter()
+            job.timings |= {
+                "cached_tokens": prepared.plan.kept if prepared is not None else 0,
+                "restored": prepared is not None and prepared.restored,
+                "read_tokens": read,
+                "generated_tokens": generated,
+                "worker_first_token_ms": round(((first_token or end_time) - start) * 1000, 2),
+                "worker_total_ms": round((end_time - start) * 1000, 2),
+                **self.cache.describe(),
+            }
+        emit("done", id=job.id, timings=job.timings)
+
+    def _write(self, job: Job, prompt: Tokens, emit: Emit) -> tuple[int, float | None]:
+        """Write the completion after ``prompt`` (read but its last token), its text sent as it comes with its
+        tokens' log-probabilities; (tokens written, when the first came)."""
+        engine = self.engine
+        stops = [s for s in job.stop if s]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, sent, generated = "", 0, 0
+        logprob, scored = 0.0, 0  # of the tokens written since the last text event
+        first_token: float | None = None
+        engine.decode(prompt[-1:])
+        while generated < job.max_tokens:
+            if job.cancelled:
+                raise Cancelled
+            token, token_logprob = engine.next_token()
+            first_token = first_token or time.perf_counter()
+            if token in self.stop_ids:
+                break
+            generated += 1
+            logprob, scored = logprob + token_logprob, scored + 1
+            text += decoder.decode(engine.piece(token))
+            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+                break
+            # Hold back a tail that may still become a stop string.
+            held = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            if len(text) - held > sent:
+                emit("text", id=job.id, text=text[sent : len(text) - held], logprob=logprob, tokens=scored)
+                sent, logprob, scored = len(text) - held, 0.0, 0
+            if generated < job.max_tokens:
+                engine.decode(np.array([token], dtype=np.intc))
+        if len(text) > sent:
+            emit("text", id=job.id, text=text[sent:], logprob=logprob, tokens=scored)
+        return generated, first_token

@@ -1,0 +1,132 @@
+/**
+ * What to ask the server for the document the completer is in: the request's body, the
+ * document, and the cursor's place (for the suggestion store). Built from the widget: every
+ * cell's text, tags and last run, the notebook's switch, its kernel and language.
+ */
+import { CodeCell } from '@jupyterlab/cells';
+import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
+import { IDocumentWidget } from '@jupyterlab/docregistry';
+import { FileEditor } from '@jupyterlab/fileeditor';
+import { NotebookPanel } from '@jupyterlab/notebook';
+
+import { CompleteRequest } from './contract';
+import {
+  INotebookCell,
+  INotebookSettings,
+  IRequestOptions,
+  fileBody,
+  notebookRequestBody,
+  serverLanguage
+} from './protocol';
+import { IPlace, hashText } from './suggestions';
+
+/** A request to make, or to answer from a suggestion: its body, its document and the cursor's place. */
+export interface ITarget {
+  body: CompleteRequest;
+  document: string;
+  place: IPlace;
+}
+
+/** The text of the editor that asks, and the cursor in it (the core's request). */
+export interface IEditorText {
+  text: string;
+  offset: number;
+  mimeType?: string;
+}
+
+/** The cells of a notebook as the server wants them, each with its model's id. */
+export function notebookCells(panel: NotebookPanel): INotebookCell[] {
+  return panel.content.widgets.map(cell => {
+    const entry: INotebookCell = {
+      id: cell.model.id,
+      cell_type: cell.model.type as INotebookCell['cell_type'],
+      source: cell.model.sharedModel.getSource()
+    };
+    // Which kernel snapshot shows what the cell produced (the server's kernel_variables.py).
+    const count = cell instanceof CodeCell ? cell.model.executionCount : null;
+    if (typeof count === 'number') {
+      entry.execution_count = count;
+    }
+    // The server honours `no-completion` and `no-context` (policy.py).
+    const tags = cell.model.getMetadata('tags');
+    if (Array.isArray(tags) && tags.length) {
+      entry.metadata = { tags: tags.filter((t): t is string => typeof t === 'string') };
+    }
+    return entry;
+  });
+}
+
+export class Targets {
+  constructor(private readonly _languages: IEditorLanguageRegistry | null = null) {}
+
+  private language(
+    name: string | undefined,
+    mimeType: string | undefined,
+    fallback: string
+  ): string {
+    const found = mimeType ? this._languages?.findByMIME(mimeType)?.name : undefined;
+    return serverLanguage(name ?? found, fallback);
+  }
+
+  /**
+   * The request for the document the completer is in (a notebook's cell `cellId`, its active
+   * cell by default, or a file), or null when there is nothing to ask.
+   */
+  of(
+    widget: unknown,
+    request: IEditorText,
+    options: IRequestOptions,
+    cellId?: string
+  ): ITarget | null {
+    const before = request.text.slice(0, request.offset);
+    const after = request.text.slice(request.offset);
+    if (widget instanceof NotebookPanel) {
+      const id = cellId ?? widget.content.activeCell?.model.id;
+      if (!id) {
+        return null;
+      }
+      const cells = notebookCells(widget);
+      const cell = cells.find(c => c.id === id);
+      const kernelLanguage = (
+        widget.model?.metadata?.language_info as { name?: string } | undefined
+      )?.name;
+      const language =
+        cell?.cell_type === 'markdown'
+          ? 'markdown'
+          : this.language(kernelLanguage, request.mimeType, 'python');
+      const notebook =
+        (widget.model?.getMetadata('codestral') as INotebookSettings | undefined) ?? null;
+      const body = notebookRequestBody(cells, id, request, {
+        ...options,
+        language,
+        path: widget.context.path,
+        kernelId: widget.sessionContext.session?.kernel?.id ?? null,
+        notebook
+      });
+      if (!body) {
+        return null;
+      }
+      // What else the model sees: the other cells (and the notebook's switch).
+      const others = cells.filter(c => c.id !== id);
+      const context = hashText(
+        JSON.stringify(notebook),
+        ...others.map(
+          c => `${c.cell_type}\u0000${c.source}\u0000${c.metadata?.tags?.join(',') ?? ''}`
+        )
+      );
+      const document = widget.context.path;
+      return { body, document, place: { key: `${document}#${id}`, before, after, context } };
+    }
+    const doc = widget as IDocumentWidget<FileEditor> | undefined;
+    if (doc?.content instanceof FileEditor) {
+      const body = fileBody(request.text, request.offset, {
+        ...options,
+        language: this.language(undefined, request.mimeType, 'text'),
+        path: doc.context.path
+      });
+      const document = doc.context.path;
+      return { body, document, place: { key: document, before, after, context: '' } };
+    }
+    return null;
+  }
+}
