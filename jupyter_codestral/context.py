@@ -31,7 +31,6 @@ from .window import earlier_window
 # The names other modules take from here.
 __all__ = [
     "CELL_SEPARATOR",
-    "WINDOWS",
     "ContextBudget",
     "FimContext",
     "build_context",
@@ -53,33 +52,6 @@ class ContextBudget:
     trim_step_tokens: int = 256
     # The kernel's variables have a budget of their own.
     namespace_tokens: int = 256
-    # Where the earlier cells' window begins (see WINDOWS).
-    window: str = "steps"
-
-    def in_window(self, window: str) -> ContextBudget:
-        """This budget for another window, holding as much earlier text on average.
-
-        A "steps" window holds between one and two steps less than the budget
-        (a step of room for the current cell; its start moves a step at a time),
-        so one step and a half less on average; a "nearest" window of half
-        steps, with one step less to fill, holds the same."""
-        if window == self.window:
-            return self
-        step = self.trim_step_tokens
-        if window == "nearest":
-            return replace(
-                self, window=window, prefix_tokens=self.prefix_tokens - step, trim_step_tokens=max(1, step // 2)
-            )
-        return replace(self, window=window, prefix_tokens=self.prefix_tokens + 2 * step, trim_step_tokens=2 * step)
-
-
-# "steps": at anchors laid in steps from the top of the notebook, so that the
-#   start survives typing, new cells and cell moves (for prompts that begin
-#   with the notebook, read once and kept in a KV cache).
-# "nearest": the nearest cells that fit, the farthest cut at a line: for
-#   prompts whose start changes with the cell anyway (the adaptive layout's
-#   richer one); the model completes better from it (benchmarks/RESULTS.md).
-WINDOWS = ("steps", "nearest")
 
 
 @dataclass(frozen=True)
@@ -192,11 +164,11 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
     current = request.cells[request.cell_index]
     header = "" if current.cell_type == "markdown" else cell_marker(language) + "\n"
 
-    # Earlier cells, in notebook order, in a window (budget.window) that leaves a step of room for the
-    # current cell: its start depends on the cells above the cursor only, never on what is being typed.
+    # Earlier cells, in notebook order, in a window that leaves a step of room for the current cell: its
+    # start depends on the cells above the cursor only, never on what is being typed (window.py).
     step = max(1, budget.trim_step_tokens)
     left = max(0, budget.prefix_tokens - step)
-    earlier = earlier_window(request.cells[: request.cell_index], language, cpt, left, step, budget.window)
+    earlier = earlier_window(request.cells[: request.cell_index], language, cpt, left, step)
 
     placement = None
     if kernel is not None:

@@ -7,7 +7,7 @@ prompt (vLLM or LM Studio ``/v1/completions``, the embedded model).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .context import CELL_SEPARATOR, FimContext, nearer
@@ -23,8 +23,9 @@ from .context import CELL_SEPARATOR, FimContext, nearer
 # "adaptive": the stable prompt, and beside it the split prompt as a richer
 #   one, for a backend that reads it in the background and answers from it
 #   once read (the embedded model): the later cells help mid-notebook
-#   (benchmarks/RESULTS.md), but reading them costs seconds after each cell
-#   move.  Backends that take one prompt use the stable one.
+#   (benchmarks/RESULTS.md), and reading them costs a second or two after a
+#   cell move (the rest of the split prompt is the stable one's text, kept).
+#   Backends that take one prompt use the stable one.
 LAYOUTS = ("inline", "split", "stable", "adaptive")
 
 
@@ -48,27 +49,24 @@ class PromptFormat:
         """The prompt to answer from at once."""
         return render_prompt(template, context, self.answer_layout, self.kernel_file)
 
-    def render_all(
-        self, template: FimTemplate, context: FimContext, context_in: Callable[[str], FimContext]
-    ) -> tuple[list[str], str | None]:
+    def render_all(self, template: FimTemplate, context: FimContext) -> tuple[list[str], str | None]:
         """Every prompt of a request, for a backend that reads some while the user thinks (the embedded
         model): in order of preference, the richer one (the adaptive layout's) and the one to answer from
         at once; and a nearer one (the cells nearest the cursor only), answered from where the others would
-        take long (nothing around the cursor read before), and read first."""
+        take long (nothing around the cursor read before).  They share their text, so that what is read
+        of one stays read for the others."""
         prompts = [self.render(template, context)]
-        richer = self.render_richer(template, context_in)
+        richer = self.render_richer(template, context)
         if richer is not None:
             prompts.insert(0, richer)
         near = nearer(context) if self.answer_layout == "stable" else None
         return prompts, None if near is None else self.render(template, near)
 
-    def render_richer(self, template: FimTemplate, context_in: Callable[[str], FimContext]) -> str | None:
-        """The adaptive layout's richer prompt, when it says more than :meth:`render`'s: the split one, with
-        the nearest earlier cells (its start changes with the cell anyway, and the model completes better
-        from them: benchmarks/RESULTS.md).  ``context_in``: the request's context in a given window."""
+    def render_richer(self, template: FimTemplate, context: FimContext) -> str | None:
+        """The adaptive layout's richer prompt, when it says more than :meth:`render`'s: the split one (the
+        later cells as a file before the notebook)."""
         if self.layout != "adaptive" or not template.supports_files:
             return None
-        context = context_in("nearest")
         if not split_layout_parts(context)[2].strip():
             return None
         return render_prompt(template, context, "split", self.kernel_file)

@@ -1,14 +1,10 @@
 """Which earlier cells a prompt shows: a window of the cells above the cursor, within a token budget.
 
-Two kinds (``context.WINDOWS``):
-
-- ``steps``: the window begins at anchors laid every step of tokens from the top of the notebook, the
-  first from which the rest fits.  Its start depends only on the cells above the cursor (not on the
-  cell being written), so it survives typing, new cells and runs; when the notebook outgrows it, it
-  drops a whole step at once.  For prompts that begin with the notebook, whose read tokens a model
-  keeps: what a moved start drops is dropped, what stays is kept (``embedded/kv_reuse.py``).
-- ``nearest``: the nearest cells that fit, the farthest cut at a line, for prompts whose start changes
-  with the cell anyway (the adaptive layout's richer one); the model completes better from them.
+The window begins at anchors laid every step of tokens from the top of the notebook, the first from
+which the rest fits.  Its start depends only on the cells above the cursor (not on the cell being
+written), so it survives typing, new cells and runs; when the notebook outgrows it, it drops a whole
+step at once.  A model that keeps what it read (the embedded one, llama.cpp's server) drops what the
+moved start drops and keeps the rest, moved into place (``embedded/kv_reuse.py``).
 
 Pure functions, cached: the cells above the cursor stay the same while the user types.
 """
@@ -72,24 +68,6 @@ def _window_start(cells: Sequence[CellLines], left: int, step: int) -> tuple[int
     return len(cells), 0
 
 
-def _nearest_start(cells: Sequence[CellLines], left: int) -> tuple[int, int]:
-    """Where a window of the nearest cells begins: whole cells from the cursor
-    up while they fit in ``left`` tokens, then the last lines of the next one."""
-    for position in range(len(cells) - 1, -1, -1):
-        cell = cells[position]
-        if cell.whole <= left:
-            left -= cell.whole
-            continue
-        line = len(cell.costs)
-        while line > 0 and cell.costs[line - 1] <= left:
-            line -= 1
-            left -= cell.costs[line]
-        if "".join(cell.lines[line:]).strip():
-            return position, line
-        return position + 1, 0
-    return 0, 0
-
-
 class EarlierWindow(NamedTuple):
     """The earlier cells' window, as the prompt shows them."""
 
@@ -99,9 +77,7 @@ class EarlierWindow(NamedTuple):
 
 
 @lru_cache(maxsize=256)
-def earlier_window(
-    cells: tuple[Cell, ...], language: str, cpt: float, left: int, step: int, window: str
-) -> EarlierWindow:
+def earlier_window(cells: tuple[Cell, ...], language: str, cpt: float, left: int, step: int) -> EarlierWindow:
     """The window of ``cells`` (the cells above the cursor's) that fits in ``left`` tokens.
 
     Cached: while the user types in a cell, the cells above it stay the same, and so does the
@@ -109,10 +85,7 @@ def earlier_window(
     keyed on it (redaction)."""
     earlier = [(i, c) for i, c in enumerate(cells) if in_prompt(c)]
     rendered = [cell_lines(cell, language, cpt) for _, cell in earlier]
-    if window == "nearest":
-        first, first_line = _nearest_start(rendered, left)
-    else:
-        first, first_line = _window_start(rendered, left, step)
+    first, first_line = _window_start(rendered, left, step)
     shown = tuple(
         (
             earlier[position][0],

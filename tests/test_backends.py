@@ -106,6 +106,13 @@ async def test_llamacpp_split_layout_sends_later_cells_as_input_extra(fake: Fake
     assert body["input_extra"] == [{"filename": "later_cells.py", "text": "# %%\nprint(x)\n"}]
 
 
+async def test_llamacpp_is_asked_to_move_what_it_read_when_the_prompt_start_moves(fake: FakeFimServer) -> None:
+    await collect(make(fake, "llamacpp"))
+    body = fake.last.body
+    # llama.cpp's server shifts runs of this many tokens it keeps in its cache (cache_prompt) into place.
+    assert body["cache_prompt"] is True and body["n_cache_reuse"] == 16
+
+
 async def test_llamacpp_inline_layout_keeps_later_cells_in_the_suffix(fake: FakeFimServer) -> None:
     await collect(make(fake, "llamacpp", prompt_layout="inline"))
     assert "print(x)" in fake.last.body["input_suffix"] and fake.last.body["input_extra"] == []

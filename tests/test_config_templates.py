@@ -139,21 +139,15 @@ def test_the_adaptive_layout_answers_with_the_stable_prompt_and_offers_the_split
     request = CompletionRequest(cells, 1, 3)
     ctx = build_context(request, ContextBudget())
     adaptive, qwen = PromptFormat("adaptive"), TEMPLATES["qwen"]
-    windows: list[str] = []
-
-    def context_in(window: str) -> FimContext:
-        windows.append(window)
-        return build_context(request, ContextBudget(window=window))
-
     assert adaptive.render(qwen, ctx) == render_prompt(qwen, ctx, "stable")
-    # The richer prompt is the split one, its earlier cells the nearest ones.
-    assert adaptive.render_richer(qwen, context_in) == render_prompt(qwen, context_in("nearest"), "split")
-    assert windows == ["nearest", "nearest"]
+    # The richer prompt is the split one, of the same context (its notebook text is the stable prompt's).
+    assert adaptive.render_richer(qwen, ctx) == render_prompt(qwen, ctx, "split")
+    assert adaptive.render_all(qwen, ctx) == ([render_prompt(qwen, ctx, "split"), render_prompt(qwen, ctx, "stable")], None)
     # Nothing richer: no later cells, no repository tokens, or another layout.
-    last = CompletionRequest(cells, 2, 5)
-    assert adaptive.render_richer(qwen, lambda window: build_context(last, ContextBudget(window=window))) is None
-    assert adaptive.render_richer(TEMPLATES["deepseek"], context_in) is None
-    assert PromptFormat("stable").render_richer(qwen, context_in) is None
+    last = build_context(CompletionRequest(cells, 2, 5), ContextBudget())
+    assert adaptive.render_richer(qwen, last) is None
+    assert adaptive.render_richer(TEMPLATES["deepseek"], ctx) is None
+    assert PromptFormat("stable").render_richer(qwen, ctx) is None
 
 
 def test_the_kernel_summary_leads_the_prompt_or_is_a_file_of_its_own() -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from jupyter_codestral.context import ContextBudget, build_context, estimate_tokens
+from jupyter_codestral.context import ContextBudget, build_context, estimate_tokens, nearer
 from jupyter_codestral.kernel_variables import KernelState, Snapshot, Variable, bound_names
 from jupyter_codestral.request import Cell, CompletionRequest
 
@@ -92,37 +92,25 @@ def test_typing_in_the_current_cell_keeps_the_start_of_the_prompt_stable() -> No
 
 
 
-def test_the_nearest_window_keeps_the_nearest_cells_and_the_last_lines_of_the_next() -> None:
-    big = ("code", "\n".join(f"row_{k} = {k}" for k in range(300)))
-    earlier = [big, *[("code", f"near_{i} = {i}") for i in range(10)]]
-    budget = ContextBudget(prefix_tokens=512, suffix_tokens=128, trim_step_tokens=256, window="nearest")
-    ctx = build_context(request([*earlier, ("code", "x = ")], len(earlier)), budget)
-    # Nearest cells first, whole; then the last lines of the big cell, cut at a line, without its marker.
-    assert ctx.before.endswith("".join(f"# %%\nnear_{i} = {i}\n\n" for i in range(10)))
-    assert ctx.before.startswith("row_") and "row_299 = 299\n\n# %%\nnear_0" in ctx.before
-    assert 200 < estimate_tokens(ctx.before) <= 256  # the current cell's room is kept in steps
-    # The steps window begins at an anchor laid from the top of the notebook instead.
-    steps = build_context(request([*earlier, ("code", "x = ")], len(earlier)), ContextBudget(512, 128, trim_step_tokens=256))
-    assert steps.before != ctx.before and steps.before.endswith(ctx.before[-200:])
-    # Typing in the current cell keeps the nearest window's start too (the room moves in steps).
-    typed = {build_context(request([*earlier, ("code", "x = " + "y" * n)], len(earlier)), budget).before for n in range(40)}
-    assert typed == {ctx.before}
+def test_the_windows_start_does_not_depend_on_the_cell_being_written() -> None:
+    """However long the current cell grows, the earlier cells shown stay the same (a model keeps them read)."""
+    earlier = [("code", f"step_{i} = {i} * 2") for i in range(300)]
+    budget = ContextBudget(prefix_tokens=1536, suffix_tokens=384, trim_step_tokens=512)
+    written = "\n".join(f"value_{k} = compute(step_{k}, scale=2.5)" for k in range(120))  # about 1,500 tokens
+    befores = {build_context(request([*earlier, ("code", written[:n])], len(earlier)), budget).before
+               for n in range(0, len(written), 97)}
+    assert len(befores) == 1
 
 
-def test_a_nearest_window_holds_as_much_earlier_text_as_a_steps_window_on_average() -> None:
-    steps = ContextBudget(prefix_tokens=1536, suffix_tokens=384, trim_step_tokens=512)
-    nearest = steps.in_window("nearest")
-    assert nearest == ContextBudget(prefix_tokens=1024, suffix_tokens=384, trim_step_tokens=256, window="nearest")
-    assert nearest.in_window("steps") == steps and steps.in_window("steps") is steps
-    # A notebook written cell by cell (cells of 1 to 12 lines), the cursor in a new last cell.
-    cells = [("code", "\n".join(f"value_{i}_{k} = compute({k})" for k in range(1 + (i * 7) % 12))) for i in range(150)]
-    sizes: dict[str, list[int]] = {"steps": [], "nearest": []}
-    for n in range(60, len(cells)):
-        for budget in (steps, nearest):
-            ctx = build_context(request([*cells[:n], ("code", "")], n), budget)
-            sizes[budget.window].append(estimate_tokens(ctx.before))
-    mean_steps, mean_nearest = (sum(v) / len(v) for v in sizes.values())
-    assert abs(mean_steps - mean_nearest) < 0.1 * mean_steps
+def test_the_nearer_context_keeps_the_nearest_whole_cells_and_the_rest_as_it_was() -> None:
+    earlier = [("code", f"step_{i} = compute({i}) * 2") for i in range(200)]
+    ctx = build_context(request([*earlier, ("code", "x = ")], len(earlier)), ContextBudget())
+    near = nearer(ctx, tokens=256)
+    assert near is not None and ctx.before.endswith(near.before) and near.before.startswith("# %%\n")
+    assert 200 < estimate_tokens(near.before) <= 256 and near.cells_before == near.before.count("# %%")
+    assert (near.namespace, near.header, near.cell_prefix, near.cell_suffix) == (
+        ctx.namespace, ctx.header, ctx.cell_prefix, ctx.cell_suffix)
+    assert nearer(build_context(request([*earlier[:5], ("code", "x = ")], 5), ContextBudget())) is None  # short
 
 
 def kernel(*snapshots: tuple[int, list[tuple[str, str, str]]]) -> KernelState:

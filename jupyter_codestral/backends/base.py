@@ -116,10 +116,6 @@ class FimRequest:
     def context(self) -> FimContext:
         return self.source.context(self.budget)
 
-    def in_window(self, window: str) -> FimContext:
-        """The same request's context with its earlier cells in another window (``context.WINDOWS``)."""
-        return self.source.context(self.budget.in_window(window))
-
     def within(self, budget: ContextBudget) -> FimRequest:
         """The same request for a backend with a context budget of its own."""
         return self if budget == self.budget else replace(self, budget=budget)

@@ -239,7 +239,7 @@ class EmbeddedBackend(Backend):
         self._pending[req_id] = queue
         finished = False
         source = request.source.request
-        prompts, nearer = self.settings.prompt.render_all(self.template, request.context, request.in_window)
+        prompts, nearer = self.settings.prompt.render_all(self.template, request.context)
         command = {
             "op": "complete",
             "id": req_id,

@@ -3,7 +3,11 @@
 With the stable layout (the default) the prompt is the notebook up to the
 cursor and the rest of its line, so the server's prompt cache
 (``cache_prompt``) keeps what it read across keystrokes, cell moves and
-executions; with the split layout later cells go in ``input_extra``.
+executions; when the earlier cells' window drops cells at its start, the
+server moves what stays instead of reading it again (``n_cache_reuse``:
+runs of that many tokens are shifted into place, by servers that take it;
+others ignore the field).  With the split layout later cells go in
+``input_extra``.
 """
 
 from __future__ import annotations
@@ -13,11 +17,16 @@ from typing import Any
 
 import aiohttp
 
+from ..embedded import MIN_CHUNK_TOKENS
 from ..templates import split_layout_parts, stable_suffix
 from ..usage import Usage
 from .base import BackendItem, FimRequest
 from .event_streams import Read, SseJson, stream_text
 from .http import HttpBackend
+
+# The shortest run of tokens llama.cpp's server moves into place rather than reads again (as the
+# embedded model's worker does).
+CACHE_REUSE_TOKENS = MIN_CHUNK_TOKENS
 
 
 class LlamaCppBackend(HttpBackend):
@@ -32,6 +41,7 @@ class LlamaCppBackend(HttpBackend):
             "n_predict": 0 if request.prefetch else request.max_tokens,
             "temperature": self.settings.temperature,
             "cache_prompt": True,
+            "n_cache_reuse": CACHE_REUSE_TOKENS,
             "stream": True,
             "stop": list(request.stop),
         }

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .engine import Aborted, Engine
-from .kv_reuse import Tokens
+from .kv_reuse import Plan, Tokens
 from .prompt_cache import Prepared, PromptCache
 
 # A richer prompt answers a request when it needs at most this many more tokens read than the
@@ -53,8 +53,8 @@ class Job:
 
     @property
     def ahead(self) -> list[Tokens]:
-        """The prompts to read while nothing waits: the cheapest first, each building on the one before."""
-        return ([] if self.nearer is None else [self.nearer]) + self.prompts[::-1]
+        """Every prompt, in order of preference (the nearer one last): what is read while nothing waits."""
+        return self.prompts + ([] if self.nearer is None else [self.nearer])
 
 
 class Model:
@@ -99,13 +99,22 @@ class Model:
             raise
         return prepared, finished, decoded
 
+    def next_to_read(self, prompts: list[Tokens]) -> Tokens | None:
+        """Of ``prompts`` (in order of preference), the one to read next, or None when nothing more is worth
+        reading: none after the most preferred one already read (it answers), and among those before it, the
+        most preferred that is nearly as cheap as the cheapest (each read builds on the ones read before)."""
+        unread = [self.cache.unread(prompt) for prompt in prompts]
+        done = next((n for n, left in enumerate(unread) if left <= 1), len(prompts))
+        if done == 0:
+            return None
+        cheapest = min(unread[:done])
+        return next(p for p, left in zip(prompts, unread, strict=False) if left <= cheapest + NEARER_AFTER_TOKENS)
+
     def read_ahead(self, prompts: list[Tokens], waiting: Callable[[], bool], document: str | None) -> tuple[int, bool]:
-        """Read ``prompts`` in turn while ``waiting()`` is false (the scheduler aborts a batch when a request
-        arrives); (tokens read, whether all of them are read now)."""
+        """Read ``prompts`` (:meth:`next_to_read` says in which order) while ``waiting()`` is false (the
+        scheduler aborts a batch when a request arrives); (tokens read, whether nothing is left to read)."""
         read = 0
-        for prompt in prompts:
-            if self.cache.unread(prompt) <= 1:
-                continue
+        while (prompt := self.next_to_read(prompts)) is not None:
             try:
                 _, finished, decoded = self.read(prompt, waiting, keep_live=True, document=document)
             except Aborted:
@@ -129,13 +138,15 @@ class Model:
         read = generated = 0
         first_token: float | None = None
         try:
-            for one in job.ahead if job.prefetch else [prompt]:
-                job.current, job.reading = one, True
-                ready, _, decoded = self.read(one, lambda: job.cancelled, job.prefetch, job.document)
-                prepared = ready if one is prompt else prepared
-                read += decoded  # (a prefetch's: every prompt's)
-                if job.cancelled:
-                    raise Cancelled
+            job.current, job.reading = prompt, True
+            if job.prefetch:
+                kept = len(prompt) - self.cache.unread(prompt)
+                read, _ = self.read_ahead(job.ahead, lambda: job.cancelled, job.document)
+                prepared = Prepared(Plan(len(prompt), kept), "context")
+            else:
+                prepared, _, read = self.read(prompt, lambda: job.cancelled, False, job.document)
+            if job.cancelled:
+                raise Cancelled
             job.reading = False
             if not job.prefetch:
                 read += 1  # its last token, whose logits start the completion

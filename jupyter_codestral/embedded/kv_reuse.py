@@ -21,11 +21,10 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
+from . import MIN_CHUNK_TOKENS
+
 Tokens = npt.NDArray[np.intc]
 
-# A run shorter than this is read again rather than moved: short runs match by chance (a line's
-# indentation, a common call), and each moved run's start lost its real neighbours.
-MIN_CHUNK_TOKENS = 16
 # Runs are found from matches of this many tokens (a k-gram index of what was read).
 GRAM = 8
 
@@ -72,48 +71,93 @@ class Plan:
 
 
 class Read:
-    """Tokens read before, indexed for :func:`plan_reuse` (the index is built once, when first needed)."""
+    """Tokens (read before, or a prompt), indexed for :func:`plan_reuse` (each index built once, when first
+    needed)."""
 
     def __init__(self, tokens: Tokens) -> None:
         self.tokens = tokens
 
     @cached_property
+    def keys(self) -> list[bytes]:
+        """Each run of ``GRAM`` tokens, as bytes, by where it starts."""
+        if len(self.tokens) < GRAM:
+            return []
+        return list(map(bytes, np.lib.stride_tricks.sliding_window_view(self.tokens, GRAM)))
+
+    @cached_property
     def grams(self) -> dict[bytes, list[int]]:
         """Where each run of ``GRAM`` tokens starts."""
-        tokens = self.tokens
         index: dict[bytes, list[int]] = {}
-        if len(tokens) >= GRAM:
-            windows = np.lib.stride_tricks.sliding_window_view(tokens, GRAM)
-            for position, key in enumerate(map(bytes, windows)):
-                index.setdefault(key, []).append(position)
+        for position, key in enumerate(self.keys):
+            index.setdefault(key, []).append(position)
         return index
 
+    def likeness(self, other: Read, probes: int = 24) -> int:
+        """About how many of ``other``'s tokens this holds (before planning): of ``probes`` runs of ``other``
+        spread over it, the share found here, times its length."""
+        keys = other.keys
+        if not keys:
+            return 0
+        step = max(1, len(keys) // probes)
+        sample = keys[::step]
+        grams = self.grams
+        return len(other.tokens) * sum(key in grams for key in sample) // len(sample)
 
-def plan_reuse(read: Read, prompt: Tokens, min_chunk: int = MIN_CHUNK_TOKENS) -> Plan:
-    """What of ``prompt`` can be kept from ``read``: the shared start, then each run of at least
-    ``min_chunk`` tokens found in ``read`` after the previous one (the longest one where several
-    start alike).  Never the prompt's last token."""
-    tokens = read.tokens
-    end = len(prompt) - 1  # the last token is always read
+
+def plan_reuse(read: Read, prompt: Read, min_chunk: int = MIN_CHUNK_TOKENS) -> Plan:
+    """What of ``prompt`` can be kept from ``read``: the shared start, then the runs of at least
+    ``min_chunk`` tokens found in both, in the same order in both, that keep the most tokens (a
+    repeated line of code cannot pull the plan off the notebook's own order).  Never the prompt's
+    last token."""
+    tokens, wanted = read.tokens, prompt.tokens
+    end = len(wanted) - 1  # the last token is always read
     if end <= 0:
-        return Plan(len(prompt), 0)
-    prefix = min(common_prefix(tokens, prompt), end)
-    chunks: list[Chunk] = []
-    if prefix < len(tokens) and end - prefix >= min_chunk:
-        grams = read.grams
-        source_from, position = prefix, prefix
-        while position + max(GRAM, min_chunk) <= end:
-            best, best_length = -1, 0
-            for source in grams.get(prompt[position : position + GRAM].tobytes(), ()):
-                if source < source_from:
-                    continue
-                length = common_prefix(tokens[source:], prompt[position:end])
-                if length > best_length:
-                    best, best_length = source, length
-            if best_length >= min_chunk:
-                chunks.append(Chunk(best, position, best_length))
-                position += best_length
-                source_from = best + best_length
-            else:
-                position += 1
-    return Plan(len(prompt), prefix, tuple(chunks))
+        return Plan(len(wanted), 0)
+    prefix = min(common_prefix(tokens, wanted), end)
+    if prefix >= len(tokens) or end - prefix < min_chunk:
+        return Plan(len(wanted), prefix)
+    runs = _runs(read, prompt, prefix, end, min_chunk)
+    return Plan(len(wanted), prefix, _most_kept(runs))
+
+
+def _runs(read: Read, prompt: Read, prefix: int, end: int, min_chunk: int) -> list[Chunk]:
+    """Every maximal run of at least ``min_chunk`` tokens the prompt (from ``prefix`` to ``end``) shares with
+    what was read (from ``prefix`` on), by where it starts in the prompt."""
+    tokens, wanted = read.tokens, prompt.tokens
+    grams, keys = read.grams, prompt.keys
+    reached: dict[int, int] = {}  # by diagonal (source - target): where the last run found on it ends
+    runs: list[Chunk] = []
+    for target in range(prefix, end - min_chunk + 1):
+        for source in grams.get(keys[target], ()):
+            diagonal = source - target
+            if source < prefix or reached.get(diagonal, -1) > target:
+                continue  # before the kept start, or inside a run already found
+            length = common_prefix(tokens[source:], wanted[target:end])
+            reached[diagonal] = target + length
+            if length >= min_chunk:
+                runs.append(Chunk(source, target, length))
+    return runs
+
+
+def _most_kept(runs: list[Chunk]) -> tuple[Chunk, ...]:
+    """Of ``runs`` (ordered by target), the ones in order in both the prompt and what was read, apart,
+    that keep the most tokens."""
+    kept = [run.length for run in runs]
+    before = [-1] * len(runs)
+    for i, run in enumerate(runs):
+        for j in range(i):
+            other = runs[j]
+            if (
+                other.target + other.length <= run.target
+                and other.source + other.length <= run.source
+                and kept[j] + run.length > kept[i]
+            ):
+                kept[i], before[i] = kept[j] + run.length, j
+    if not runs:
+        return ()
+    i = max(range(len(runs)), key=kept.__getitem__)
+    chosen: list[Chunk] = []
+    while i != -1:
+        chosen.append(runs[i])
+        i = before[i]
+    return tuple(reversed(chosen))

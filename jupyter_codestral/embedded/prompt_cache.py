@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
-
+from . import MIN_CHUNK_TOKENS
 from .disk_cache import DiskCache, key_of
 from .engine import Engine
-from .kv_reuse import GRAM, MIN_CHUNK_TOKENS, Plan, Read, Tokens, common_prefix, plan_reuse
+from .kv_reuse import GRAM, Plan, Read, Tokens, common_prefix, plan_reuse
 
 # Bringing a copy back (and saving the context first) costs tens of milliseconds: worth it only when
 # it spares reading at least this many tokens.
@@ -35,6 +34,11 @@ MIN_GAIN_TOKENS = 32
 MIN_SAVED_TOKENS = 128
 # A prompt the context nearly holds already is not looked for among the copies.
 CLOSE_ENOUGH_TOKENS = 8
+# Of the copies, only the few that look closest to a prompt are planned (planning costs about a
+# millisecond a copy, and each keystroke asks for a few prompts).
+CANDIDATES = 3
+# Plans remembered (a request's prompts are asked for several times: to choose one, then to read it).
+REMEMBERED_PLANS = 64
 
 
 class Reuse(StrEnum):
@@ -89,6 +93,9 @@ class PromptCache:
         self.document: str | None = None  # the document the context's prompt came from
         self._live: Read | None = None
         self._on_disk = ""  # the key of the context's tokens last written to disk
+        # Recent prompts, indexed, and plans, by the identities of what they are made of (kept alive here).
+        self._prompts: OrderedDict[int, Read] = OrderedDict()
+        self._plans: OrderedDict[tuple[int, int], tuple[Read, Read, Plan]] = OrderedDict()
 
     # -- what is read where -------------------------------------------------------------
     @property
@@ -103,12 +110,38 @@ class PromptCache:
     def saved_bytes(self) -> int:
         return sum(copy.size for copy in self.saved.values())
 
-    def plan(self, read: Read, prompt: Tokens) -> Plan:
+    def _indexed(self, prompt: Tokens) -> Read:
+        """``prompt``, indexed once while it is asked for."""
+        read = self._prompts.get(id(prompt))
+        if read is None or read.tokens is not prompt:
+            read = self._prompts[id(prompt)] = Read(prompt)
+            while len(self._prompts) > REMEMBERED_PLANS:
+                self._prompts.popitem(last=False)
+        return read
+
+    def plan(self, read: Read, prompt: Read) -> Plan:
+        key = (id(read), id(prompt))
+        known = self._plans.get(key)
+        if known is not None and known[0] is read and known[1] is prompt:
+            return known[2]
         if self.reuse == Reuse.CHUNKS:
-            return plan_reuse(read, prompt, self.min_chunk)
-        if self.reuse == Reuse.PREFIX:
-            return Plan(len(prompt), min(common_prefix(read.tokens, prompt), max(0, len(prompt) - 1)))
-        return Plan(len(prompt), 0)
+            plan = plan_reuse(read, prompt, self.min_chunk)
+        elif self.reuse == Reuse.PREFIX:
+            n = len(prompt.tokens)
+            plan = Plan(n, min(common_prefix(read.tokens, prompt.tokens), max(0, n - 1)))
+        else:
+            plan = Plan(len(prompt.tokens), 0)
+        self._plans[key] = (read, prompt, plan)
+        while len(self._plans) > REMEMBERED_PLANS:
+            self._plans.popitem(last=False)
+        return plan
+
+    def _likeness(self, copy: Copy, prompt: Read) -> int:
+        """About how many of ``prompt``'s tokens ``copy`` holds (before planning it)."""
+        shared = common_prefix(copy.read.tokens, prompt.tokens)
+        if self.reuse == Reuse.CHUNKS:
+            shared = max(shared, copy.read.likeness(prompt))
+        return shared
 
     def _copies(self) -> list[Copy]:
         """Every saved prompt: those in memory, then those only on disk."""
@@ -124,15 +157,19 @@ class PromptCache:
 
     def best(self, prompt: Tokens) -> tuple[Copy | None, Plan]:
         """Where most of ``prompt`` was read: the context (None), or a copy worth bringing back; and the plan."""
-        plan = self.plan(self.live, prompt)
+        wanted = self._indexed(prompt)
+        plan = self.plan(self.live, wanted)
         if plan.unread <= CLOSE_ENOUGH_TOKENS or self.reuse == Reuse.OFF:
             return None, plan
         best: Copy | None = None
         best_plan = plan
-        for copy in self._copies():
-            if not _may_share(copy.read, prompt, best_plan.kept):
-                continue
-            candidate = self.plan(copy.read, prompt)
+        ranked = sorted(
+            ((self._likeness(copy, wanted), n, copy) for n, copy in enumerate(self._copies())), reverse=True
+        )
+        for likeness, _, copy in ranked[:CANDIDATES]:
+            if likeness + GRAM <= best_plan.kept:
+                break
+            candidate = self.plan(copy.read, wanted)
             if candidate.kept > best_plan.kept:
                 best, best_plan = copy, candidate
         if best is None or best_plan.kept < plan.kept + MIN_GAIN_TOKENS:
@@ -158,7 +195,7 @@ class PromptCache:
             source = "memory" if copy.data is not None else "disk"
             if not self._restore(copy):
                 source = "context"
-            plan = self.plan(self.live, prompt)
+            plan = self.plan(self.live, self._indexed(prompt))
         elif len(self.engine.tokens) - plan.prefix >= least:
             self.save_live(least)  # about to be moved or dropped: keep a copy to come back to
         self.engine.park(list(plan.chunks), plan.prefix)
@@ -253,17 +290,3 @@ class PromptCache:
         if self.disk is not None:
             figures |= {"disk_prompts": len(self.disk.entries), "disk_mb": round(self.disk.used_bytes / 2**20, 1)}
         return figures
-
-
-def _may_share(read: Read, prompt: Tokens, at_least: int) -> bool:
-    """A quick look before planning: whether ``read`` could hold more than ``at_least`` of ``prompt`` (a few
-    of the prompt's runs found in it, or a long shared start)."""
-    tokens = read.tokens
-    if len(tokens) <= at_least:
-        return False
-    if common_prefix(tokens, prompt) > at_least:
-        return True
-    grams = read.grams
-    probes = np.linspace(0, max(0, len(prompt) - GRAM - 1), num=12, dtype=int)
-    found = sum(prompt[p : p + GRAM].tobytes() in grams for p in probes)
-    return found >= 3

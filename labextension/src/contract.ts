@@ -113,6 +113,7 @@ export interface Contract {
   LastError?: LastError;
   NamedBackend?: NamedBackend;
   Status?: Status;
+  EmbeddedCache?: EmbeddedCache;
 }
 /**
  * One cell of the notebook: its type, text and last run.
@@ -367,10 +368,7 @@ export interface NamedBackend {
   restarts?: number;
   worker_pid?: number | null;
   fatal?: string;
-  /**
-   * What the embedded model keeps of prompts it has read.
-   */
-  cache?: {};
+  cache?: EmbeddedCache;
   kind: string;
   state: BackendState;
   skipped_until: number | null;
@@ -379,6 +377,37 @@ export interface NamedBackend {
   first_text_ms: {
     median: number | null;
     p95: number | null;
+  };
+}
+/**
+ * What the embedded model kept of its last request's prompt, and what it keeps in all (in memory and on disk).
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "EmbeddedCache".
+ */
+export interface EmbeddedCache {
+  prompt_tokens: number | null;
+  cached_tokens: number | null;
+  read_tokens: number | null;
+  /**
+   * Answered from the prompt with the cells below the cursor.
+   */
+  richer: boolean | null;
+  /**
+   * Answered from the prompt of the cells nearest the cursor (nothing around it was read yet).
+   */
+  nearer: boolean | null;
+  /**
+   * What it kept came from a saved copy (memory or disk).
+   */
+  restored: boolean | null;
+  saved_prompts: number | null;
+  saved_mb: number | null;
+  disk_prompts: number | null;
+  disk_mb: number | null;
+  read_ahead: null | {
+    read_tokens?: number | null;
+    finished?: boolean | null;
   };
 }
 /**
@@ -396,10 +425,7 @@ export interface Status {
   restarts?: number;
   worker_pid?: number | null;
   fatal?: string;
-  /**
-   * What the embedded model keeps of prompts it has read.
-   */
-  cache?: {};
+  cache?: EmbeddedCache;
   layout: string;
   rate_limited_until: number | null;
   backends?: {

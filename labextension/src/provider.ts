@@ -12,7 +12,7 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { CodestralClient } from './client';
-import { OffScope, StreamEvent } from './contract';
+import { CompleteRequest, OffScope, StreamEvent } from './contract';
 import {
   CompletionFailure,
   ErrorGate,
@@ -127,7 +127,13 @@ export class CodestralProvider implements IInlineCompletionProvider {
     // The request comes from the active cell's editor, now: its model id
     // says which cell it is, whatever text the others hold.
     const target = this._targets.of(context.widget, request, this.options());
-    if (!target || this.settings.skipLanguages.includes(target.body.language ?? '')) {
+    if (!target) {
+      return nothing;
+    }
+    if (this.settings.skipLanguages.includes(target.body.language ?? '')) {
+      if (target.body.language === 'markdown' && context.widget instanceof NotebookPanel) {
+        this.prefetch(context.widget); // the markdown written so far, read for the code cell after it
+      }
       return nothing;
     }
     // Typing along a suggestion, or back at a place answered before: answer
@@ -293,25 +299,24 @@ export class CodestralProvider implements IInlineCompletionProvider {
 
   /**
    * Let the model read the prompt of the active cell of `panel` ahead of the first keystroke, with
-   * the cursor where it is (entering a cell by the arrow keys puts it at the start).
+   * the cursor where it is (entering a cell by the arrow keys puts it at the start); in a markdown
+   * cell, the prompt of the code cell after it, so that the markdown written is read by then.
    */
   prefetch(panel: NotebookPanel): void {
     if (!this.enabled || !this.settings.prefetch) {
       return;
     }
     const cell = panel.content.activeCell;
-    if (!cell || cell.model.type !== 'code') {
-      return;
+    const options = { ...this.options(), prefetch: true };
+    let body: CompleteRequest | null | undefined = null;
+    if (cell?.model.type === 'code') {
+      const text = cell.model.sharedModel.getSource();
+      const editor = cell.editor;
+      const offset = editor ? editor.getOffsetAt(editor.getCursorPosition()) : text.length;
+      body = this._targets.of(panel, { text, offset }, options, cell.model.id)?.body;
+    } else if (cell?.model.type === 'markdown') {
+      body = this._targets.after(panel, cell.model.id, options);
     }
-    const text = cell.model.sharedModel.getSource();
-    const editor = cell.editor;
-    const offset = editor ? editor.getOffsetAt(editor.getCursorPosition()) : text.length;
-    const body = this._targets.of(
-      panel,
-      { text, offset },
-      { ...this.options(), prefetch: true },
-      cell.model.id
-    )?.body;
     if (!body || this.settings.skipLanguages.includes(body.language ?? '')) {
       return;
     }

@@ -11,10 +11,12 @@ import { NotebookPanel } from '@jupyterlab/notebook';
 
 import { CompleteRequest } from './contract';
 import {
+  ICellSource,
   INotebookCell,
   INotebookSettings,
   IRequestOptions,
   fileBody,
+  notebookBody,
   notebookRequestBody,
   serverLanguage
 } from './protocol';
@@ -68,6 +70,29 @@ export class Targets {
     return serverLanguage(name ?? found, fallback);
   }
 
+  /** The options every request about `panel` carries: its path, kernel, language and switch. */
+  private notebookOptions(
+    panel: NotebookPanel,
+    options: IRequestOptions,
+    cellType: string | undefined,
+    mimeType?: string
+  ): IRequestOptions {
+    const kernelLanguage = (panel.model?.metadata?.language_info as { name?: string } | undefined)
+      ?.name;
+    return {
+      ...options,
+      language:
+        cellType === 'markdown' ? 'markdown' : this.language(kernelLanguage, mimeType, 'python'),
+      path: panel.context.path,
+      kernelId: panel.sessionContext.session?.kernel?.id ?? null,
+      notebook: this.switchOf(panel)
+    };
+  }
+
+  private switchOf(panel: NotebookPanel): INotebookSettings | null {
+    return (panel.model?.getMetadata('codestral') as INotebookSettings | undefined) ?? null;
+  }
+
   /**
    * The request for the document the completer is in (a notebook's cell `cellId`, its active
    * cell by default, or a file), or null when there is nothing to ask.
@@ -87,29 +112,19 @@ export class Targets {
       }
       const cells = notebookCells(widget);
       const cell = cells.find(c => c.id === id);
-      const kernelLanguage = (
-        widget.model?.metadata?.language_info as { name?: string } | undefined
-      )?.name;
-      const language =
-        cell?.cell_type === 'markdown'
-          ? 'markdown'
-          : this.language(kernelLanguage, request.mimeType, 'python');
-      const notebook =
-        (widget.model?.getMetadata('codestral') as INotebookSettings | undefined) ?? null;
-      const body = notebookRequestBody(cells, id, request, {
-        ...options,
-        language,
-        path: widget.context.path,
-        kernelId: widget.sessionContext.session?.kernel?.id ?? null,
-        notebook
-      });
+      const body = notebookRequestBody(
+        cells,
+        id,
+        request,
+        this.notebookOptions(widget, options, cell?.cell_type, request.mimeType)
+      );
       if (!body) {
         return null;
       }
       // What else the model sees: the other cells (and the notebook's switch).
       const others = cells.filter(c => c.id !== id);
       const context = hashText(
-        JSON.stringify(notebook),
+        JSON.stringify(this.switchOf(widget)),
         ...others.map(
           c => `${c.cell_type}\u0000${c.source}\u0000${c.metadata?.tags?.join(',') ?? ''}`
         )
@@ -128,5 +143,23 @@ export class Targets {
       return { body, document, place: { key: document, before, after, context: '' } };
     }
     return null;
+  }
+
+  /**
+   * The request for the code cell after cell `cellId` of `panel` (a new one when the next cell is not
+   * code), the cursor at its start: what the model reads while a markdown cell is written, so that the
+   * code cell after it answers at once.
+   */
+  after(panel: NotebookPanel, cellId: string, options: IRequestOptions): CompleteRequest | null {
+    const cells = notebookCells(panel);
+    const index = cells.findIndex(cell => cell.id === cellId);
+    if (index < 0) {
+      return null;
+    }
+    const sources = cells.map(({ id: _id, ...cell }): ICellSource => cell);
+    if (sources[index + 1]?.cell_type !== 'code') {
+      sources.splice(index + 1, 0, { cell_type: 'code', source: '' });
+    }
+    return notebookBody(sources, index + 1, 0, this.notebookOptions(panel, options, 'code'));
   }
 }

@@ -1,0 +1,207 @@
+"""What the embedded model keeps of what it read, without running it: plans, the prompt cache's bookkeeping, the
+disk, and the tokens a new cell costs on every cell of the benchmark notebooks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import MODEL_CACHE
+from kv_simulation import TokensOnly, cache_on
+
+from jupyter_codestral.backends import KINDS
+from jupyter_codestral.context import ContextBudget
+from jupyter_codestral.embedded.disk_cache import DiskCache
+from jupyter_codestral.embedded.jobs import Job, Model
+from jupyter_codestral.embedded.kv_reuse import Chunk, Plan, Read, plan_reuse
+from jupyter_codestral.embedded.model_files import BUNDLED, ensure_model
+from jupyter_codestral.evaluation import read_cells
+from jupyter_codestral.prompt_source import PromptSource
+from jupyter_codestral.request import Cell, CompletionRequest
+from jupyter_codestral.templates import TEMPLATES, PromptFormat
+
+BENCH_NOTEBOOKS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "notebooks"
+
+
+def tokens(*runs: range | list[int]) -> np.ndarray:
+    return np.array([t for run in runs for t in run], dtype=np.intc)
+
+
+# -- plans ---------------------------------------------------------------------------------------------
+
+
+def test_a_moved_start_keeps_what_stays_and_reads_only_what_is_new() -> None:
+    read = tokens([1], range(100, 300), range(500, 600))  # a header, the cells dropped, the cells kept
+    prompt = tokens([1], range(500, 600), range(900, 910))  # the header, the cells kept, new text
+    plan = plan_reuse(Read(read), Read(prompt))
+    assert plan.prefix == 1 and plan.chunks == (Chunk(source=201, target=1, length=100),)
+    assert plan.unread == 10
+
+
+def test_text_inserted_before_what_was_read_is_read_and_the_rest_moves_after_it() -> None:
+    read = tokens([1], range(500, 600), [7])
+    prompt = tokens([1], range(100, 140), range(500, 600), [8])
+    plan = plan_reuse(Read(read), Read(prompt))
+    assert plan == Plan(len(prompt), prefix=1, chunks=(Chunk(source=1, target=41, length=100),))
+    assert plan.unread == 41  # the inserted text, and the prompt's last token
+
+
+def test_short_runs_are_read_again_and_the_last_token_always_is() -> None:
+    read = tokens(range(10, 20), range(100, 110))
+    plan = plan_reuse(Read(read), Read(tokens(range(50, 60), range(100, 110))), min_chunk=16)
+    assert plan.kept == 0
+    same = tokens(range(10, 60))
+    assert plan_reuse(Read(same), Read(same)).kept == len(same) - 1
+
+
+# -- the prompt cache's bookkeeping, on tokens alone ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_file() -> Path:
+    return ensure_model(BUNDLED, Path(MODEL_CACHE))
+
+
+def test_a_read_cancelled_halfway_leaves_a_copy_of_what_was_there(model_file: Path) -> None:
+    engine = TokensOnly(model_file)
+    cache = cache_on(engine)
+    near = tokens([1], range(500, 700), [2])
+    ready = cache.prepare(near)
+    cache.read(near, ready.plan, lambda: False)
+    assert len(engine.tokens) == len(near) - 1
+    whole = tokens([1], range(100, 400), range(500, 700), [2])  # the earlier cells go before what was read
+    ready = cache.prepare(whole, keep_live=True)
+    assert ready.plan.unread == 301 and list(engine.parked) == [301]
+    finished, read = cache.read(whole, ready.plan, lambda: len(engine.tokens) > 100)
+    assert not finished and not engine.parked  # stopped: what was parked is dropped...
+    back = cache.prepare(near)
+    assert back.restored and back.plan.unread == 1  # ...and the copy saved first comes back
+
+
+def test_a_prompt_is_found_on_disk_after_a_restart(tmp_path: Path, model_file: Path) -> None:
+    engine = TokensOnly(model_file)
+    disk = DiskCache(tmp_path, 2**20)
+    cache = cache_on(engine)
+    cache.disk = disk
+    prompt = tokens([1], range(500, 800), [2])
+    ready = cache.prepare(prompt, document="a.ipynb")
+    cache.read(prompt, ready.plan, lambda: False)
+    cache.persist_live()
+    disk.close()
+    again = TokensOnly(model_file)
+    after = cache_on(again)
+    after.disk = DiskCache(tmp_path, 2**20)
+    ready = after.prepare(tokens([1], range(500, 800), [3, 2]))
+    assert ready.source == "disk" and ready.plan.unread == 2
+
+
+def test_the_disk_stays_within_its_budget_and_forgets_what_the_policy_refuses(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path, 3000)
+    for n, document in enumerate(["a.ipynb", "exams/b.ipynb", "c.ipynb", "d.ipynb"]):
+        state = tokens(range(n * 1000, n * 1000 + 100))
+        disk.put(state, bytes(1000), document)
+    disk.flush()
+    assert len(disk.entries) == 3 and disk.used_bytes <= 3000  # the oldest went first
+    assert disk.forget(lambda document: document.startswith("exams/")) == 1
+    reopened = DiskCache(tmp_path, 3000)
+    assert sorted(e.document for e in reopened.entries.values()) == ["c.ipynb", "d.ipynb"]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+# -- every cell of the benchmark notebooks ------------------------------------------------------------------
+
+
+QWEN = TEMPLATES["qwen"]
+EMBEDDED = KINDS["embedded"]
+BUDGET = ContextBudget(EMBEDDED.prefix_tokens, EMBEDDED.suffix_tokens, trim_step_tokens=EMBEDDED.trim_step_tokens)
+FORMAT = PromptFormat(EMBEDDED.layout)
+
+
+def job(model: Model, cells: list[Cell], index: int, cursor: int) -> Job:
+    """The worker's job for a request at ``cursor`` in cell ``index``, with the prompts the embedded backend sends."""
+    request = CompletionRequest(tuple(cells), index, cursor, path="notebook.ipynb")
+    source = PromptSource(request)
+    context = source.context(BUDGET)
+    prompts, nearer = FORMAT.render_all(QWEN, context)
+    tokenize = model.tokenize
+    return Job(0, [tokenize(p, 128) for p in prompts], 128, [], False, "notebook.ipynb",
+               None if nearer is None else tokenize(nearer, 128))
+
+
+def notebooks() -> Iterator[tuple[str, list[Cell]]]:
+    for path in sorted(BENCH_NOTEBOOKS.glob("*.ipynb")):
+        yield path.name, [Cell(c["cell_type"], c["source"]) for c in read_cells(path)]
+
+
+def entering_new_cells(model_file: Path) -> list[int]:
+    """For each code cell of each notebook, written in turn: the tokens the worker must read for the new
+    empty cell's prompt after it read the cell above.
+
+    As the frontend does: on entering a code cell, a prefetch of its prompts; the user's last request in
+    the cell, at its end; while a markdown cell is written, a prefetch of the code cell that follows it.
+    (No kernel: what a run adds after its cell is new text the model reads once, right after the run;
+    ``benchmarks/authoring_replay.py`` measures it with a live kernel.)"""
+    moments = []
+    for _, cells in notebooks():
+        engine = TokensOnly(model_file)
+        model = Model(engine, cache_on(engine), list(QWEN.stop))  # type: ignore[arg-type]
+        written: list[Cell] = []
+        started = False
+        for cell in cells:
+            if cell.cell_type != "code":
+                written.append(cell)
+                after = job(model, [*written, Cell("code", "")], len(written), 0)
+                model.read_ahead(after.ahead, lambda: False, "notebook.ipynb")
+                continue
+            entered = job(model, [*written, Cell("code", "")], len(written), 0)
+            if started:  # (the first code cell: nothing was read before it)
+                moments.append(model.cache.unread(entered.prompts[-1]))
+            model.read_ahead(entered.ahead, lambda: False, "notebook.ipynb")
+            at_end = job(model, [*written, cell], len(written), len(cell.source))
+            model.read_ahead(at_end.ahead, lambda: False, "notebook.ipynb")
+            written.append(cell)
+            started = True
+    return moments
+
+
+def moving_down(model_file: Path) -> list[int]:
+    """For each code cell of each (whole) notebook, the cursor moving down from the cell above: the tokens
+    the worker must read for its prompt (the cursor at its start) after it read the cell above's prompts
+    (the cursor at its end; above a markdown cell, the prefetch of the code cell that follows it)."""
+    moments = []
+    for _, cells in notebooks():
+        engine = TokensOnly(model_file)
+        model = Model(engine, cache_on(engine), list(QWEN.stop))  # type: ignore[arg-type]
+        started = False
+        for index, cell in enumerate(cells):
+            if cell.cell_type != "code":
+                following = index + 1 < len(cells) and cells[index + 1].cell_type == "code"
+                after = cells if following else [*cells[: index + 1], Cell("code", ""), *cells[index + 1 :]]
+                model.read_ahead(job(model, after, index + 1, 0).ahead, lambda: False, "notebook.ipynb")
+                continue
+            entered = job(model, cells, index, 0)
+            if started:
+                moments.append(model.cache.unread(entered.prompts[-1]))
+            at_end = job(model, cells, index, len(cell.source))
+            model.read_ahead(at_end.ahead, lambda: False, "notebook.ipynb")
+            started = True
+    return moments
+
+
+def summary(moments: list[int]) -> dict[str, Any]:
+    values = np.array(moments)
+    return {"moments": len(values), "within_64": float((values <= 64).mean()), "max": int(values.max()),
+            "median": float(np.median(values))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", [entering_new_cells, moving_down], ids=["new last cell", "one cell down"])
+def test_a_new_cell_costs_only_its_own_tokens_on_every_benchmark_notebook(scenario: Any, model_file: Path) -> None:
+    figures = summary(scenario(model_file))
+    print(json.dumps(figures))
+    assert figures["moments"] >= 300
+    assert figures["within_64"] >= 0.95 and figures["max"] <= 256, figures
