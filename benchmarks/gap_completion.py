@@ -13,23 +13,32 @@ place, as on entering the cell), and the suggestion is accepted whole: the cell 
 original: exact (the gap's text, lines stripped of trailing blanks), edit similarity of the inserted text,
 and whether the cell still parses (IPython magics aside).  The first line of the same suggestions is
 scored too, as the older benchmarks did.  The share of suggestions each rule cut is counted (the reply's
-``cut``), and, from each suggestion's mean token log-probability (``confidence``), the precision of what
-a threshold would show against the share of gaps that get a suggestion.
+``cut``).
 
 Configurations run one after another, each on a server of its own: ``before`` is the code of
 ``--before`` (a git revision), ``now`` the working tree.
 
     python benchmarks/gap_completion.py [--cells 60] [--configs before,now]
+
+``--rules`` instead asks the embedded model once per case for its raw completion (the service's own
+prompts and stops, in-process) and applies each set of rules that end a suggestion to it
+(``postprocess.Rule``), to choose them; then, with the default rules, each ``min_confidence`` threshold
+as the service gates (the first line's mean token log-probability): the precision of what is shown
+against the share of gaps that get a suggestion.  ``--raw FILE`` keeps the raw completions, so that
+rules can be compared again without the model:
+
+    python benchmarks/gap_completion.py --rules [--raw raw.jsonl]
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,7 @@ from _common import BENCH_NOTEBOOKS, jupyter_server, source_tree, wait_model_rea
 from tqdm import tqdm
 
 from jupyter_codestral.evaluation import edit_similarity, read_cells
+from jupyter_codestral.postprocess import CompletionFilter, PostprocessOptions, Rule
 
 KINDS = ("line", "lines", "last", "cell")
 # The code at the start of this work: "today's" in the issue that asked for this benchmark.
@@ -89,7 +99,8 @@ class Outcome:
 
     @property
     def first_exact(self) -> bool:
-        return self.first_line.strip() == self.case.target.split("\n", 1)[0].strip()
+        # As strict as ``exact``: leading white space counts (the cursor is after the indentation already).
+        return self.first_line.rstrip() == self.case.target.split("\n", 1)[0].rstrip()
 
     @property
     def first_similarity(self) -> float:
@@ -185,6 +196,141 @@ def run_config(name: str, revision: str | None, cases: list[Case]) -> Results:
     return results
 
 
+# The rule sets compared by --rules: what ends a suggestion besides a cell marker, a fence and one line
+# where code is right of the cursor.
+RULE_SETS = {
+    "next line": {Rule.NEXT_LINE},
+    "+prompt": {Rule.NEXT_LINE, Rule.PROMPT},
+    "+near": {Rule.NEXT_LINE, Rule.NEAR_NEXT_LINE, Rule.PROMPT},
+    "+dedent": {Rule.NEXT_LINE, Rule.NEAR_NEXT_LINE, Rule.PROMPT, Rule.DEDENT},
+    "+statement (default)": {Rule.NEXT_LINE, Rule.NEAR_NEXT_LINE, Rule.PROMPT, Rule.DEDENT, Rule.STATEMENT},
+    "statement only": {Rule.PROMPT, Rule.STATEMENT},
+}
+
+
+def cleaning_options(case: Case, budget: Any) -> PostprocessOptions:
+    """The options the service cleans this case's completion with."""
+    from jupyter_codestral.postprocess import options_for
+    from jupyter_codestral.prompt_source import PromptSource
+    from jupyter_codestral.request import parse_completion_request
+
+    return options_for(PromptSource(parse_completion_request(json.dumps(case.body()).encode())).context(budget))
+
+
+Piece = tuple[str, float, int]  # a piece of the raw completion: its text, its tokens' log-probability, how many
+
+
+async def raw_completions(cases: list[Case]) -> list[tuple[Case, list[Piece]]]:
+    """Each case's raw completion from the embedded model (after a prefetch of its place), piece by piece."""
+    import tempfile
+
+    from traitlets.config import Config
+
+    from jupyter_codestral.app import CodestralExtension
+    from jupyter_codestral.assembly import assemble
+    from jupyter_codestral.backends.base import FimRequest, Scored
+    from jupyter_codestral.pipeline import stop_sequences
+    from jupyter_codestral.postprocess import options_for
+    from jupyter_codestral.prompt_source import PromptSource
+    from jupyter_codestral.request import parse_completion_request
+    from jupyter_codestral.router import Direct
+    from jupyter_codestral.routes import route_kind
+
+    raws = []
+    with tempfile.TemporaryDirectory() as kv:
+        options = CodestralExtension(config=Config({"CodestralExtension": {"backend": "embedded",
+                                                                           "kv_disk_dir": kv}}))
+        service = assemble(options).service
+        assert isinstance(service.completer, Direct)
+        backend = service.completer.backend
+        await backend.wait_ready()  # type: ignore[attr-defined]
+        try:
+            for case in tqdm(cases, desc="raw", unit="case"):
+                request = parse_completion_request(json.dumps(case.body()).encode())
+                source = PromptSource(request)
+                context = source.context(service.budget)
+                opts = options_for(context)
+                fim = FimRequest(source, service.budget, max_tokens=128, stop=stop_sequences(context, opts.single_line),
+                                 route=route_kind(context, opts.single_line))
+                async for _ in backend.serve(replace(fim, prefetch=True)):
+                    pass
+                pieces: list[Piece] = []
+                async for piece in backend.serve(fim):
+                    if isinstance(piece, Scored):
+                        pieces.append((piece.text, piece.logprob, piece.tokens))
+                    elif isinstance(piece, str):
+                        pieces.append((piece, 0.0, 0))
+                raws.append((case, pieces))
+        finally:
+            await service.aclose()
+    return raws
+
+
+def shown(
+    case: Case, pieces: list[Piece], options: PostprocessOptions, threshold: float | None = None
+) -> Outcome | None:
+    """What the service shows of a raw completion, as ``pipeline.run_completion`` cleans and gates it
+    (None: the confidence gate hid it)."""
+    from jupyter_codestral.postprocess import ConfidenceGate
+
+    kept = CompletionFilter(options)
+    gate = ConfidenceGate(threshold) if threshold is not None else None
+    logprob, tokens = 0.0, 0
+    for text, piece_logprob, piece_tokens in pieces:
+        logprob, tokens = logprob + piece_logprob, tokens + piece_tokens
+        delta = kept.feed(text)
+        if gate is not None:
+            gate.feed(delta, logprob, tokens, kept.finished)
+        if kept.finished:
+            break
+    delta = kept.finish()
+    if gate is not None:
+        gate.feed(delta, logprob, tokens, True)
+        if not gate.shown:
+            return None
+    return Outcome(case, kept.text, logprob / tokens if tokens else None, kept.cut)
+
+
+def compare_rules(cases: list[Case], saved: Path | None) -> None:
+    from jupyter_codestral.backends import KINDS as BACKEND_KINDS
+
+    if saved is not None and saved.exists():
+        known = {(c["case"], c["kind"]): c for c in map(json.loads, saved.read_text().splitlines())}
+        raws = [(case, [tuple(p) for p in known[key]["pieces"]]) for case in cases
+                if (key := (f"{case.notebook}#{case.cell}", case.kind)) in known]
+        print(f"raw completions read from {saved} ({len(raws)} of {len(cases)} cases)")
+    else:
+        raws = asyncio.run(raw_completions(cases))
+        if saved is not None:
+            saved.write_text("".join(json.dumps({"case": f"{c.notebook}#{c.cell}", "kind": c.kind, "pieces": pieces})
+                                     + "\n" for c, pieces in raws))
+    budget = BACKEND_KINDS["embedded"].budget
+    cleaning = [(case, pieces, cleaning_options(case, budget)) for case, pieces in raws]
+    table: dict[str, Results] = {}
+    for name, rules in RULE_SETS.items():
+        results = table[name] = Results()
+        for case, pieces, opts in cleaning:
+            outcome = shown(case, pieces, replace(opts, rules=frozenset(rules)))  # type: ignore[arg-type]
+            assert outcome is not None  # (no threshold)
+            results.outcomes.append(outcome)
+    report(table)
+    # The confidence gate, with the default rules: the precision of what is shown against what is hidden.
+    print("a confidence threshold (min_confidence: the mean token log-probability of the suggestion's first line) "
+          "with the default rules:")
+    print(f"  {'threshold':>10}{'shown':>8}{'exact of shown':>16}{'ES of shown':>13}{'parses of shown':>17}"
+          f"{'exact of all':>14}")
+    for threshold in (None, -2.0, -1.5, -1.0, -0.75, -0.5, -0.35, -0.25):
+        outcomes = []
+        for case, pieces, opts in cleaning:
+            outcome = shown(case, pieces, opts, threshold)  # type: ignore[arg-type]
+            if outcome is not None and outcome.completion.strip():
+                outcomes.append(outcome)
+        label = "none" if threshold is None else f"{threshold:g}"
+        print(f"  {label:>10}{len(outcomes) / len(cleaning):>8.0%}{rate([o.exact for o in outcomes]):>16}"
+              f"{mean([o.similarity for o in outcomes]):>13}{rate([o.parses for o in outcomes]):>17}"
+              f"{sum(o.exact for o in outcomes) / len(cleaning):>14.2f}")
+
+
 def rate(values: list[bool]) -> str:
     return f"{sum(values) / len(values):.2f}" if values else "-"
 
@@ -194,31 +340,21 @@ def mean(values: list[float]) -> str:
 
 
 def report(table: dict[str, Results]) -> None:
-    print(f"{'config':<8}{'kind':<7}{'n':>5}{'exact':>7}{'ES':>7}{'parses':>8}{'1st exact':>11}{'1st ES':>8}"
+    width = max(8, *(len(name) + 1 for name in table))
+    print(f"{'config':<{width}}{'kind':<7}{'n':>5}{'exact':>7}{'ES':>7}{'parses':>8}{'1st exact':>11}{'1st ES':>8}"
           f"{'1st parses':>12}{'shown':>7}")
     for kind in KINDS:
         for name, results in table.items():
             rows = [o for o in results.outcomes if o.case.kind == kind]
-            print(f"{name:<8}{kind:<7}{len(rows):>5}{rate([o.exact for o in rows]):>7}"
+            print(f"{name:<{width}}{kind:<7}{len(rows):>5}{rate([o.exact for o in rows]):>7}"
                   f"{mean([o.similarity for o in rows]):>7}{rate([o.parses for o in rows]):>8}"
                   f"{rate([o.first_exact for o in rows]):>11}{mean([o.first_similarity for o in rows]):>8}"
                   f"{rate([o.first_parses for o in rows]):>12}{rate([bool(o.completion.strip()) for o in rows]):>7}")
     for name, results in table.items():
-        cuts = Counter(o.cut or "-" for o in results.outcomes)
+        cuts = Counter(str(o.cut or "-") for o in results.outcomes)
         total = max(1, len(results.outcomes))
         print(f"{name}: what ended the suggestions: "
               + ", ".join(f"{cut} {n / total:.0%}" for cut, n in cuts.most_common()) + f"; errors {results.errors}")
-    for name, results in table.items():
-        scored = [o for o in results.outcomes if o.confidence is not None and o.completion.strip()]
-        if not scored:
-            continue
-        print(f"{name}: a confidence threshold (the suggestion's mean token log-probability) against what it shows:")
-        print(f"  {'threshold':>10}{'shown':>8}{'exact of shown':>16}{'ES of shown':>13}")
-        for threshold in (None, -2.0, -1.5, -1.0, -0.75, -0.5, -0.35, -0.25):
-            shown = [o for o in scored if threshold is None or o.confidence >= threshold]  # type: ignore[operator]
-            label = "none" if threshold is None else f"{threshold:g}"
-            print(f"  {label:>10}{len(shown) / len(scored):>8.0%}{rate([o.exact for o in shown]):>16}"
-                  f"{mean([o.similarity for o in shown]):>13}")
 
 
 def main() -> None:
@@ -229,10 +365,19 @@ def main() -> None:
     parser.add_argument("--before", default=DEFAULT_BEFORE, help="git revision of the 'before' configuration")
     parser.add_argument("--folder", type=Path, default=BENCH_NOTEBOOKS)
     parser.add_argument("--log", type=Path, help="write every case's suggestion per configuration here (JSON lines)")
+    parser.add_argument("--rules", action="store_true", help="compare the rules that end a suggestion instead")
+    parser.add_argument("--raw", type=Path, help="with --rules: keep the raw completions in this file, and read "
+                        "them from it when it exists (to compare rules without the model)")
     args = parser.parse_args()
 
     cases = make_cases(args.folder, args.cells, args.seed)
     counts = Counter(case.kind for case in cases)
+    if args.rules:
+        print(f"{len(cases)} gaps from {args.cells} cells (seed {args.seed}): "
+              + ", ".join(f"{counts[k]} {k}" for k in KINDS) + "; raw completions of the embedded model, each "
+              "rule set applied to the same ones")
+        compare_rules(cases, args.raw)
+        return
     table = {}
     for name in args.configs.split(","):
         table[name] = run_config(name, args.before if name == "before" else None, cases)

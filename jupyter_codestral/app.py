@@ -10,7 +10,7 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
 
 from .assembly import Assembly, assemble
-from .handlers import CompleteHandler, StatusHandler
+from .handlers import AcceptanceHandler, CompleteHandler, StatusHandler
 from .options import CodestralOptions
 from .service import CompletionService
 
@@ -43,7 +43,13 @@ class CodestralExtension(CodestralOptions, ExtensionApp):
         self.log.info("jupyter_codestral: backend %s, model %s, %s", who["backend"], who["model"], who["base_url"])
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend([(r"/codestral/complete", CompleteHandler), (r"/codestral/status", StatusHandler)])
+        self.handlers.extend(
+            [
+                (r"/codestral/complete", CompleteHandler),
+                (r"/codestral/acceptance", AcceptanceHandler),
+                (r"/codestral/status", StatusHandler),
+            ]
+        )
 
     async def stop_extension(self) -> None:
         assembly = getattr(self, "assembly", None)

@@ -90,6 +90,7 @@ def backend_settings(options: CodestralOptions, environ: Mapping[str, str] | Non
         kv_disk_dir=options.kv_disk_dir or None,
         course_policy=path_policy(options),
         redact_secrets=redacts_secrets(options),
+        confidence=options.min_confidence is not None,
     )
 
 
@@ -317,6 +318,7 @@ def assemble(
             max_body_bytes=options.max_body_bytes,
             request=RequestLimits(max_cells=options.max_cells, max_total_chars=options.max_body_bytes),
             max_tokens=options.max_tokens,
+            min_confidence=options.min_confidence,
         ),
         UserRateLimiter(options.user_rate_limit, options.user_rate_burst),
         kernels=kernels,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from .kernel_variables import KernelState, bound_names, place_variables
+from .kernel_variables import KernelState, Placement, bound_names, place_variables
 from .policy import in_prompt
 from .request import Cell, CompletionRequest
 from .script import (
@@ -23,8 +23,10 @@ from .script import (
     comment_prefix,
     estimate_tokens,
     head_lines,
+    output_marker,
     render_cell,
     tail_lines,
+    variables_marker,
 )
 from .window import earlier_window
 
@@ -43,13 +45,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ContextBudget:
+    """How much of the notebook a prompt holds. The defaults are the embedded model's; each backend
+    kind's own budget is in ``backends.KINDS``."""
+
     prefix_tokens: int = 1536
-    suffix_tokens: int = 512
-    chars_per_token: float = 3.2
+    suffix_tokens: int = 384
     # Earlier cells are trimmed in steps of this many tokens, so that typing
     # in the current cell does not shift the start of the prompt (and spoil a
     # KV cache) on every keystroke.
-    trim_step_tokens: int = 256
+    trim_step_tokens: int = 512
+    chars_per_token: float = 3.2
     # The kernel's variables have a budget of their own.
     namespace_tokens: int = 256
 
@@ -66,6 +71,9 @@ class FimContext:
     cells_after: int
     namespace: str = ""  # the kernel's variables as a comment block, leading the prompt
     header: str = ""  # the current cell's marker line
+    # Lines only the prompt holds, never code to show: what runs produced, the kernel's variables, their
+    # marker lines (stripped).
+    prompt_lines: frozenset[str] = frozenset()
     # The prompt's two halves, joined once (they are read several times per request).
     prefix: str = field(init=False, repr=False, compare=False)
     suffix: str = field(init=False, repr=False, compare=False)
@@ -148,6 +156,13 @@ def _comment_lines(lines: Sequence[str], language: str) -> str:
     return "".join(f"{mark} {line}\n" for line in lines)
 
 
+def _notes(marker: str, lines: Sequence[str], language: str) -> str:
+    """Lines the prompt shows that are no code (what a run produced, the kernel's variables): a cell of their
+    own, under ``marker``, as comments.  A model that imitates them begins with a cell marker, where its
+    suggestion is cut (and where a backend stops: ``pipeline.stop_sequences``)."""
+    return f"{marker}\n" + _comment_lines(lines, language)
+
+
 def build_context(request: CompletionRequest, budget: ContextBudget, kernel: KernelState | None = None) -> FimContext:
     """``kernel``: what the notebook's kernel has told about its variables (may be ``None``)."""
     cpt = budget.chars_per_token
@@ -183,12 +198,13 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
             for name in bound_names(c.source)
         )
         placement = place_variables(sources, counts, request.cell_index, earlier.start, kernel, hidden)
+    output = output_marker(language)
     if placement and placement.after_cell:
         # The variables a cell made, like its output, before the separator.
         parts: list[str] = []
         for index, text in earlier.cells:
             outputs = placement.after_cell.get(index)
-            parts.append(text.rstrip("\n") + "\n" + _comment_lines(outputs, language) + "\n" if outputs else text)
+            parts.append(text.rstrip("\n") + "\n" + _notes(output, outputs, language) + "\n" if outputs else text)
         before = "".join(parts)
     else:
         before = earlier.text
@@ -211,19 +227,30 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
         cells_after=len(after_parts),
         namespace=_leading_block(placement.leading if placement else [], language, budget),
         header=header,
+        prompt_lines=_prompt_lines(placement, language),
     )
 
 
 def _leading_block(lines: Sequence[str], language: str, budget: ContextBudget) -> str:
-    """The variables no visible cell explains, as comment lines leading the prompt, within their budget."""
+    """The variables no visible cell explains, as notes leading the prompt, within their budget."""
     if not lines:
         return ""
     kept = head_lines("\n".join(lines), budget.namespace_tokens, budget.chars_per_token).split("\n")
     kept = [line for line in kept if line]
     if not kept:
         return ""
+    return _notes(variables_marker(language), kept, language) + "\n"
+
+
+def _prompt_lines(placement: Placement | None, language: str) -> frozenset[str]:
+    """The notes' lines as the prompt shows them (stripped), and their markers."""
+    if placement is None:
+        return frozenset()
     mark = comment_prefix(language)
-    return f"{mark} Variables in the running kernel:\n" + _comment_lines(kept, language) + "\n"
+    notes = [*placement.leading, *(line for lines in placement.after_cell.values() for line in lines)]
+    return frozenset(
+        {output_marker(language), variables_marker(language), *(f"{mark} {line}".strip() for line in notes)}
+    )
 
 
 # The nearer prompt's earlier cells: what a CPU reads in about two seconds (the time from entering a

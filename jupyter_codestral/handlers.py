@@ -1,4 +1,4 @@
-"""HTTP endpoints: ``POST codestral/complete`` and ``GET codestral/status``.
+"""HTTP endpoints: ``POST codestral/complete``, ``POST codestral/acceptance`` and ``GET codestral/status``.
 
 Thin adapters over :class:`~jupyter_codestral.service.CompletionService`:
 parse, call the service, write NDJSON or JSON, map errors to statuses.
@@ -116,6 +116,21 @@ class CompleteHandler(CodestralHandler):
         # The browser aborted (a newer keystroke) or closed: stop paying for tokens.
         if self._completion is not None:
             self._completion.stop(CLIENT_LEFT)
+
+
+class AcceptanceHandler(CodestralHandler):
+    """What the browser counted of the suggestions it showed (accepted, dismissed...): kept in the usage table."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        try:
+            self.service.record_acceptance(self.request.body or b"")
+        except CompletionError as error:
+            self.send_json(error.status, error.to_json(), error.retry_after)
+            return
+        self.set_status(204)
+        self.finish()
 
 
 class StatusHandler(CodestralHandler):

@@ -85,7 +85,18 @@ class CodestralOptions(Configurable):
         help="The earlier cells' window moves in steps of this many tokens, so its start stays put while the "
         "notebook grows. Default: the backend's."
     ).tag(config=True)
-    max_tokens = Int(128, help="Most tokens generated per completion.").tag(config=True)
+    max_tokens = Int(
+        128,
+        help="Most tokens a completion may have: the length of a completion when the request does not say, and the "
+        "most any request may ask for (the browser's own setting cannot go beyond it).",
+    ).tag(config=True)
+    min_confidence = Float(
+        None,
+        allow_none=True,
+        help="Hide suggestions the model is unsure of: those whose first line's mean token log-probability is "
+        "below this (e.g. -1.0). Backends that report log-probabilities: the embedded model, and OpenAI-compatible "
+        "servers asked for logprobs. The first line is then shown once whole. None: every suggestion is shown.",
+    ).tag(config=True)
     temperature = Float(0.0, help="Sampling temperature.").tag(config=True)
     timeout = Float(10.0, help="Seconds to wait for the backend's first byte, or between chunks.").tag(config=True)
     connect_timeout = Float(3.0, help="Seconds to wait for a connection to the backend.").tag(config=True)
@@ -361,21 +372,21 @@ class CodestralOptions(Configurable):
 
     @default("prefix_tokens")
     def _default_prefix_tokens(self) -> int:
-        return self.kind.prefix_tokens
+        return self.kind.budget.prefix_tokens
 
     @default("suffix_tokens")
     def _default_suffix_tokens(self) -> int:
-        return self.kind.suffix_tokens
+        return self.kind.budget.suffix_tokens
 
     @default("trim_step_tokens")
     def _default_trim_step_tokens(self) -> int:
-        return self.kind.trim_step_tokens
+        return self.kind.budget.trim_step_tokens
 
     @validate("prefix_tokens", "suffix_tokens", "trim_step_tokens")
     def _validate_budget(self, proposal: Any) -> int:
         value = int(proposal.value)
         if value <= 0:  # 0 used to mean "the backend's default": it still does
-            return int(getattr(self.kind, proposal.trait.name))
+            return int(getattr(self.kind.budget, proposal.trait.name))
         return value
 
     @default("backends")

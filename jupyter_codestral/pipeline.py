@@ -14,10 +14,10 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
-from .backends.base import FimRequest
+from .backends.base import FimRequest, Scored
 from .context import ContextBudget, FimContext, cell_marker, estimate_tokens
 from .kernel_variables import KernelState
-from .postprocess import CompletionFilter, options_for
+from .postprocess import CompletionFilter, ConfidenceGate, Cut, options_for
 from .prompt_source import PromptSource
 from .request import CompletionRequest
 from .router import Answered, Completer
@@ -57,8 +57,10 @@ async def run_completion(
     max_tokens: int,
     kernel: KernelState | None = None,
     ledger: UsageLedger | None = None,
+    min_confidence: float | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """``max_tokens``: the server's ceiling, and the length of a completion whose request does not say."""
+    """``max_tokens``: the server's ceiling, and the length of a completion whose request does not say;
+    ``min_confidence``: suggestions whose first line's mean token log-probability is lower are not shown."""
     start = time.perf_counter()
     source = PromptSource(request, kernel, redact=completer.redact_secrets)
     context = source.context(budget)
@@ -74,30 +76,46 @@ async def run_completion(
         ledger=ledger,
     )
     completion = CompletionFilter(options)
+    gate = ConfidenceGate(min_confidence) if min_confidence is not None else None
     context_done = time.perf_counter()
     first_text: float | None = None
     answered: Answered | None = None
+    logprob, scored = 0.0, 0  # of the tokens of the pieces read (where the backend reports them)
 
     async with aclosing(completer.serve(fim)) as pieces:
         async for piece in pieces:
-            if type(piece) is Answered:
+            if isinstance(piece, Answered):
                 answered = piece
                 continue
-            delta = completion.feed(piece if type(piece) is str else piece.text)  # type: ignore[union-attr]
+            if isinstance(piece, Scored):
+                logprob, scored = logprob + piece.logprob, scored + piece.tokens
+                piece = piece.text
+            delta = completion.feed(piece)
+            if gate is not None:
+                delta = gate.feed(delta, logprob, scored, completion.finished)
             if delta:
                 first_text = first_text or time.perf_counter()
                 yield {"delta": delta}
             if completion.finished:
                 break  # leaving the block closes the backend stream
     delta = completion.finish()
+    if gate is not None:
+        delta = gate.feed(delta, logprob, scored, True)
     if delta:
         first_text = first_text or time.perf_counter()
         yield {"delta": delta}
     end = time.perf_counter()
+    hidden = gate is not None and not gate.shown
+    quality: dict[str, Any] = {}
+    if completion.cut is not None or (hidden and completion.text):
+        quality["cut"] = str(Cut.CONFIDENCE if hidden and completion.text else completion.cut)
+    if scored and completion.text:
+        quality["confidence"] = round(logprob / scored, 4)
     yield done_event(
-        completion.text,
+        "" if hidden else completion.text,
         answered or completer.summary(),
         route=str(route),
+        **quality,
         timings={
             "context_ms": _ms(context_done - start),
             "first_token_ms": _ms((first_text or end) - start),

@@ -55,6 +55,16 @@ def cell_marker(language: str) -> str:
     return f"{comment_prefix(language)} %%"
 
 
+def output_marker(language: str) -> str:
+    """The marker of what a run produced, after the cell that ran (a cell of its own, as code never is)."""
+    return f"{cell_marker(language)} [output]"
+
+
+def variables_marker(language: str) -> str:
+    """The marker of the kernel's variables that no cell shown explains, leading the prompt."""
+    return f"{cell_marker(language)} [variables in the running kernel]"
+
+
 def estimate_tokens(text: str, chars_per_token: float = 3.2) -> int:
     """A fast, slightly pessimistic token count (code averages ~3.5 chars/token)."""
     return math.ceil(len(text) / chars_per_token)

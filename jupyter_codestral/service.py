@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from .acceptance import parse_report
 from .backends.base import BackendState
 from .context import ContextBudget
 from .errors import CompletionError, ErrorKind, RequestError
@@ -43,6 +44,8 @@ class ServiceLimits:
     # The most tokens any completion may have (a request asking for more gets this many), and a
     # completion's length when the request does not say.
     max_tokens: int
+    # Suggestions whose first line's mean token log-probability is lower are not shown (None: all are).
+    min_confidence: float | None = None
 
 
 class Completion:
@@ -186,6 +189,10 @@ class CompletionService:
             )
         return request
 
+    def record_acceptance(self, body: bytes) -> None:
+        """A report of what the user did with the suggestions shown (``acceptance.parse_report``)."""
+        self.usage.record_acceptance(parse_report(body))
+
     def dropped(self) -> None:
         """A request whose client left before it was served."""
         self.stats.cancelled += 1
@@ -247,6 +254,7 @@ class CompletionService:
                 max_tokens=self.limits.max_tokens,
                 kernel=kernel,
                 ledger=self.usage,
+                min_confidence=self.limits.min_confidence,
             )
             async for event in events:
                 if "done" in event:

@@ -35,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .acceptance import ACCEPTANCE_FIELDS, Acceptance, Row
 from .context import ContextBudget, estimate_tokens
 from .errors import CompletionError, ErrorKind
 from .validation import is_non_negative, is_number
@@ -170,6 +171,8 @@ class UsageLedger:
         self.path = Path(path).expanduser() if path else None
         self.clock = clock
         self.days: dict[str, dict[str, Tally]] = {}
+        # What users did with the suggestions: per day, backend and route.
+        self.acceptance: dict[str, dict[str, dict[str, Acceptance]]] = {}
         self._dirty = False
         self._saver: asyncio.Task[None] | None = None
         if self.path is not None:
@@ -184,6 +187,16 @@ class UsageLedger:
         if tally is None:
             tally = day[call.backend] = Tally()
         call.add_to(tally)
+        self._changed()
+
+    def record_acceptance(self, rows: list[Row]) -> None:
+        """What the browser counted of the suggestions it showed."""
+        day = self.acceptance.setdefault(self.clock(), {})
+        for row in rows:
+            day.setdefault(row.backend, {}).setdefault(row.route, Acceptance()).add(row.counts)
+        self._changed()
+
+    def _changed(self) -> None:
         self._dirty = True
         if self.path is not None and (self._saver is None or self._saver.done()):
             with contextlib.suppress(RuntimeError):  # no running loop (tools): saved on close
@@ -210,10 +223,21 @@ class UsageLedger:
             "date": date,
             "backends": backends,
             "total": {**asdict(total), "cost": round(sum(costs), 6) if costs else None},
+            "acceptance": self._acceptance_day(date),
             "prices": {name: asdict(price) for name, price in self.prices.items()},
             "estimate_note": f"estimated: about {self.chars_per_token:g} characters per token",
             "saved_to": str(self.path) if self.path is not None else None,
         }
+
+    def _acceptance_day(self, date: str) -> dict[str, Any]:
+        """One day's acceptance: per backend and route, and the total."""
+        total = Acceptance()
+        rows = []
+        for backend, routes in sorted(self.acceptance.get(date, {}).items()):
+            for route, counts in sorted(routes.items()):
+                total.add(counts)
+                rows.append({"backend": backend, "route": route, **counts.to_json()})
+        return {"rows": rows, "total": total.to_json()}
 
     # -- persistence (only with a path) ------------------------------------------
     def _load(self, path: Path) -> None:
@@ -231,6 +255,17 @@ class UsageLedger:
                 for backend, row in rows.items()
                 if isinstance(row, dict)
             }
+        counted = set(ACCEPTANCE_FIELDS)
+        for date, backends in (data.get("acceptance") or {}).items():
+            self.acceptance[date] = {
+                backend: {
+                    route: Acceptance(**{k: int(v) for k, v in row.items() if k in counted})
+                    for route, row in routes.items()
+                    if isinstance(row, dict)
+                }
+                for backend, routes in backends.items()
+                if isinstance(routes, dict)
+            }
 
     async def _save_soon(self) -> None:
         await asyncio.sleep(SAVE_EVERY_S)
@@ -241,7 +276,13 @@ class UsageLedger:
         if self.path is None or not self._dirty:
             return
         self._dirty = False
-        data = {"days": {d: {b: asdict(t) for b, t in rows.items()} for d, rows in self.days.items()}}
+        data = {
+            "days": {d: {b: asdict(t) for b, t in rows.items()} for d, rows in self.days.items()},
+            "acceptance": {
+                d: {b: {r: asdict(a) for r, a in routes.items()} for b, routes in backends.items()}
+                for d, backends in self.acceptance.items()
+            },
+        }
         try:
             await asyncio.to_thread(_write_atomically, self.path, json.dumps(data, indent=1))
         except OSError as error:

@@ -45,6 +45,7 @@ class Script:
     report_usage: bool = True  # end with the tokens used, in the wire format's own fields
     one_write: bool = False  # send every event in one write (tokens that arrive together)
     raw_body: bytes | None = None  # answer 200 with exactly these bytes (a broken stream)
+    logprob: float = -0.25  # each chunk's log-probability, where the request asks for them
 
 
 @dataclass
@@ -300,7 +301,12 @@ class OpenAIHandler(FakeHandler):
     auth_required = False
 
     def event(self, text: str, last: bool) -> bytes:
-        return _sse({"id": "cmpl-fake", "object": "text_completion", "choices": [{"index": 0, "text": text, "finish_reason": "stop" if last else None}]})
+        choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": "stop" if last else None}
+        if json.loads(self.request.body).get("logprobs"):  # one token a chunk
+            logprob = self.fake.script.logprob
+            choice["logprobs"] = {"tokens": [text], "token_logprobs": [logprob], "top_logprobs": [{text: logprob}],
+                                  "text_offset": [0]}
+        return _sse({"id": "cmpl-fake", "object": "text_completion", "choices": [choice]})
 
     def usage_event(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         body = json.loads(self.request.body)
@@ -338,7 +344,11 @@ class InfillHandler(FakeHandler):
         return {"error": {"code": status, "message": f"status {status}", "type": "server_error"}}
 
     def event(self, text: str, last: bool) -> bytes:
-        return _sse({"content": text, "stop": False})
+        event: dict[str, Any] = {"content": text, "stop": False}
+        if json.loads(self.request.body).get("n_probs"):  # one token a chunk
+            event["completion_probabilities"] = [{"id": 0, "token": text, "bytes": list(text.encode()),
+                                                  "logprob": self.fake.script.logprob, "top_logprobs": []}]
+        return _sse(event)
 
     def done(self) -> bytes:
         final: dict[str, Any] = {"content": "", "stop": True, "tokens_cached": 0,

@@ -10,14 +10,20 @@ run on it unchanged, so the tokens it reads are the ones the worker would read.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jupyter_codestral.backends import KINDS
+from jupyter_codestral.embedded.jobs import Job, Model
 from jupyter_codestral.embedded.kv_reuse import Chunk, Tokens
-from jupyter_codestral.embedded.prompt_cache import PromptCache
+from jupyter_codestral.embedded.prompt_cache import PromptCache, Reuse
+from jupyter_codestral.evaluation import read_cells
+from jupyter_codestral.prompt_source import PromptSource
+from jupyter_codestral.request import Cell, CompletionRequest
+from jupyter_codestral.templates import TEMPLATES, PromptFormat
 
 
 class TokensOnly:
@@ -79,7 +85,107 @@ class TokensOnly:
         return True
 
 
-def cache_on(engine: TokensOnly, kv_cache_mb: int = 256) -> PromptCache:
+def cache_on(engine: TokensOnly, kv_cache_mb: int = 256, reuse: Reuse = Reuse.CHUNKS) -> PromptCache:
     """The worker's prompt cache on ``engine``, with its memory budget in the engine's one byte a token
     (the model's KV is about 12 KB a token)."""
-    return PromptCache(engine, kv_cache_mb * 2**20 // (12 * 1024))  # type: ignore[arg-type]
+    return PromptCache(engine, kv_cache_mb * 2**20 // (12 * 1024), reuse)  # type: ignore[arg-type]
+
+
+# -- authoring every notebook of a folder, cell by cell ---------------------------------------------------------
+
+
+QWEN = TEMPLATES["qwen"]
+EMBEDDED = KINDS["embedded"]
+BUDGET = EMBEDDED.budget
+FORMAT = PromptFormat(EMBEDDED.layout)
+
+
+def job(model: Model, cells: list[Cell], index: int, cursor: int) -> Job:
+    """The worker's job for a request at ``cursor`` in cell ``index``, with the prompts the embedded backend sends."""
+    request = CompletionRequest(tuple(cells), index, cursor, path="notebook.ipynb")
+    source = PromptSource(request)
+    context = source.context(BUDGET)
+    prompts, nearer = FORMAT.render_all(QWEN, context)
+    tokenize = model.tokenize
+    return Job(
+        0,
+        [tokenize(p, 128) for p in prompts],
+        128,
+        [],
+        False,
+        "notebook.ipynb",
+        None if nearer is None else tokenize(nearer, 128),
+    )
+
+
+def notebooks(folder: Path) -> Iterator[tuple[str, list[Cell]]]:
+    for path in sorted(folder.glob("*.ipynb")):
+        yield path.name, [Cell(c["cell_type"], c["source"]) for c in read_cells(path)]
+
+
+def entering_new_cells(model_file: Path, folder: Path, reuse: Reuse = Reuse.CHUNKS) -> list[int]:
+    """For each code cell of each notebook, written in turn: the tokens the worker must read for the new
+    empty cell's prompt after it read the cell above.
+
+    As the frontend does: on entering a code cell, a prefetch of its prompts; the user's last request in
+    the cell, at its end; while a markdown cell is written, a prefetch of the code cell that follows it.
+    (No kernel: what a run adds after its cell is new text the model reads once, right after the run;
+    ``benchmarks/authoring_replay.py`` measures it with a live kernel.)"""
+    moments = []
+    for _, cells in notebooks(folder):
+        engine = TokensOnly(model_file)
+        model = Model(engine, cache_on(engine, reuse=reuse), list(QWEN.stop))  # type: ignore[arg-type]
+        written: list[Cell] = []
+        started = False
+        for cell in cells:
+            if cell.cell_type != "code":
+                written.append(cell)
+                after = job(model, [*written, Cell("code", "")], len(written), 0)
+                model.read_ahead(after.ahead, lambda: False, "notebook.ipynb")
+                continue
+            entered = job(model, [*written, Cell("code", "")], len(written), 0)
+            if started:  # (the first code cell: nothing was read before it)
+                moments.append(model.cache.unread(entered.prompts[-1]))
+            model.read_ahead(entered.ahead, lambda: False, "notebook.ipynb")
+            at_end = job(model, [*written, cell], len(written), len(cell.source))
+            model.read_ahead(at_end.ahead, lambda: False, "notebook.ipynb")
+            written.append(cell)
+            started = True
+    return moments
+
+
+def moving_down(model_file: Path, folder: Path, reuse: Reuse = Reuse.CHUNKS) -> list[int]:
+    """For each code cell of each (whole) notebook, the cursor moving down from the cell above: the tokens
+    the worker must read for its prompt (the cursor at its start) after it read the cell above's prompts
+    (the cursor at its end; above a markdown cell, the prefetch of the code cell that follows it)."""
+    moments = []
+    for _, cells in notebooks(folder):
+        engine = TokensOnly(model_file)
+        model = Model(engine, cache_on(engine, reuse=reuse), list(QWEN.stop))  # type: ignore[arg-type]
+        started = False
+        for index, cell in enumerate(cells):
+            if cell.cell_type != "code":
+                following = index + 1 < len(cells) and cells[index + 1].cell_type == "code"
+                after = cells if following else [*cells[: index + 1], Cell("code", ""), *cells[index + 1 :]]
+                model.read_ahead(job(model, after, index + 1, 0).ahead, lambda: False, "notebook.ipynb")
+                continue
+            entered = job(model, cells, index, 0)
+            if started:
+                moments.append(model.cache.unread(entered.prompts[-1]))
+            at_end = job(model, cells, index, len(cell.source))
+            model.read_ahead(at_end.ahead, lambda: False, "notebook.ipynb")
+            started = True
+    return moments
+
+
+def summary(moments: list[int]) -> dict[str, Any]:
+    """How many tokens the moments cost the worker: the share within 64, the median, p95 and the most."""
+    values = np.array(moments)
+    return {
+        "moments": len(values),
+        "within_64": float((values <= 64).mean()),
+        "median": float(np.median(values)),
+        "p95": float(np.percentile(values, 95)),
+        "max": int(values.max()),
+        "total": int(values.sum()),
+    }

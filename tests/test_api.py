@@ -323,3 +323,18 @@ async def test_the_servers_max_tokens_bounds_what_a_request_asks_for(
         assert code == 200 and fake_backend.last.body["max_tokens"] == sent, (asked, fake_backend.last.body)
     status = json.loads((await jp_fetch("codestral", "status")).body)
     assert status["max_tokens"] == 64
+
+
+@pytest.mark.parametrize("codestral_config", [{"backend": "openai", "model": "qwen", "min_confidence": -1.0}],
+                         indirect=True)
+async def test_a_suggestion_the_model_is_unsure_of_is_not_shown(
+    complete: Any, fake_backend: FakeFimServer, codestral_config: Any
+) -> None:
+    fake_backend.script.logprob = -0.2
+    code, sure = await complete(notebook_request())
+    assert code == 200 and sure["completion"] == "df.head()" and sure["confidence"] == -0.2
+    fake_backend.script.logprob = -2.5
+    code, lines = await complete(notebook_request(stream=True))
+    done = lines[-1]
+    assert code == 200 and done["completion"] == "" and done["cut"] == "confidence" and done["confidence"] == -2.5
+    assert not any("delta" in line for line in lines)  # nothing of it reached the screen

@@ -13,7 +13,7 @@ from traitlets.config import Config
 
 from jupyter_codestral.app import CodestralExtension
 from jupyter_codestral.backends import create_backend
-from jupyter_codestral.backends.base import Backend, FimRequest
+from jupyter_codestral.backends.base import Backend, FimRequest, Scored
 from jupyter_codestral.backends.event_streams import MAX_LINE_CHARS, EventStream, LineBuffer
 from jupyter_codestral.assembly import backend_settings
 from jupyter_codestral.context import ContextBudget
@@ -265,3 +265,26 @@ async def test_tokens_that_arrive_together_are_one_piece(fake: FakeFimServer, na
         assert [piece async for piece in backend.serve(fim_request())] == ["df", ".he", "ad()"]
     finally:
         await backend.aclose()
+
+
+# -- the tokens' log-probabilities (a suggestion's confidence) ------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "field"), [("openai", "logprobs"), ("llamacpp", "n_probs")])
+async def test_asked_for_confidence_a_backend_reports_its_tokens_log_probabilities(
+    fake: FakeFimServer, name: str, field: str
+) -> None:
+    backend = make(fake, name, min_confidence=-1.0)
+    fake.reset(chunks=["df", ".head", "()"], logprob=-0.5)
+    try:
+        pieces = [piece async for piece in backend.serve(fim_request())]
+    finally:
+        await backend.aclose()
+    assert fake.last.body[field] == 1
+    assert all(isinstance(piece, Scored) for piece in pieces)
+    assert "".join(p.text for p in pieces) == "df.head()"  # type: ignore[union-attr]
+    assert sum(p.tokens for p in pieces) == 3 and sum(p.logprob for p in pieces) == -1.5  # type: ignore[union-attr]
+    # Not asked (no min_confidence): not requested, plain text.
+    plain = make(fake, name)
+    await collect(plain)
+    assert field not in fake.last.body

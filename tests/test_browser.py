@@ -488,3 +488,70 @@ def test_with_the_first_backend_down_the_fallback_answers_and_the_bar_says_so(
         assert "connect" in title.lower()
         # The tooltip also says what today's completions used, per backend.
         assert "Usage today" in title and "fallback: " in title and "tokens in" in title, title
+
+
+def status_json(page: Page) -> dict[str, Any]:
+    """``codestral/status`` as the page's JupyterLab reads it (its login cookie)."""
+    return page.evaluate("async () => (await fetch('/codestral/status')).json()")  # type: ignore[no-any-return]
+
+
+def test_what_becomes_of_the_suggestions_is_counted_and_shown(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake, page = fake_backend_threaded, browser_page
+    with suggestion_shown(tmp_path, fake, page, ["survival_rate", "_by_class()"]) as _:
+        page.keyboard.press("Tab")  # accepted whole
+        page.wait_for_function("() => document.querySelectorAll('.jp-GhostText').length === 0", timeout=10_000)
+        fake.script = Script(chunks=["print(rates)"])
+        page.keyboard.press("Enter")
+        page.keyboard.press("Alt+Backslash")
+        wait_ghost(page, "print(rates)")
+        page.keyboard.press("Escape")  # dismissed
+        page.wait_for_function("() => document.querySelectorAll('.jp-GhostText').length === 0", timeout=10_000)
+        deadline = time.monotonic() + 20  # the browser reports every few seconds
+        while time.monotonic() < deadline:
+            total = status_json(page)["usage"]["acceptance"]["total"]
+            if total["dismissed"]:
+                break
+            time.sleep(0.5)
+        assert (total["shown"], total["accepted"], total["dismissed"]) == (2, 1, 1), total
+        assert total["chars_accepted"] == len("survival_rate_by_class()")
+        page.wait_for_function(
+            "() => (document.querySelector('.jp-CodestralStatus')?.title ?? '').includes('Accepted today: 1 of 2')",
+            timeout=20_000,
+        )
+
+
+def test_the_demo_notebook_never_shows_the_prompts_own_notes(tmp_path: Path, browser_page: Page) -> None:
+    """The Binder demo, every cell run, then `top = orders.groupby(` in a new cell: the ghost text is code only
+    (the prompt's notes of what each run made, its cell markers, are never shown)."""
+    import nbformat
+
+    demo = nbformat.read(Path(__file__).resolve().parent.parent / "binder" / "sales-analysis.ipynb", as_version=4)
+    cells = [(cell.cell_type, cell.source) for cell in demo.cells]
+    with start_lab(tmp_path, ["--CodestralExtension.backend=embedded"], {}, cells=cells,
+                   notebook="sales-analysis.ipynb") as url:
+        page = browser_page
+        open_notebook(page, url)
+        page.wait_for_function(
+            "() => document.querySelector('.jp-CodestralStatus')?.dataset.state === 'ready'", timeout=120_000
+        )
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.keyboard.press("Escape")
+        for _ in cells:  # Shift+Enter through the notebook; the last opens a new cell
+            page.keyboard.press("Shift+Enter")
+            page.wait_for_timeout(300)
+        page.wait_for_function(
+            "n => document.querySelectorAll('.jp-Notebook .jp-Cell').length > n", arg=len(cells), timeout=60_000
+        )
+        page.wait_for_function(  # every run done: no cell waits with [*]
+            "() => ![...document.querySelectorAll('.jp-InputPrompt')].some(p => p.textContent.includes('*'))",
+            timeout=120_000,
+        )
+        page.locator(".jp-Notebook .jp-Cell").last.locator(".cm-content").click()
+        page.keyboard.type("top = orders.groupby(", delay=80)
+        states = ghost_texts_while_streaming(page, timeout=60)
+        assert states, "no ghost text in the new cell"
+        for state in states:
+            assert "%%" not in state, states
+            assert not any(line.lstrip().startswith("#") and ":" in line for line in state.split("\n")), states

@@ -154,10 +154,10 @@ def test_the_kernel_summary_leads_the_prompt_or_is_a_file_of_its_own() -> None:
     cells = (Cell("code", "df = load()"), Cell("code", "df["), Cell("code", "print(1)"))
     state = KernelState((Snapshot(1, (Variable("df", "DataFrame", "DataFrame, columns {'a': int64}"),)),))
     ctx = build_context(CompletionRequest(cells, 1, 3), ContextBudget(), state)
-    assert ctx.prefix == ("# Variables in the running kernel:\n"
+    assert ctx.prefix == ("# %% [variables in the running kernel]\n"
                           "# df: DataFrame, columns {'a': int64}\n\n# %%\ndf = load()\n\n# %%\ndf[")
     as_comment = render_prompt(TEMPLATES["qwen"], ctx, "split")
-    assert "<|fim_prefix|># Variables in the running kernel" in as_comment
+    assert "<|fim_prefix|># %% [variables in the running kernel]" in as_comment
     as_file = render_prompt(TEMPLATES["qwen"], ctx, "split", kernel_file=True)
-    assert as_file.startswith("<|repo_name|>notebook\n<|file_sep|>kernel_namespace.py\n# Variables")
+    assert as_file.startswith("<|repo_name|>notebook\n<|file_sep|>kernel_namespace.py\n# %% [variables")
     assert "<|fim_prefix|># %%\ndf = load()\n\n# %%\ndf[<|fim_suffix|>" in as_file

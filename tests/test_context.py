@@ -132,7 +132,7 @@ def test_the_variables_the_notebook_mentions_first_lead_the_kernel_summary() -> 
              Cell("code", "cars.plot()"), Cell("code", "cars["), Cell("code", "print(wheat)"))
     ctx = build_context(CompletionRequest(cells, 3, 5), BIG, state)
     lines = ctx.namespace.split("\n")
-    assert lines[0] == "# Variables in the running kernel:"
+    assert lines[0] == "# %% [variables in the running kernel]"
     assert lines[1:6] == ["# np = module numpy", f"# stocks: {STOCKS[2]}", "# def load(path)", f"# cars: {CARS[2]}",
                           f"# wheat: {WHEAT[2]}"]
 
@@ -154,8 +154,9 @@ def test_each_run_cell_is_followed_by_the_variables_it_made_as_they_were_then() 
              Cell("code", "cars["))
     ctx = build_context(CompletionRequest(cells, 2, 5), BIG, before)
     assert ctx.namespace == ""  # every variable is explained by a cell that ran
-    assert ctx.before == ("# %%\nimport numpy as np\ndef load(path): ...\n# np = module numpy\n# def load(path)\n\n"
-                          "# %%\ncars = load('c')\n# cars: DataFrame, 406 rows, columns {'Name': object, 'Horsepower': float64}\n\n")
+    assert ctx.before == ("# %%\nimport numpy as np\ndef load(path): ...\n# %% [output]\n# np = module numpy\n"
+                          "# def load(path)\n\n# %%\ncars = load('c')\n# %% [output]\n"
+                          "# cars: DataFrame, 406 rows, columns {'Name': object, 'Horsepower': float64}\n\n")
 
     # The user runs cell 2 (execution 3: cars changes, wheat appears) and moves to a new cell:
     # everything before the executed cell reads as before; only text after it is new.
@@ -165,7 +166,7 @@ def test_each_run_cell_is_followed_by_the_variables_it_made_as_they_were_then() 
     moved = build_context(CompletionRequest(cells_after, 3, 0), BIG, ran)
     assert moved.namespace == "" and moved.before.startswith(ctx.before)
     assert moved.before[len(ctx.before):] == (
-        "# %%\ncars = cars.head(10)\nwheat = load('w')\n# cars: DataFrame, 10 rows, columns {'Name': object}\n"
+        "# %%\ncars = cars.head(10)\nwheat = load('w')\n# %% [output]\n# cars: DataFrame, 10 rows, columns {'Name': object}\n"
         "# wheat: DataFrame, 52 rows, columns {'year': int64, 'wheat': float64}\n\n")
 
 

@@ -36,8 +36,8 @@ async def test_the_summary_reflects_a_dataframe_and_disturbs_nothing(
     code, _ = await complete(notebook_request(kernel_id=kernel_id))
     assert code == 200
     prompt = fake_backend.last.body["prompt"]
-    head = prompt.split("# %%")[0]
-    assert head.startswith("# Variables in the running kernel")
+    head = prompt[: prompt.index("\n\n# %%\n")]
+    assert head.startswith("# %% [variables in the running kernel]")
     assert "# df: DataFrame, 2 rows, columns {'order_id': int64, 'customer_region': " in head
     assert "'unit_price': float64}" in head
     assert "# def total(price, qty=1)" in head and "# pd = module pandas" in head

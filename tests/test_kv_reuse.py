@@ -4,25 +4,17 @@ disk, and the tokens a new cell costs on every cell of the benchmark notebooks."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import MODEL_CACHE
-from kv_simulation import TokensOnly, cache_on
+from kv_simulation import TokensOnly, cache_on, entering_new_cells, moving_down, summary
 
-from jupyter_codestral.backends import KINDS
-from jupyter_codestral.context import ContextBudget
 from jupyter_codestral.embedded.disk_cache import DiskCache
-from jupyter_codestral.embedded.jobs import Job, Model
 from jupyter_codestral.embedded.kv_reuse import Chunk, Plan, Read, plan_reuse
 from jupyter_codestral.embedded.model_files import BUNDLED, ensure_model
-from jupyter_codestral.evaluation import read_cells
-from jupyter_codestral.prompt_source import PromptSource
-from jupyter_codestral.request import Cell, CompletionRequest
-from jupyter_codestral.templates import TEMPLATES, PromptFormat
 
 BENCH_NOTEBOOKS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "notebooks"
 
@@ -112,96 +104,27 @@ def test_the_disk_stays_within_its_budget_and_forgets_what_the_policy_refuses(tm
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_saved_states_are_private_and_a_crash_leaves_nothing_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "kv"
+    disk = DiskCache(folder, 2**20)
+    disk.put(tokens(range(100)), bytes(500), "a.ipynb")
+    disk.close()
+    assert folder.stat().st_mode & 0o777 == 0o700  # the states hold the notebooks' text
+    assert {path.stat().st_mode & 0o777 for path in folder.iterdir()} == {0o600}
+    (folder / ".0123.kv.partial").write_bytes(bytes(10))  # a write cut short
+    (folder / "4567.kv").write_bytes(bytes(10))  # a state whose description was never written
+    reopened = DiskCache(folder, 2**20)
+    assert len(reopened.entries) == 1
+    assert sorted(path.suffix for path in folder.iterdir()) == [".json", ".kv"]
+
+
 # -- every cell of the benchmark notebooks ------------------------------------------------------------------
-
-
-QWEN = TEMPLATES["qwen"]
-EMBEDDED = KINDS["embedded"]
-BUDGET = ContextBudget(EMBEDDED.prefix_tokens, EMBEDDED.suffix_tokens, trim_step_tokens=EMBEDDED.trim_step_tokens)
-FORMAT = PromptFormat(EMBEDDED.layout)
-
-
-def job(model: Model, cells: list[Cell], index: int, cursor: int) -> Job:
-    """The worker's job for a request at ``cursor`` in cell ``index``, with the prompts the embedded backend sends."""
-    request = CompletionRequest(tuple(cells), index, cursor, path="notebook.ipynb")
-    source = PromptSource(request)
-    context = source.context(BUDGET)
-    prompts, nearer = FORMAT.render_all(QWEN, context)
-    tokenize = model.tokenize
-    return Job(0, [tokenize(p, 128) for p in prompts], 128, [], False, "notebook.ipynb",
-               None if nearer is None else tokenize(nearer, 128))
-
-
-def notebooks() -> Iterator[tuple[str, list[Cell]]]:
-    for path in sorted(BENCH_NOTEBOOKS.glob("*.ipynb")):
-        yield path.name, [Cell(c["cell_type"], c["source"]) for c in read_cells(path)]
-
-
-def entering_new_cells(model_file: Path) -> list[int]:
-    """For each code cell of each notebook, written in turn: the tokens the worker must read for the new
-    empty cell's prompt after it read the cell above.
-
-    As the frontend does: on entering a code cell, a prefetch of its prompts; the user's last request in
-    the cell, at its end; while a markdown cell is written, a prefetch of the code cell that follows it.
-    (No kernel: what a run adds after its cell is new text the model reads once, right after the run;
-    ``benchmarks/authoring_replay.py`` measures it with a live kernel.)"""
-    moments = []
-    for _, cells in notebooks():
-        engine = TokensOnly(model_file)
-        model = Model(engine, cache_on(engine), list(QWEN.stop))  # type: ignore[arg-type]
-        written: list[Cell] = []
-        started = False
-        for cell in cells:
-            if cell.cell_type != "code":
-                written.append(cell)
-                after = job(model, [*written, Cell("code", "")], len(written), 0)
-                model.read_ahead(after.ahead, lambda: False, "notebook.ipynb")
-                continue
-            entered = job(model, [*written, Cell("code", "")], len(written), 0)
-            if started:  # (the first code cell: nothing was read before it)
-                moments.append(model.cache.unread(entered.prompts[-1]))
-            model.read_ahead(entered.ahead, lambda: False, "notebook.ipynb")
-            at_end = job(model, [*written, cell], len(written), len(cell.source))
-            model.read_ahead(at_end.ahead, lambda: False, "notebook.ipynb")
-            written.append(cell)
-            started = True
-    return moments
-
-
-def moving_down(model_file: Path) -> list[int]:
-    """For each code cell of each (whole) notebook, the cursor moving down from the cell above: the tokens
-    the worker must read for its prompt (the cursor at its start) after it read the cell above's prompts
-    (the cursor at its end; above a markdown cell, the prefetch of the code cell that follows it)."""
-    moments = []
-    for _, cells in notebooks():
-        engine = TokensOnly(model_file)
-        model = Model(engine, cache_on(engine), list(QWEN.stop))  # type: ignore[arg-type]
-        started = False
-        for index, cell in enumerate(cells):
-            if cell.cell_type != "code":
-                following = index + 1 < len(cells) and cells[index + 1].cell_type == "code"
-                after = cells if following else [*cells[: index + 1], Cell("code", ""), *cells[index + 1 :]]
-                model.read_ahead(job(model, after, index + 1, 0).ahead, lambda: False, "notebook.ipynb")
-                continue
-            entered = job(model, cells, index, 0)
-            if started:
-                moments.append(model.cache.unread(entered.prompts[-1]))
-            at_end = job(model, cells, index, len(cell.source))
-            model.read_ahead(at_end.ahead, lambda: False, "notebook.ipynb")
-            started = True
-    return moments
-
-
-def summary(moments: list[int]) -> dict[str, Any]:
-    values = np.array(moments)
-    return {"moments": len(values), "within_64": float((values <= 64).mean()), "max": int(values.max()),
-            "median": float(np.median(values))}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", [entering_new_cells, moving_down], ids=["new last cell", "one cell down"])
 def test_a_new_cell_costs_only_its_own_tokens_on_every_benchmark_notebook(scenario: Any, model_file: Path) -> None:
-    figures = summary(scenario(model_file))
+    figures = summary(scenario(model_file, BENCH_NOTEBOOKS))
     print(json.dumps(figures))
     assert figures["moments"] >= 300
     assert figures["within_64"] >= 0.95 and figures["max"] <= 256, figures

@@ -117,3 +117,55 @@ async def test_a_bad_price_is_a_readable_configuration_error(jp_fetch: Any, code
 
 def test_the_day_is_the_local_date() -> None:
     assert today() == datetime.date.today().isoformat()
+
+
+# -- what users do with the suggestions ----------------------------------------------------------------------
+
+
+REPORT = {"rows": [
+    {"backend": "mistral", "route": "line", "shown": 5, "accepted": 2, "accepted_word": 1, "dismissed": 2,
+     "chars_accepted": 31},
+    {"backend": "mistral", "route": "block", "shown": 2, "accepted_line": 1, "dismissed": 1, "chars_accepted": 12},
+]}
+
+
+async def test_what_the_browser_counts_of_its_suggestions_is_in_the_status_per_backend_and_route(
+    jp_fetch: Any, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        response = await jp_fetch("codestral", "acceptance", method="POST", body=json.dumps(REPORT))
+        assert response.code == 204
+    acceptance = json.loads((await jp_fetch("codestral", "status")).body)["usage"]["acceptance"]
+    line = next(row for row in acceptance["rows"] if row["route"] == "line")
+    assert (line["backend"], line["shown"], line["accepted"], line["dismissed"], line["chars_accepted"]) == (
+        "mistral", 10, 4, 4, 62)
+    assert line["rate"] == 0.4
+    assert acceptance["total"]["shown"] == 14 and acceptance["total"]["accepted_line"] == 2
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"rows": [{"backend": "m", "route": "line", "shown": -1}]}).encode(), 400, "shown must be a whole"),
+    (json.dumps({"rows": [{"backend": "m", "route": "sideways"}]}).encode(), 400, "route must be one of"),
+    (json.dumps({"rows": [{"backend": "m", "route": "line", "surprise": 1}]}).encode(), 400, "unknown field"),
+    (json.dumps({"rows": [{"backend": "m", "route": "line"}] * 201}).encode(), 413, "more than 200 rows"),
+    (json.dumps({"rows": [{"backend": "m", "route": "line", "shown": 1.5}]}).encode(), 400, "whole number"),
+])
+async def test_a_bad_acceptance_report_gets_a_readable_4xx(jp_fetch: Any, body: bytes, status: int, says: str) -> None:
+    response = await jp_fetch("codestral", "acceptance", method="POST", body=body, raise_error=False)
+    assert response.code == status and says in json.loads(response.body)["error"]["message"]
+
+
+async def test_acceptance_is_written_only_with_a_usage_file_and_read_back(tmp_path: Path) -> None:
+    from jupyter_codestral.acceptance import parse_report
+
+    path = tmp_path / "usage.json"
+    ledger = UsageLedger(path=path, clock=lambda: "2026-12-04")
+    ledger.record_acceptance(parse_report(json.dumps(REPORT).encode()))
+    await ledger.aclose()
+    again = UsageLedger(path=path, clock=lambda: "2026-12-04")
+    assert again.day()["acceptance"]["total"]["shown"] == 7
+    memory = UsageLedger(clock=lambda: "2026-12-04")
+    memory.record_acceptance(parse_report(json.dumps(REPORT).encode()))
+    await memory.aclose()
+    assert memory.path is None and memory.day()["acceptance"]["total"]["shown"] == 7  # counted, written nowhere

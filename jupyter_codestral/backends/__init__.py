@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..context import ContextBudget
 from ..embedded.model_files import BUNDLED
 from .base import Backend, BackendSettings, FimRequest
 from .mistral import CODESTRAL_URL
@@ -16,10 +17,8 @@ class BackendKind:
     name: str
     url: str
     model: str
-    prefix_tokens: int
-    suffix_tokens: int
+    budget: ContextBudget  # how much of the notebook its prompts hold
     layout: str
-    trim_step_tokens: int  # the earlier cells' window moves in steps of this many tokens
 
 
 # "local" is the embedded model's former name, still accepted in configurations.
@@ -29,15 +28,17 @@ KINDS: dict[str, BackendKind] = {
     kind.name: kind
     for kind in (
         # Codestral reads 32k tokens quickly; the limit is what we upload per keystroke.
-        BackendKind("mistral", CODESTRAL_URL, "codestral-latest", 4096, 1024, "inline", 256),
-        BackendKind("openai", "http://127.0.0.1:8000", "Qwen/Qwen2.5-Coder-1.5B", 2048, 512, "inline", 256),
-        BackendKind("ollama", "http://127.0.0.1:11434", "qwen2.5-coder:1.5b", 2048, 512, "inline", 256),
+        BackendKind("mistral", CODESTRAL_URL, "codestral-latest", ContextBudget(4096, 1024, 256), "inline"),
+        BackendKind(
+            "openai", "http://127.0.0.1:8000", "Qwen/Qwen2.5-Coder-1.5B", ContextBudget(2048, 512, 256), "inline"
+        ),
+        BackendKind("ollama", "http://127.0.0.1:11434", "qwen2.5-coder:1.5b", ContextBudget(2048, 512, 256), "inline"),
         # llama.cpp's server keeps its prompt cache: the prompt's start should stay put.
-        BackendKind("llamacpp", "http://127.0.0.1:8080", "default", 2048, 512, "stable", 512),
+        BackendKind("llamacpp", "http://127.0.0.1:8080", "default", ContextBudget(2048, 512, 512), "stable"),
         # On a laptop CPU every token read costs ~6 ms: the prompt's start stays put
         # (stable layout, a window that moves in large steps) so it is read once; the
         # later cells come in once the worker has read them in the background (adaptive).
-        BackendKind("embedded", "embedded", BUNDLED.name, 1536, 384, "adaptive", 512),
+        BackendKind("embedded", "embedded", BUNDLED.name, ContextBudget(), "adaptive"),
     )
 }
 

@@ -88,6 +88,8 @@ class BackendSettings:
     # Credentials in the prompt are replaced before it is sent (redaction.py); off only where
     # prompts never leave the machine (the embedded model) or the user turned it off.
     redact_secrets: bool = True
+    # Ask the backend for its tokens' log-probabilities (a suggestion's confidence: min_confidence).
+    confidence: bool = False
     retry_backoff: float = RETRY_BACKOFF
 
     @property

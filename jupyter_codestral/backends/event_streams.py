@@ -13,6 +13,7 @@ import aiohttp
 from .. import jsonio
 from ..errors import BackendError, ErrorKind, backend_error
 from ..usage import Usage
+from ..validation import is_number
 from .base import BackendItem, Piece, Scored
 
 
@@ -271,8 +272,14 @@ def _token_logprobs(event: dict[str, Any]) -> list[float]:
     if not isinstance(logprobs, dict):
         return []
     values = logprobs.get("token_logprobs")
-    if values is None and isinstance(logprobs.get("content"), list):
-        values = [item.get("logprob") for item in logprobs["content"] if isinstance(item, dict)]
-    if not isinstance(values, list):
+    if values is None:
+        return token_logprobs(logprobs.get("content"))
+    return [float(v) for v in values if is_number(v)] if isinstance(values, list) else []
+
+
+def token_logprobs(tokens: Any) -> list[float]:
+    """The ``logprob`` of each of a list of tokens' objects (llama.cpp's ``completion_probabilities``, the
+    chat API's ``logprobs.content``)."""
+    if not isinstance(tokens, list):
         return []
-    return [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return [float(t["logprob"]) for t in tokens if isinstance(t, dict) and is_number(t.get("logprob"))]

@@ -21,7 +21,7 @@ from ..embedded import MIN_CHUNK_TOKENS
 from ..templates import split_layout_parts, stable_suffix
 from ..usage import Usage
 from .base import BackendItem, FimRequest
-from .event_streams import Read, SseJson, stream_text
+from .event_streams import Read, SseJson, stream_text, token_logprobs
 from .http import HttpBackend
 
 # The shortest run of tokens llama.cpp's server moves into place rather than reads again (as the
@@ -45,6 +45,8 @@ class LlamaCppBackend(HttpBackend):
             "stream": True,
             "stop": list(request.stop),
         }
+        if self.settings.confidence:
+            payload["n_probs"] = 1  # each token's log-probability
         near, _, later = split_layout_parts(context)
         layout = self.settings.prompt.answer_layout  # one prompt per request here
         if layout == "stable":
@@ -66,7 +68,8 @@ class LlamaCppBackend(HttpBackend):
             text = str(event.get("content") or "")
             if event.get("stop"):  # the last event, with the tokens used
                 return Read(text, Usage.reported(event.get("tokens_evaluated"), event.get("tokens_predicted")), True)
-            return Read(text)
+            logprobs = token_logprobs(event.get("completion_probabilities"))
+            return Read(text, logprob=sum(logprobs), tokens=len(logprobs)) if logprobs else Read(text)
 
         url = self.settings.url
         return stream_text(

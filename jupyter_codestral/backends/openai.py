@@ -30,6 +30,8 @@ class OpenAIBackend(HttpBackend):
             # vLLM, LM Studio and llama.cpp's server then end with the tokens used (others ignore it).
             "stream_options": {"include_usage": True},
         }
+        if self.settings.confidence:
+            payload["logprobs"] = 1  # each token's log-probability (the completions API's)
         if self.settings.openai_suffix:
             payload |= {"prompt": request.prefix, "suffix": request.suffix, "stop": list(request.stop)}
         else:

@@ -20,6 +20,43 @@ USAGE_COLUMNS = (
 )
 
 
+ACCEPTANCE_COLUMNS = (
+    ("shown", "shown"),
+    ("accepted", "accepted"),
+    ("accepted_word", "by word"),
+    ("accepted_line", "by line"),
+    ("dismissed", "dismissed"),
+    ("chars_accepted", "characters"),
+)
+
+
+def acceptance_table(acceptance: dict[str, Any]) -> str:
+    """What became of the suggestions shown today, a row per backend and route, then the total."""
+    rows = [(f"{row['backend']} ({row['route']})", row) for row in acceptance["rows"]]
+    if not rows:
+        return "No suggestion was shown today (the browser counts what becomes of them)."
+    rows.append(("total", acceptance["total"]))
+    header = ["suggestions", *(title for _, title in ACCEPTANCE_COLUMNS), "accepted whole"]
+    lines = [header]
+    for name, row in rows:
+        rate = row.get("rate")
+        lines.append(
+            [name, *(f"{row[key]:,}" for key, _ in ACCEPTANCE_COLUMNS), "-" if rate is None else f"{rate:.0%}"]
+        )
+    return _aligned(lines)
+
+
+def _aligned(lines: list[list[str]]) -> str:
+    """Rows of cells as a plain-text table: the first column to the left, the others to the right."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in lines
+    )
+
+
 def usage_table(day: dict[str, Any]) -> str:
     """Today's usage as a plain-text table (a row per backend, then the total)."""
     rows = [*day["backends"].items(), ("total", day["total"])]
@@ -28,13 +65,7 @@ def usage_table(day: dict[str, Any]) -> str:
     for name, row in rows:
         cost = row.get("cost")
         lines.append([name, *(f"{row[key]:,}" for key, _ in USAGE_COLUMNS), "-" if cost is None else f"{cost:.4f}"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        )
-        for line in lines
-    ]
+    text = [_aligned(lines)]
     notes = []
     estimated = day["total"].get("estimated", 0)
     if estimated:
@@ -103,6 +134,9 @@ async def usage_command(args: argparse.Namespace) -> int:
             continue
         print(f"Usage on {day['date']}, from {where}:")
         print(usage_table(day))
+        if "acceptance" in day:
+            print()
+            print(acceptance_table(day["acceptance"]))
     return 0
 
 

@@ -55,7 +55,9 @@ class DiskCache:
         self.entries: dict[str, Entry] = {}
         self._writes: queue.Queue[tuple[str, Tokens, Any, str | None] | None] = queue.Queue()
         self._lock = threading.Lock()
+        # The saved states hold the notebooks' text (their tokens): only their owner may read them.
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.chmod(0o700)
         self._load_index()
         self._writer = threading.Thread(target=self._write_loop, name="kv-disk", daemon=True)
         self._writer.start()
@@ -72,6 +74,10 @@ class DiskCache:
                 self._remove(meta.stem)  # half written, or damaged: never load it
                 continue
             self.entries[meta.stem] = Entry(meta.stem, Read(tokens), size, info.get("document"), state.stat().st_mtime)
+        # What a crash left behind: unfinished files, and states whose description was never written.
+        for stray in [*self.folder.glob(".*.partial"), *self.folder.glob("*.kv")]:
+            if stray.suffix == ".partial" or stray.stem not in self.entries:
+                stray.unlink(missing_ok=True)
 
     @property
     def used_bytes(self) -> int:
@@ -142,10 +148,8 @@ class DiskCache:
             with self._lock:
                 if key not in self.entries:
                     return  # evicted before it was written
-                partial = self.folder / f".{key}.partial"
-                partial.write_bytes(data)
-                os.replace(partial, self.folder / f"{key}.kv")
-                (self.folder / f"{key}.json").write_text(json.dumps(meta))
+                _write_private(self.folder / f"{key}.kv", data)
+                _write_private(self.folder / f"{key}.json", json.dumps(meta).encode())
         except OSError as error:
             log.warning("cannot save a read prompt to disk: %s", error)
             self.entries.pop(key, None)
@@ -161,3 +165,12 @@ class DiskCache:
 
 def _starts(longer: Tokens, shorter: Tokens) -> bool:
     return len(shorter) <= len(longer) and bool(np.array_equal(longer[: len(shorter)], shorter))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole (a partial file never has its name), readable by its owner only."""
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    os.replace(partial, path)

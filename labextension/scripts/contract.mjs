@@ -39,7 +39,6 @@ const header = `/**
  * jupyter_codestral/contract/codestral.schema.json. Do not edit: change the schema and run
  * \`jlpm contract\` (\`jlpm test\` fails while this file and the schema disagree).
  */
-/* eslint-disable */
 
 /** The most tokens a request may ask for (the schema's bound on \`max_tokens\`). */
 export const MAX_TOKENS = ${limits.max_tokens.maximum};

@@ -1,7 +1,7 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { CompleteRequest, Status, StreamEvent } from './contract';
+import { AcceptanceRow, CompleteRequest, Status, StreamEvent } from './contract';
 import { CompletionFailure, NdjsonDecoder, failureFromReply } from './protocol';
 
 /**
@@ -79,6 +79,18 @@ export class CodestralClient {
       );
     } catch {
       // A prefetch is only a hint: failures show up on the next completion.
+    }
+  }
+
+  /** What became of the suggestions shown since the last report (kept in the server's usage table). */
+  async acceptance(rows: AcceptanceRow[]): Promise<void> {
+    const response = await ServerConnection.makeRequest(
+      this.url('acceptance'),
+      { method: 'POST', body: JSON.stringify({ rows }) },
+      this.settings
+    );
+    if (!response.ok) {
+      throw failureFromReply(response.status, response.statusText, await response.text());
     }
   }
 

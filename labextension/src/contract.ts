@@ -3,7 +3,6 @@
  * jupyter_codestral/contract/codestral.schema.json. Do not edit: change the schema and run
  * `jlpm contract` (`jlpm test` fails while this file and the schema disagree).
  */
-/* eslint-disable */
 
 /** The most tokens a request may ask for (the schema's bound on `max_tokens`). */
 export const MAX_TOKENS = 1024;
@@ -114,6 +113,10 @@ export interface Contract {
   NamedBackend?: NamedBackend;
   Status?: Status;
   EmbeddedCache?: EmbeddedCache;
+  AcceptanceRow?: AcceptanceRow;
+  AcceptanceReport?: AcceptanceReport;
+  AcceptanceFigures?: AcceptanceFigures;
+  AcceptanceDay?: AcceptanceDay;
 }
 /**
  * One cell of the notebook: its type, text and last run.
@@ -271,6 +274,14 @@ export interface CompleteReply {
   off?: string;
   off_scope?: OffScope;
   timings: Timings;
+  /**
+   * What ended the suggestion before the model did (postprocess.Cut).
+   */
+  cut?: 'line' | 'statement' | 'dedent' | 'next_line' | 'prompt' | 'fence' | 'confidence';
+  /**
+   * The mean log-probability of the suggestion's tokens, where the backend reports them.
+   */
+  confidence?: number;
 }
 /**
  * This interface was referenced by `Contract`'s JSON-Schema
@@ -310,6 +321,14 @@ export interface DoneEvent {
   off?: string;
   off_scope?: OffScope;
   timings: Timings;
+  /**
+   * What ended the suggestion before the model did (postprocess.Cut).
+   */
+  cut?: 'line' | 'statement' | 'dedent' | 'next_line' | 'prompt' | 'fence' | 'confidence';
+  /**
+   * The mean log-probability of the suggestion's tokens, where the backend reports them.
+   */
+  confidence?: number;
 }
 /**
  * This interface was referenced by `Contract`'s JSON-Schema
@@ -352,6 +371,38 @@ export interface UsageDay {
   };
   estimate_note: string;
   saved_to: string | null;
+  acceptance: AcceptanceDay;
+}
+/**
+ * One day's acceptance, per backend and route, and in all.
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "AcceptanceDay".
+ */
+export interface AcceptanceDay {
+  rows: (AcceptanceFigures & {
+    backend: string;
+    route: RouteKind;
+  })[];
+  total: AcceptanceFigures;
+}
+/**
+ * Counts of the suggestions shown and what became of them (acceptance.Acceptance).
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "AcceptanceFigures".
+ */
+export interface AcceptanceFigures {
+  shown: number;
+  accepted: number;
+  accepted_word: number;
+  accepted_line: number;
+  dismissed: number;
+  chars_accepted: number;
+  /**
+   * Accepted whole of those shown.
+   */
+  rate: number | null;
 }
 /**
  * One named backend of a routed configuration.
@@ -478,4 +529,50 @@ export interface Status {
     allowed: boolean;
     reason: string | null;
   };
+}
+/**
+ * What became of the suggestions of one backend and one route, as the browser counted.
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "AcceptanceRow".
+ */
+export interface AcceptanceRow {
+  backend: string;
+  route: RouteKind;
+  /**
+   * Suggestions the user saw.
+   */
+  shown?: number;
+  /**
+   * Accepted whole (Tab).
+   */
+  accepted?: number;
+  /**
+   * Accepts of a suggestion's next word.
+   */
+  accepted_word?: number;
+  /**
+   * Accepts of a suggestion's next line.
+   */
+  accepted_line?: number;
+  /**
+   * Dismissed (Escape) or typed over.
+   */
+  dismissed?: number;
+  /**
+   * Characters the accepts inserted.
+   */
+  chars_accepted?: number;
+}
+/**
+ * The body of POST codestral/acceptance: the browser's counts since its last report.
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "AcceptanceReport".
+ */
+export interface AcceptanceReport {
+  /**
+   * @maxItems 200
+   */
+  rows: AcceptanceRow[];
 }

@@ -47,7 +47,8 @@ function ghostText(): string | null {
 function acceptPart(
   app: JupyterFrontEnd,
   provider: CodestralProvider,
-  cut: (text: string) => string
+  cut: (text: string) => string,
+  how: 'word' | 'line'
 ): void {
   const active = activeEditor(app);
   if (!active) {
@@ -62,6 +63,7 @@ function acceptPart(
     return;
   }
   editor.model.sharedModel.updateSource(offset, offset, part);
+  provider.accepted(how, part.length);
   editor.setCursorPosition(editor.getPositionAt(offset + part.length)!);
   // Show the rest at once (answered from the suggestion, no request).
   void app.commands.execute(INVOKE);
@@ -71,12 +73,12 @@ export function addEditingCommands(app: JupyterFrontEnd, provider: CodestralProv
   app.commands.addCommand(ACCEPT_WORD, {
     label: 'Accept the Next Word of the Suggestion',
     caption: 'Insert the next word of the inline suggestion; the rest stays shown.',
-    execute: () => acceptPart(app, provider, nextWord)
+    execute: () => acceptPart(app, provider, nextWord, 'word')
   });
   app.commands.addCommand(ACCEPT_LINE, {
     label: 'Accept the Next Line of the Suggestion',
     caption: 'Insert the next line of the inline suggestion; the rest stays shown.',
-    execute: () => acceptPart(app, provider, nextLine)
+    execute: () => acceptPart(app, provider, nextLine, 'line')
   });
 }
 
@@ -124,6 +126,10 @@ export function watchTyping(app: JupyterFrontEnd, provider: CodestralProvider): 
       }
       provider.rhythm.note(Date.now());
       if (acceptShortcut(app, event)) {
+        return;
+      }
+      if (event.key === 'Escape' && target.closest('.jp-mod-inline-completer-active')) {
+        provider.dismissed();
         return;
       }
       if (

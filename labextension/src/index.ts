@@ -11,6 +11,11 @@ import { addEditingCommands, watchTyping } from './editing';
 import { CodestralProvider } from './provider';
 import { CodestralStatus } from './status';
 
+/** JupyterLab's inline completer's command that accepts the suggestion shown (Tab). */
+const ACCEPT = 'inline-completer:accept';
+/** How often what became of the suggestions is reported to the server. */
+const ACCEPTANCE_REPORT_MS = 5000;
+
 /** JupyterLab's inline completer plugin: its settings hold each provider's, ours included. */
 const INLINE_COMPLETER = '@jupyterlab/completer-extension:inline-completer';
 type ProviderSettings = Record<string, Record<string, unknown> | undefined>;
@@ -35,6 +40,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
     manager.registerInlineProvider(provider);
     addEditingCommands(app, provider);
     watchTyping(app, provider);
+    // What becomes of the suggestions: Tab is the inline completer's own accept command.
+    app.commands.commandExecuted.connect((_, { id }) => {
+      if (id === ACCEPT) {
+        provider.accepted('whole');
+      }
+    });
+    window.setInterval(() => {
+      const rows = provider.acceptance.take();
+      if (rows.length) {
+        void client.acceptance(rows).catch(error => console.warn('jupyter-codestral:', error));
+      }
+    }, ACCEPTANCE_REPORT_MS);
 
     // The status bar item turns the provider on and off through the inline
     // completer's own setting for it (one switch, also in the Settings Editor).

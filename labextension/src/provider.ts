@@ -11,6 +11,7 @@ import { NotebookPanel } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { AcceptanceCounter } from './acceptance';
 import { CodestralClient } from './client';
 import { CompleteRequest, OffScope, StreamEvent } from './contract';
 import {
@@ -28,7 +29,7 @@ import {
   ProviderSettings,
   settingsSchema
 } from './settings';
-import { IPlace, Suggestion, SuggestionStore } from './suggestions';
+import { IPlace, Suggestion, SuggestionStore, typedAlong } from './suggestions';
 import { Targets } from './target';
 import { KeyRhythm, adaptiveDelay, median, worthAsking } from './timing';
 
@@ -75,6 +76,10 @@ export class CodestralProvider implements IInlineCompletionProvider {
   private _blockedUntil = 0;
   private _prefetching: AbortController | null = null;
   private _activity = new Signal<this, IActivity>(this);
+  /** What becomes of the suggestions shown (reported to the server by the plugin). */
+  readonly acceptance = new AcceptanceCounter();
+  /** The suggestion on screen, and how much of it was typed when it was put there. */
+  private _displayed: { suggestion: Suggestion; typed: number } | null = null;
 
   constructor(client: CodestralClient, languages: IEditorLanguageRegistry | null = null) {
     this._client = client;
@@ -143,6 +148,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
       this.followed++;
       return { items: [this._item(followed.suggestion, target.place)] };
     }
+    this._leave(target.place);
     if (automatic) {
       if (Date.now() < this._blockedUntil) {
         return nothing; // rate limited: the status bar says until when
@@ -191,7 +197,47 @@ export class CodestralProvider implements IInlineCompletionProvider {
     const token = `codestral-${++this._tokens}`;
     const insertText = suggestion.text.slice(typed);
     this._follows.set(token, { suggestion, typed, shown: insertText });
+    this._show(suggestion, typed, insertText);
     return { insertText, isIncomplete: !suggestion.done, token };
+  }
+
+  /** `suggestion` is on screen from `typed` characters on (once it has text). */
+  private _show(suggestion: Suggestion, typed: number, rest: string): void {
+    if (rest) {
+      this._displayed = { suggestion, typed };
+      this.acceptance.shown(suggestion);
+    }
+  }
+
+  /** The suggestion on screen gives way to another request at `place`: it was typed over (unless typed to its end). */
+  private _leave(place: IPlace): void {
+    const displayed = this._displayed;
+    this._displayed = null;
+    if (displayed && typedAlong(displayed.suggestion, place) !== '') {
+      this.acceptance.dismissed(displayed.suggestion);
+    }
+  }
+
+  /** The user accepted the suggestion on screen: whole (Tab), or its next word or line (`chars` of it). */
+  accepted(how: 'whole' | 'word' | 'line', chars?: number): void {
+    const displayed = this._displayed;
+    if (!displayed) {
+      return;
+    }
+    const rest = displayed.suggestion.text.slice(displayed.typed);
+    this.acceptance.accepted(displayed.suggestion, chars ?? rest.length, how);
+    if (how === 'whole') {
+      this._displayed = null;
+    }
+  }
+
+  /** The user dismissed the suggestion on screen (Escape). */
+  dismissed(): void {
+    const displayed = this._displayed;
+    this._displayed = null;
+    if (displayed) {
+      this.acceptance.dismissed(displayed.suggestion);
+    }
   }
 
   /** Read a request's events into its suggestion, whoever shows it (the stream is not the core's to stop). */
@@ -226,6 +272,8 @@ export class CodestralProvider implements IInlineCompletionProvider {
           this._latencies.splice(0, this._latencies.length - 20);
         }
         this._activity.emit({ state: 'idle', firstTokenMs, backend: event.backend });
+        suggestion.route = event.route;
+        suggestion.backend = event.backend;
         suggestion.update(event.completion, true);
         return;
       }
@@ -279,6 +327,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
       }
       if (rest !== shown || suggestion.done) {
         shown = rest;
+        this._show(suggestion, typed, rest);
         yield { response: { insertText: rest, isIncomplete: !suggestion.done } };
       }
       if (suggestion.done) {

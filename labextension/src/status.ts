@@ -181,12 +181,9 @@ function count(n: number): string {
   return n < 1_000_000 ? `${(n / 1000).toFixed(1)}k` : `${(n / 1_000_000).toFixed(1)}M`;
 }
 
-/** Today's usage, a line per backend, for the tooltip. */
+/** Today's usage, a line per backend, and what became of the suggestions shown, for the tooltip. */
 export function usageLines(day: UsageDay): string[] {
   const rows = Object.entries(day.backends).filter(([, row]) => row.requests > 0);
-  if (!rows.length) {
-    return [];
-  }
   const lines = rows.map(([name, row]) => {
     const cost = row.cost === null ? '' : `, cost ${row.cost.toFixed(4)}`;
     const cancelled = row.cancelled ? ` (${row.cancelled} cancelled)` : '';
@@ -196,5 +193,16 @@ export function usageLines(day: UsageDay): string[] {
       `${count(row.prompt_tokens)} tokens in, ${count(row.completion_tokens)} out${estimated}${cost}`
     );
   });
-  return [`Usage today (${day.date}):`, ...lines];
+  const usage = lines.length ? [`Usage today (${day.date}):`, ...lines] : [];
+  const accepted = day.acceptance.total;
+  if (accepted.shown) {
+    const parts = accepted.accepted_word + accepted.accepted_line;
+    usage.push(
+      `Accepted today: ${accepted.accepted} of ${accepted.shown} suggestions shown ` +
+        `(${Math.round((accepted.rate ?? 0) * 100)}%)` +
+        (parts ? `, ${parts} partly` : '') +
+        `, ${count(accepted.chars_accepted)} characters`
+    );
+  }
+  return usage;
 }

@@ -9,6 +9,7 @@
  * character and typing it again) finds the answer the same way. Pure: no
  * JupyterLab imports, unit-tested in Node.
  */
+import { RouteKind } from './contract';
 
 /** Where a suggestion was made: the document's cell, the text around the cursor, the rest of the notebook. */
 export interface IPlace {
@@ -26,6 +27,9 @@ export interface IPlace {
 export class Suggestion {
   text = '';
   done = false;
+  /** The route and the backend that made it (its reply's), for the acceptance counts. */
+  route?: RouteKind;
+  backend?: string;
   /** Called with the full text so far at each change, and once more when done. */
   private _listeners = new Set<() => void>();
 

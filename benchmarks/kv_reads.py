@@ -1,0 +1,63 @@
+"""What the embedded model reads when the cursor enters a new cell, without running the model.
+
+For every code cell of every notebook in a folder (the benchmark notebooks by default), two moments:
+
+- ``new last cell``: the notebook written cell by cell; the cursor enters a new empty cell after the cell
+  above, whose prompts the model read while it was written (as the frontend asks: a prefetch on entering a
+  cell, the last request at its end, a prefetch of the next code cell while a markdown cell is written);
+- ``one cell down``: the whole notebook; the cursor moves from the end of a cell to the start of the next.
+
+For each, the tokens the worker must read for the new prompt: the prompt minus what it can keep of what it
+read (the worker's own prompt cache, on an engine that tokenizes with the model's vocabulary and tracks its
+KV, ``tests/kv_simulation.py``).  Two ways of keeping, in one run:
+
+- ``prefix``: only the start a prompt shares with one read before (llama.cpp's usual prompt cache);
+- ``chunks`` (the default, ``kv_reuse``): also every run of it read elsewhere, its KV moved into place.
+
+Goal (issue: the first suggestion in a new cell, on every notebook): at most 64 tokens in 95% of moments,
+never more than 256.
+
+    python benchmarks/kv_reads.py [--folder NOTEBOOKS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from _common import BENCH_NOTEBOOKS, ROOT
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+from kv_simulation import entering_new_cells, moving_down, summary  # noqa: E402
+
+from jupyter_codestral.embedded.model_files import BUNDLED, cache_dir, ensure_model  # noqa: E402
+from jupyter_codestral.embedded.prompt_cache import Reuse  # noqa: E402
+
+SCENARIOS = {"new last cell": entering_new_cells, "one cell down": moving_down}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folder", type=Path, default=BENCH_NOTEBOOKS)
+    args = parser.parse_args()
+    model = ensure_model(BUNDLED, cache_dir())
+    notebooks = len(list(args.folder.glob("*.ipynb")))
+    print(f"{notebooks} notebooks in {args.folder}; tokens the worker reads for the new prompt (the rest is kept)")
+    print(f"{'scenario':<15}{'reuse':<8}{'moments':>8}{'<=64':>7}{'p50':>6}{'p95':>7}{'max':>6}{'read in all':>13}")
+    verdicts = []
+    for scenario, run in SCENARIOS.items():
+        for reuse in (Reuse.PREFIX, Reuse.CHUNKS):
+            f = summary(run(model, args.folder, reuse))
+            print(f"{scenario:<15}{reuse.value:<8}{f['moments']:>8}{f['within_64']:>7.1%}{f['median']:>6.0f}"
+                  f"{f['p95']:>7.0f}{f['max']:>6}{f['total']:>13,}")
+            if reuse == Reuse.CHUNKS:
+                met = f["within_64"] >= 0.95 and f["max"] <= 256
+                verdicts.append(f"goal ({scenario}): <=64 tokens in 95% of moments and never more than 256: "
+                                f"{f['within_64']:.1%}, max {f['max']}: {'meets' if met else 'misses'}")
+    print("\n".join(verdicts))
+
+
+if __name__ == "__main__":
+    main()
