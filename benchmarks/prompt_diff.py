@@ -5,7 +5,7 @@ context assembly, with the budget given for it), in a process of its own; the pr
 then compared: how many are the same, and for the others, whether they differ only in where
 the earlier cells begin (one change at the start of the notebook file) or elsewhere.
 
-    python benchmarks/prompt_diff.py --before 24e9faa^ --before-budget 1024,256 [--budget 1536,512] [--window nearest]
+    python benchmarks/prompt_diff.py --before 24e9faa^ --before-budget 1024,256 [--budget 1536,512]
                                      [--before-window nearest] [--cases 100]
 """
 
@@ -53,13 +53,12 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="git revision")
     parser.add_argument("--before-budget", default="1024,256", help="its prefix tokens and window step")
     parser.add_argument("--budget", default="1536,512", help="this code's prefix tokens and window step")
-    parser.add_argument("--window", help="this code's window of earlier cells (context.WINDOWS; default: the budget's)")
     parser.add_argument("--before-window", help="the revision's window, where it has windows")
     parser.add_argument("--cases", type=int, default=100)
     parser.add_argument("--folder", type=Path, default=BENCH_NOTEBOOKS)
     args = parser.parse_args()
     old = prompts(args.before, args.before_budget, args.folder, args.cases, args.before_window)
-    new = prompts(None, args.budget, args.folder, args.cases, args.window)
+    new = prompts(None, args.budget, args.folder, args.cases)
     same = start_only = 0
     for a, b in zip(old, new, strict=True):
         if a == b:
@@ -71,7 +70,7 @@ def main() -> None:
     before_window = f", window {args.before_window}" if args.before_window else ""
     print(f"{len(old)} quality probes of the typing replay, split layout: {args.before} (budget {args.before_budget}"
           f"{before_window}) "
-          f"against this code (budget {args.budget}{', window ' + args.window if args.window else ''})")
+          f"against this code (budget {args.budget})")
     print(f"the same prompt: {same}; differing only in where the earlier cells begin: {start_only}; "
           f"differing elsewhere: {len(old) - same - start_only}")
     print(f"mean prompt length in characters: {sum(map(len, old)) / len(old):.0f} against "
