@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import json
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,12 @@ def run_config(spec: str, cases: list[Case], every: int, max_requests: int, befo
     results = Results()
     name, _, extra = spec.partition(":")
     flags = [f"--CodestralExtension.{f}" for f in extra.split("+") if f]
-    with source_tree(before if name == "before" else None) as env, jupyter_server(
+    # What the model read stays on disk (kv_disk_dir): each configuration starts from an empty folder, or
+    # it would restore what another one read (``before`` predates the disk cache).
+    kv = tempfile.TemporaryDirectory()
+    if name != "before":
+        flags.append(f"--CodestralExtension.kv_disk_dir={kv.name}")
+    with kv, source_tree(before if name == "before" else None) as env, jupyter_server(
         *CONFIGS[name], *flags, "--CodestralExtension.backend=local", env=env
     ) as (base, headers, proc):
         with httpx.Client(headers=headers, timeout=120) as client:

@@ -92,17 +92,22 @@ def pick_cases(folder: Path, count: int, seed: int = 7) -> list[Case]:
     return cases
 
 
-def edit_similarity(a: str, b: str) -> float:
-    """1 - Levenshtein distance / length of the longer string."""
-    if not a and not b:
-        return 1.0
+def prefix_distances(a: str, b: str) -> list[int]:
+    """The Levenshtein distance from ``a`` to each start of ``b`` (``b[:0]`` to ``b``)."""
     previous = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         current = [i]
         for j, cb in enumerate(b, 1):
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
         previous = current
-    return 1 - previous[-1] / max(len(a), len(b))
+    return previous
+
+
+def edit_similarity(a: str, b: str) -> float:
+    """1 - Levenshtein distance / length of the longer string."""
+    if not a and not b:
+        return 1.0
+    return 1 - prefix_distances(a, b)[-1] / max(len(a), len(b))
 
 
 def score(completion: str, target: str) -> tuple[bool, float]:

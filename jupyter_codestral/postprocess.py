@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .context import FimContext, cell_marker
-from .evaluation import edit_similarity
+from .evaluation import edit_similarity, prefix_distances
 
 FENCE = "```"
 # An echoed line prefix shorter than this is as likely to be a real completion.
@@ -278,15 +278,52 @@ def cleaned(raw: str, opts: PostprocessOptions, final: bool = False) -> tuple[st
     return text, finished, cut
 
 
+def _may_become_next_line(content: str, opts: PostprocessOptions) -> bool:
+    """Whether a partial line (stripped) may still turn out to be, or nearly be, the first line below."""
+    below = opts.next_line
+    if not below or below.startswith(content):
+        return bool(below)
+    if Rule.NEAR_NEXT_LINE not in opts.rules:
+        return False
+    # The least edit distance from the partial line to any start of the line below only grows as the line
+    # does; a near match needs it within a ninth of the line below's length (NEAR_MATCH 0.9, either longer).
+    return min(prefix_distances(content, below)) <= len(below) * (1 - NEAR_MATCH) / NEAR_MATCH
+
+
+def _undecided_line(text: str, line: str, i: int, opts: PostprocessOptions) -> bool:
+    """Whether the partial last line ``line`` (line ``i`` of ``text``) may still be cut once it is whole.
+
+    Only while it may: a line the rules can already judge streams as it comes (holding every line until
+    whole made the first text of a suggestion that starts on a new line wait for its whole first line)."""
+    content = line.strip()
+    if not content:
+        return True  # its indentation, and what it is, are still unknown
+    at_start = i > 0 or not opts.line_prefix.strip()
+    if not at_start:
+        return False
+    markers = [FENCE] if i > 0 else []
+    if opts.cell_marker:
+        markers.append(opts.cell_marker)
+    if any(marker.startswith(content) or content.startswith(marker) for marker in markers):
+        return True
+    if Rule.PROMPT in opts.rules and any(note.startswith(content) for note in opts.prompt_lines):
+        return True
+    if i == 0:
+        return False
+    if Rule.NEXT_LINE in opts.rules and _may_become_next_line(content, opts):
+        return True
+    # Judged as if whole: what its indentation already decides (a dedent, the end of a block's body).
+    judged, finished, _ = cleaned(text + "\n", opts)
+    return finished and judged.rstrip() != text
+
+
 def _held_tail(text: str, opts: PostprocessOptions) -> int:
     """How many trailing characters might still be taken back by a later chunk."""
     held = len(text) - len(text.rstrip())  # trailing white space is trimmed at the end
     body = text.rstrip()
     lines = body.split("\n")
     last_line = lines[-1]
-    # A line after the first is judged whole (the code below, a dedent, a note of the prompt's): until it
-    # is, it is held back; so is a first line of its own that might be one of the prompt's notes.
-    if (len(lines) > 1 and last_line.strip()) or (not opts.line_prefix.strip() and last_line.lstrip().startswith("#")):
+    if (len(lines) > 1 or not opts.line_prefix.strip()) and _undecided_line(body, last_line, len(lines) - 1, opts):
         # With it the line breaks and blank lines before it: if it is cut, the suggestion ends before them.
         held = len(text) - len(body[: len(body) - len(last_line)].rstrip())
     if opts.line_suffix and "\n" not in body:

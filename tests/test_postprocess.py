@@ -181,3 +181,26 @@ def test_a_suggestion_cut_before_the_code_below_never_ends_with_a_line_break() -
     for size in (1, 3, 7):
         text, deltas, _ = stream([raw[i : i + size] for i in range(0, len(raw), size)], o)
         assert "".join(deltas) == text == "ha='center')"
+
+
+def test_a_line_streams_as_soon_as_no_rule_can_cut_it() -> None:
+    # The cursor at the end of a whole line in a new last cell, after a run: the suggestion starts on a new
+    # line. Its first text is shown before that line is whole (it cannot be a note, a marker or the code
+    # below), while a line that may still be one of the prompt's notes is held until it is judged.
+    cells = (Cell("code", "orders = load()", 1), Cell("code", "top = orders.head()"))
+    state = KernelState((Snapshot(1, (Variable("orders", "DataFrame", "DataFrame, 365 rows"),)),))
+    context = build_context(CompletionRequest(cells, 1, len(cells[1].source)), ContextBudget(), state)
+    f = CompletionFilter(options_for(context))
+    assert f.feed("\nto") == "\nto"
+    assert f.feed("p.plot(") == "p.plot("
+    assert f.feed(")\n# ord") == ")"  # may be "# orders: DataFrame, ...": held
+    assert f.feed("ers: DataFrame, 365 rows\n") == "" and f.finished and f.text == "\ntop.plot()"
+    comment = CompletionFilter(options_for(context))
+    assert comment.feed("\n# the top ones") == "\n# the top ones"  # no note starts so: shown at once
+    # In the middle of a cell, a line that may still become the line below is held until it cannot.
+    below = replace(opts("x = 1\n\nprint(total)", cursor=len("x = 1\n")), rules=DEFAULT_RULES - {Rule.STATEMENT})
+    g = CompletionFilter(below)
+    assert g.feed("total = x\nprint(to") == "total = x"
+    assert g.feed("tal)\n") == "" and g.finished and g.text == "total = x"
+    h = CompletionFilter(below)
+    assert h.feed("total = x\nresult") == "total = x\nresult"  # far from "print(total)" already
