@@ -295,12 +295,11 @@ def _undecided_line(text: str, line: str, i: int, opts: PostprocessOptions) -> b
 
     Only while it may: a line the rules can already judge streams as it comes (holding every line until
     whole made the first text of a suggestion that starts on a new line wait for its whole first line)."""
+    if i == 0 and opts.line_prefix.strip():
+        return False  # the rest of a line begun by the user: no rule judges it as a line of its own
     content = line.strip()
     if not content:
         return True  # its indentation, and what it is, are still unknown
-    at_start = i > 0 or not opts.line_prefix.strip()
-    if not at_start:
-        return False
     markers = [FENCE] if i > 0 else []
     if opts.cell_marker:
         markers.append(opts.cell_marker)
@@ -323,7 +322,7 @@ def _held_tail(text: str, opts: PostprocessOptions) -> int:
     body = text.rstrip()
     lines = body.split("\n")
     last_line = lines[-1]
-    if (len(lines) > 1 or not opts.line_prefix.strip()) and _undecided_line(body, last_line, len(lines) - 1, opts):
+    if _undecided_line(body, last_line, len(lines) - 1, opts):
         # With it the line breaks and blank lines before it: if it is cut, the suggestion ends before them.
         held = len(text) - len(body[: len(body) - len(last_line)].rstrip())
     if opts.line_suffix and "\n" not in body:
