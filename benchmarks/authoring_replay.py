@@ -75,8 +75,10 @@ class Request:
     sent: float
     life: float | None = None  # seconds until abandoned (None: ran to its end)
     first_text: float | None = None  # seconds after sending
+    answered: float | None = None  # seconds after sending, to its first text or to its end
     shown: str = ""
     target: str = ""
+    cache: dict[str, Any] | None = None  # the worker's figures when it ended (with --log)
 
 
 @dataclass
@@ -142,11 +144,13 @@ def cells_to_write(notebooks: list[tuple[str, list[dict[str, str]]]], sessions: 
 class Frontend:
     """What the JupyterLab extension does, for one user, over HTTP."""
 
-    def __init__(self, client: httpx.AsyncClient, base: str, timeline: Timeline, config: Config) -> None:
+    def __init__(self, client: httpx.AsyncClient, base: str, timeline: Timeline, config: Config,
+                 record_cache: bool) -> None:
         self.client = client
         self.base = base
         self.t = timeline
         self.config = config
+        self.record_cache = record_cache
         self.prefetch_task: asyncio.Task[None] | None = None
 
     def body(self, cells: list[dict[str, Any]], index: int, cursor: int, path: str, kernel_id: str | None,
@@ -180,9 +184,13 @@ class Frontend:
                     event = json.loads(line)
                     if event.get("delta"):
                         if record.first_text is None:
-                            record.first_text = time.perf_counter() - started
+                            record.first_text = record.answered = time.perf_counter() - started
                         record.shown += event["delta"]
                     if event.get("done") or event.get("error"):
+                        if record.answered is None:
+                            record.answered = time.perf_counter() - started
+                        if self.record_cache:  # what the worker read for it (its last job: this one, mostly)
+                            record.cache = (await self.client.get(f"{self.base}/status")).json().get("cache")
                         return
 
         reading = asyncio.ensure_future(read())
@@ -324,7 +332,7 @@ def server_memory_mb(proc: Any) -> float:
 
 async def run_on_server(config: Config, scenarios: list[str], writes: dict[str, list[Cell]],
                         notebooks: dict[str, list[dict[str, str]]], timeline: Timeline, kv: Path,
-                        results: Results) -> None:
+                        results: Results, record_cache: bool) -> None:
     """``scenarios`` on one Jupyter server (what the model reads goes to disk in ``kv``)."""
     with source_tree(config.revision) as env, jupyter_server(
         "--CodestralExtension.backend=local", f"--CodestralExtension.kv_disk_dir={kv}", *config.flags, env=env
@@ -334,7 +342,7 @@ async def run_on_server(config: Config, scenarios: list[str], writes: dict[str, 
         root = base.rsplit("/codestral", 1)[0]
         async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(600.0)) as client:
             await client.get(f"{base}/status")  # the login cookie: one user, as in a browser
-            frontend = Frontend(client, base, timeline, config)
+            frontend = Frontend(client, base, timeline, config, record_cache)
             for scenario in scenarios:
                 started = time.perf_counter()
                 await run_scenario(scenario, frontend, writes[scenario], notebooks, root, headers, results)
@@ -343,15 +351,15 @@ async def run_on_server(config: Config, scenarios: list[str], writes: dict[str, 
 
 
 async def run_config(config: Config, scenarios: list[str], writes: dict[str, list[Cell]],
-                     notebooks: dict[str, list[dict[str, str]]], timeline: Timeline) -> Results:
+                     notebooks: dict[str, list[dict[str, str]]], timeline: Timeline, record_cache: bool) -> Results:
     """The scenarios on a server; ``reopen`` on a second one started after the first stopped."""
     results = Results()
     with tempfile.TemporaryDirectory(prefix="codestral-kv-") as kv:
         first = [s for s in scenarios if s != "reopen"]
         if first:
-            await run_on_server(config, first, writes, notebooks, timeline, Path(kv), results)
+            await run_on_server(config, first, writes, notebooks, timeline, Path(kv), results, record_cache)
         if "reopen" in scenarios:
-            await run_on_server(config, ["reopen"], writes, notebooks, timeline, Path(kv), results)
+            await run_on_server(config, ["reopen"], writes, notebooks, timeline, Path(kv), results, record_cache)
     return results
 
 
@@ -442,7 +450,9 @@ def main() -> None:
     parser.add_argument("--start", type=float, default=1.0, help="seconds from entering a cell to the first key")
     parser.add_argument("--prefetch-delay", type=float, default=0.3)
     parser.add_argument("--folder", type=Path, default=BENCH_NOTEBOOKS)
-    parser.add_argument("--log", type=Path, help="write every request's record here (JSON lines)")
+    parser.add_argument("--log", type=Path, help="write every request's record here (JSON lines), with the "
+                        "worker's figures when it ended")
+    parser.add_argument("--cells", help="write only these cells (notebook#index,...: to look into a few sessions)")
     args = parser.parse_args()
 
     names = sorted(p.name for p in args.folder.glob("*.ipynb"))
@@ -452,6 +462,10 @@ def main() -> None:
     per_scenario = args.sessions
     onward = cells_to_write(loaded, per_scenario, args.seed, spread=False)
     back = cells_to_write(loaded, per_scenario, args.seed, spread=True)
+    if args.cells:
+        picked = {tuple(spec.rsplit("#", 1)) for spec in args.cells.split(",")}
+        onward = [c for c in onward if (c.notebook, str(c.index)) in picked]
+        back = [c for c in back if (c.notebook, str(c.index)) in picked]
     writes = {"append": onward, "kernel": onward, "revisit": back, "reopen": onward}
     notebooks = dict(loaded)
     timeline = Timeline(args.cps, args.think, args.debounce, args.start, args.prefetch_delay)
@@ -465,7 +479,8 @@ def main() -> None:
     table = {}
     for config in configs:
         print(f"{config.name}: {per_scenario} cells per scenario", flush=True)
-        table[config.name] = asyncio.run(run_config(config, scenarios, writes, notebooks, timeline))
+        table[config.name] = asyncio.run(run_config(config, scenarios, writes, notebooks, timeline,
+                                                    record_cache=args.log is not None))
 
     print(f"\n{per_scenario} cells written per scenario ({len({c.notebook for c in onward})} notebooks); typing "
           f"{args.cps:g} chars/s, {args.think:g} s pause after each word, {args.debounce * 1000:.0f} ms debounce, "

@@ -28,7 +28,7 @@ from .script import (
     tail_lines,
     variables_marker,
 )
-from .window import earlier_window
+from .window import cell_lines, earlier_window
 
 # The names other modules take from here.
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "comment_prefix",
     "estimate_tokens",
     "nearer",
+    "next_window",
 ]
 
 
@@ -181,8 +182,7 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
 
     # Earlier cells, in notebook order, in a window that leaves a step of room for the current cell: its
     # start depends on the cells above the cursor only, never on what is being typed (window.py).
-    step = max(1, budget.trim_step_tokens)
-    left = max(0, budget.prefix_tokens - step)
+    step, left = _window_room(budget)
     earlier = earlier_window(request.cells[: request.cell_index], language, cpt, left, step)
 
     placement = None
@@ -197,7 +197,8 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
             if c.cell_type == "code" and not shown
             for name in bound_names(c.source)
         )
-        placement = place_variables(sources, counts, request.cell_index, earlier.start, kernel, hidden)
+        ranking_end = _ranking_end(request, earlier.start, left - step, cpt)
+        placement = place_variables(sources, counts, request.cell_index, earlier.start, kernel, hidden, ranking_end)
     output = output_marker(language)
     if placement and placement.after_cell:
         # The variables a cell made, like its output, before the separator.
@@ -229,6 +230,50 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
         header=header,
         prompt_lines=_prompt_lines(placement, language),
     )
+
+
+def _window_room(budget: ContextBudget) -> tuple[int, int]:
+    """The window's step, and the tokens it may hold (a step is left for the current cell)."""
+    step = max(1, budget.trim_step_tokens)
+    return step, max(0, budget.prefix_tokens - step)
+
+
+def _ranking_end(request: CompletionRequest, start: int, tokens: int, cpt: float) -> int:
+    """Where the cells whose mentions rank the leading block end: the other cells (the cursor's aside)
+    from the window's ``start`` within ``tokens``.  A window holds more than that until its start moves,
+    so a cell written after them, typing, or a cell that mentions a name again leave the block (the
+    prompt's start) as it was."""
+    used = 0
+    for index in range(start, len(request.cells)):
+        cell = request.cells[index]
+        if index == request.cell_index or not in_prompt(cell):
+            continue
+        if used >= tokens:
+            return index
+        used += cell_lines(cell, request.language, cpt).whole
+    return len(request.cells)
+
+
+def next_window(request: CompletionRequest, budget: ContextBudget, kernel: KernelState | None) -> FimContext | None:
+    """The context of a new cell after the cursor's, when entering it will step the window.
+
+    A step drops the cells at the window's start, and the kernel's variables they bound move into the
+    block leading the prompt: new text at its start, a few hundred tokens (seconds on a CPU) to read
+    when the user enters the next cell.  The cursor's cell joins the window then, so it decides the step
+    (the notes its run adds are left out: allowing for them predicted no more steps).  A model that
+    reads this context ahead, while the user thinks, finds that start read when the step comes.  Without
+    a kernel a step only drops text, which the model's kept tokens, moved, cover: nothing to read."""
+    if kernel is None or kernel.latest is None or not request.is_notebook:
+        return None
+    step, left = _window_room(budget)
+    index, language, cpt = request.cell_index, request.language, budget.chars_per_token
+    now = earlier_window(request.cells[:index], language, cpt, left, step)
+    then = earlier_window(request.cells[: index + 1], language, cpt, left, step)
+    if then.text.startswith(now.text):
+        return None  # the window keeps its start: what the next cell adds follows what was read
+    cells = (*request.cells[: index + 1], Cell("code", ""), *request.cells[index + 1 :])
+    entered = replace(request, cells=cells, cell_index=index + 1, cursor=0, prefetch=True)
+    return build_context(entered, budget, kernel)
 
 
 def _leading_block(lines: Sequence[str], language: str, budget: ContextBudget) -> str:

@@ -218,20 +218,27 @@ def place_variables(
     window_start: int,
     kernel: KernelState,
     hidden: frozenset[str] = frozenset(),
+    ranking_end: int | None = None,
 ) -> Placement:
     """``sources[i]`` is cell i's code (``None`` for cells that are not code).
     ``hidden``: names never shown (bound by cells kept out of prompts).
+    ``ranking_end``: the cells from ``window_start`` up to this one rank the
+    leading block (all of them by default).
 
     A variable goes after the cells in the window (the cursor's cell aside)
     that bind it and were run, as it was right after that run.  The others
-    lead the prompt: those the notebook mentions first (from the window on,
-    the cell being typed aside), then the rest in the kernel's order."""
+    lead the prompt: those bound above the window (as they were after that
+    run, even where a cell in the window binds them again) and those no cell
+    explains.  They are ranked by their first mention in the ranking cells,
+    then by where they were bound, the latest first (those no cell
+    binds last, in the kernel's order).  Neither a new cell at the end nor
+    the cell being typed changes the block, so the prompt's start stays read."""
     latest = kernel.latest
     if latest is None:
         return Placement({}, [])
     after_cell: dict[int, list[str]] = {}
     explained = kernel.changed_by(execution_counts[current])
-    as_run: dict[str, Variable] = {}  # bound by a cell above the window: as it was after that cell ran
+    as_run: dict[str, tuple[int, Variable]] = {}  # bound above the window: where, and as it was after that run
     order: dict[str, int] = {}
     for index, source in enumerate(sources):
         if source is None or index == current:
@@ -241,10 +248,11 @@ def place_variables(
             for name in bound_names(source):
                 variable = snapshot.get(name) if snapshot else None
                 if variable is not None:
-                    as_run[name] = variable
+                    as_run[name] = (index, variable)
             continue
-        for name in mentioned_names(source):
-            order.setdefault(name, len(order))
+        if ranking_end is None or index < ranking_end:
+            for name in mentioned_names(source):
+                order.setdefault(name, len(order))
         if snapshot is None:
             continue  # never run (as far as we know): it explains nothing
         names = bound_names(source)
@@ -254,7 +262,11 @@ def place_variables(
             lines = _fit(v.line() for v in shown if v is not None)
             if lines:
                 after_cell[index] = lines
-    leading = [as_run.get(v.name, v) for v in latest.variables if v.name not in explained and v.name not in hidden]
+    leading = [
+        as_run.get(v.name, (-1, v))
+        for v in latest.variables
+        if (v.name in as_run or v.name not in explained) and v.name not in hidden
+    ]
     unmentioned = len(order)
-    ranked = sorted(range(len(leading)), key=lambda i: (order.get(leading[i].name, unmentioned), i))
-    return Placement(after_cell, [leading[i].line()[:MAX_LINE_CHARS] for i in ranked])
+    ranked = sorted(range(len(leading)), key=lambda i: (order.get(leading[i][1].name, unmentioned), -leading[i][0], i))
+    return Placement(after_cell, [leading[i][1].line()[:MAX_LINE_CHARS] for i in ranked])

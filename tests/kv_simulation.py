@@ -21,6 +21,7 @@ from jupyter_codestral.embedded.jobs import Job, Model
 from jupyter_codestral.embedded.kv_reuse import Chunk, Tokens
 from jupyter_codestral.embedded.prompt_cache import PromptCache, Reuse
 from jupyter_codestral.evaluation import read_cells
+from jupyter_codestral.kernel_variables import KernelState, Snapshot, Variable, bound_names
 from jupyter_codestral.prompt_source import PromptSource
 from jupyter_codestral.request import Cell, CompletionRequest
 from jupyter_codestral.templates import TEMPLATES, PromptFormat
@@ -100,12 +101,16 @@ BUDGET = EMBEDDED.budget
 FORMAT = PromptFormat(EMBEDDED.layout)
 
 
-def job(model: Model, cells: list[Cell], index: int, cursor: int) -> Job:
-    """The worker's job for a request at ``cursor`` in cell ``index``, with the prompts the embedded backend sends."""
+def job(
+    model: Model, cells: list[Cell], index: int, cursor: int, kernel: KernelState | None = None, ahead: bool = True
+) -> Job:
+    """The worker's job for a request at ``cursor`` in cell ``index``, with the prompts the embedded backend
+    sends (``ahead``: with the next window's prompt, when it is near)."""
     request = CompletionRequest(tuple(cells), index, cursor, path="notebook.ipynb")
-    source = PromptSource(request)
+    source = PromptSource(request, kernel)
     context = source.context(BUDGET)
     prompts, nearer = FORMAT.render_all(QWEN, context)
+    next_window = source.next_window(BUDGET) if ahead else None
     tokenize = model.tokenize
     return Job(
         0,
@@ -115,7 +120,27 @@ def job(model: Model, cells: list[Cell], index: int, cursor: int) -> Job:
         False,
         "notebook.ipynb",
         None if nearer is None else tokenize(nearer, 128),
+        next_window=None if next_window is None else tokenize(FORMAT.render(QWEN, next_window), 128),
     )
+
+
+class Kernel:
+    """A kernel that runs the notebook's cells: each run binds what the cell assigns, described as a
+    kernel describes arrays (the snapshot after each run, as the server keeps them)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.variables: dict[str, Variable] = {}
+        self.state = KernelState(())
+
+    def run(self, cell: Cell) -> Cell:
+        self.count += 1
+        for name in sorted(bound_names(cell.source)):
+            self.variables.pop(name, None)
+            self.variables[name] = Variable(name, "ndarray", f"ndarray, shape ({self.count}, 4), dtype float64")
+        snapshot = Snapshot(self.count, tuple(reversed(self.variables.values())))  # most recent first
+        self.state = KernelState((*self.state.snapshots, snapshot))
+        return cell._replace(execution_count=self.count)
 
 
 def notebooks(folder: Path) -> Iterator[tuple[str, list[Cell]]]:
@@ -123,35 +148,62 @@ def notebooks(folder: Path) -> Iterator[tuple[str, list[Cell]]]:
         yield path.name, [Cell(c["cell_type"], c["source"]) for c in read_cells(path)]
 
 
-def entering_new_cells(model_file: Path, folder: Path, reuse: Reuse = Reuse.CHUNKS) -> list[int]:
+def idle() -> bool:
+    """No request waits: a read ahead runs to its end."""
+    return False
+
+
+def entering_new_cells(
+    model_file: Path, folder: Path, reuse: Reuse = Reuse.CHUNKS, kernel: bool = False, ahead: bool = True
+) -> list[int]:
     """For each code cell of each notebook, written in turn: the tokens the worker must read for the new
     empty cell's prompt after it read the cell above.
 
     As the frontend does: on entering a code cell, a prefetch of its prompts; the user's last request in
     the cell, at its end; while a markdown cell is written, a prefetch of the code cell that follows it.
-    (No kernel: what a run adds after its cell is new text the model reads once, right after the run;
-    ``benchmarks/authoring_replay.py`` measures it with a live kernel.)"""
+    With ``kernel``, each code cell is run once written, before the next is entered: its variables go
+    after it, and those of cells the window drops lead the prompt.  The notes of that run are new text
+    no worker can have read: they are not counted.  ``ahead``: the prompt of a new cell that steps the
+    window is read ahead (the default)."""
     moments = []
     for _, cells in notebooks(folder):
         engine = TokensOnly(model_file)
         model = Model(engine, cache_on(engine, reuse=reuse), list(QWEN.stop))  # type: ignore[arg-type]
+        runner = Kernel() if kernel else None
+        state = None
+
         written: list[Cell] = []
         started = False
         for cell in cells:
             if cell.cell_type != "code":
-                written.append(cell)
-                after = job(model, [*written, Cell("code", "")], len(written), 0)
-                model.read_ahead(after.ahead, lambda: False, "notebook.ipynb")
+                written.append(cell)  # while it is written, the prefetch of the code cell after it
+                model.read_ahead(job(model, [*written, Cell("code", "")], len(written), 0, state, ahead), idle)
                 continue
-            entered = job(model, [*written, Cell("code", "")], len(written), 0)
+            entered = job(model, [*written, Cell("code", "")], len(written), 0, state, ahead)
             if started:  # (the first code cell: nothing was read before it)
-                moments.append(model.cache.unread(entered.prompts[-1]))
-            model.read_ahead(entered.ahead, lambda: False, "notebook.ipynb")
-            at_end = job(model, [*written, cell], len(written), len(cell.source))
-            model.read_ahead(at_end.ahead, lambda: False, "notebook.ipynb")
+                moments.append(
+                    max(0, model.cache.unread(entered.prompts[-1]) - run_notes(model, written, state, entered))
+                )
+            model.read_ahead(entered, idle)
+            model.read_ahead(job(model, [*written, cell], len(written), len(cell.source), state, ahead), idle)
+            if runner is not None:
+                cell = runner.run(cell)
+                state = runner.state
             written.append(cell)
             started = True
     return moments
+
+
+def run_notes(model: Model, written: list[Cell], kernel: KernelState | None, entered: Job) -> int:
+    """The tokens of the notes the last run added to ``entered``'s prompt (its cell's variables)."""
+    if kernel is None:
+        return 0
+    last = written[-1]
+    if last.cell_type != "code" or last.execution_count is None:
+        return 0
+    cells = [*written[:-1], last._replace(execution_count=None), Cell("code", "")]
+    unrun = job(model, cells, len(written), 0, kernel, ahead=False)
+    return max(0, len(entered.prompts[-1]) - len(unrun.prompts[-1]))
 
 
 def moving_down(model_file: Path, folder: Path, reuse: Reuse = Reuse.CHUNKS) -> list[int]:
@@ -167,13 +219,13 @@ def moving_down(model_file: Path, folder: Path, reuse: Reuse = Reuse.CHUNKS) -> 
             if cell.cell_type != "code":
                 following = index + 1 < len(cells) and cells[index + 1].cell_type == "code"
                 after = cells if following else [*cells[: index + 1], Cell("code", ""), *cells[index + 1 :]]
-                model.read_ahead(job(model, after, index + 1, 0).ahead, lambda: False, "notebook.ipynb")
+                model.read_ahead(job(model, after, index + 1, 0), idle)
                 continue
             entered = job(model, cells, index, 0)
             if started:
                 moments.append(model.cache.unread(entered.prompts[-1]))
             at_end = job(model, cells, index, len(cell.source))
-            model.read_ahead(at_end.ahead, lambda: False, "notebook.ipynb")
+            model.read_ahead(at_end, idle)
             started = True
     return moments
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from jupyter_codestral.context import ContextBudget, build_context, estimate_tokens, nearer
+from jupyter_codestral.context import ContextBudget, build_context, estimate_tokens, nearer, next_window
 from jupyter_codestral.kernel_variables import KernelState, Snapshot, Variable, bound_names
 from jupyter_codestral.request import Cell, CompletionRequest
 
@@ -91,14 +91,15 @@ def test_typing_in_the_current_cell_keeps_the_start_of_the_prompt_stable() -> No
     assert len(starts) == 1
 
 
-
 def test_the_windows_start_does_not_depend_on_the_cell_being_written() -> None:
     """However long the current cell grows, the earlier cells shown stay the same (a model keeps them read)."""
     earlier = [("code", f"step_{i} = {i} * 2") for i in range(300)]
     budget = ContextBudget(prefix_tokens=1536, suffix_tokens=384, trim_step_tokens=512)
     written = "\n".join(f"value_{k} = compute(step_{k}, scale=2.5)" for k in range(120))  # about 1,500 tokens
-    befores = {build_context(request([*earlier, ("code", written[:n])], len(earlier)), budget).before
-               for n in range(0, len(written), 97)}
+    befores = {
+        build_context(request([*earlier, ("code", written[:n])], len(earlier)), budget).before
+        for n in range(0, len(written), 97)
+    }
     assert len(befores) == 1
 
 
@@ -109,7 +110,11 @@ def test_the_nearer_context_keeps_the_nearest_whole_cells_and_the_rest_as_it_was
     assert near is not None and ctx.before.endswith(near.before) and near.before.startswith("# %%\n")
     assert 200 < estimate_tokens(near.before) <= 256 and near.cells_before == near.before.count("# %%")
     assert (near.namespace, near.header, near.cell_prefix, near.cell_suffix) == (
-        ctx.namespace, ctx.header, ctx.cell_prefix, ctx.cell_suffix)
+        ctx.namespace,
+        ctx.header,
+        ctx.cell_prefix,
+        ctx.cell_suffix,
+    )
     assert nearer(build_context(request([*earlier[:5], ("code", "x = ")], 5), ContextBudget())) is None  # short
 
 
@@ -128,13 +133,23 @@ def test_the_variables_the_notebook_mentions_first_lead_the_kernel_summary() -> 
     # Nothing says which cells ran: every variable leads the prompt, those the
     # other cells mention first (in their order), then the kernel's order.
     state = kernel((9, [WHEAT, STOCKS, LOAD, CARS, NP]))
-    cells = (Cell("code", "import numpy as np\nstocks = load('s')"), Cell("code", "cars = load('c')\nwheat = load('w')"),
-             Cell("code", "cars.plot()"), Cell("code", "cars["), Cell("code", "print(wheat)"))
+    cells = (
+        Cell("code", "import numpy as np\nstocks = load('s')"),
+        Cell("code", "cars = load('c')\nwheat = load('w')"),
+        Cell("code", "cars.plot()"),
+        Cell("code", "cars["),
+        Cell("code", "print(wheat)"),
+    )
     ctx = build_context(CompletionRequest(cells, 3, 5), BIG, state)
     lines = ctx.namespace.split("\n")
     assert lines[0] == "# %% [variables in the running kernel]"
-    assert lines[1:6] == ["# np = module numpy", f"# stocks: {STOCKS[2]}", "# def load(path)", f"# cars: {CARS[2]}",
-                          f"# wheat: {WHEAT[2]}"]
+    assert lines[1:6] == [
+        "# np = module numpy",
+        f"# stocks: {STOCKS[2]}",
+        "# def load(path)",
+        f"# cars: {CARS[2]}",
+        f"# wheat: {WHEAT[2]}",
+    ]
 
     # Typing in the current cell, or moving to another cell, does not change it
     # (the prompt's start stays cacheable).
@@ -150,24 +165,33 @@ def test_the_variables_the_notebook_mentions_first_lead_the_kernel_summary() -> 
 def test_each_run_cell_is_followed_by_the_variables_it_made_as_they_were_then() -> None:
     # Cell 0 ran as execution 1, cell 1 as execution 2; the kernel was asked after each.
     before = kernel((1, [NP, LOAD]), (2, [CARS, NP, LOAD]))
-    cells = (Cell("code", "import numpy as np\ndef load(path): ...", 1), Cell("code", "cars = load('c')", 2),
-             Cell("code", "cars["))
+    cells = (
+        Cell("code", "import numpy as np\ndef load(path): ...", 1),
+        Cell("code", "cars = load('c')", 2),
+        Cell("code", "cars["),
+    )
     ctx = build_context(CompletionRequest(cells, 2, 5), BIG, before)
     assert ctx.namespace == ""  # every variable is explained by a cell that ran
-    assert ctx.before == ("# %%\nimport numpy as np\ndef load(path): ...\n# %% [output]\n# np = module numpy\n"
-                          "# def load(path)\n\n# %%\ncars = load('c')\n# %% [output]\n"
-                          "# cars: DataFrame, 406 rows, columns {'Name': object, 'Horsepower': float64}\n\n")
+    assert ctx.before == (
+        "# %%\nimport numpy as np\ndef load(path): ...\n# %% [output]\n# np = module numpy\n"
+        "# def load(path)\n\n# %%\ncars = load('c')\n# %% [output]\n"
+        "# cars: DataFrame, 406 rows, columns {'Name': object, 'Horsepower': float64}\n\n"
+    )
 
     # The user runs cell 2 (execution 3: cars changes, wheat appears) and moves to a new cell:
     # everything before the executed cell reads as before; only text after it is new.
-    ran = kernel((1, [NP, LOAD]), (2, [CARS, NP, LOAD]),
-                 (3, [WHEAT, ("cars", "DataFrame", "DataFrame, 10 rows, columns {'Name': object}"), NP, LOAD]))
+    ran = kernel(
+        (1, [NP, LOAD]),
+        (2, [CARS, NP, LOAD]),
+        (3, [WHEAT, ("cars", "DataFrame", "DataFrame, 10 rows, columns {'Name': object}"), NP, LOAD]),
+    )
     cells_after = (cells[0], cells[1], Cell("code", "cars = cars.head(10)\nwheat = load('w')", 3), Cell("code", ""))
     moved = build_context(CompletionRequest(cells_after, 3, 0), BIG, ran)
     assert moved.namespace == "" and moved.before.startswith(ctx.before)
-    assert moved.before[len(ctx.before):] == (
+    assert moved.before[len(ctx.before) :] == (
         "# %%\ncars = cars.head(10)\nwheat = load('w')\n# %% [output]\n# cars: DataFrame, 10 rows, columns {'Name': object}\n"
-        "# wheat: DataFrame, 52 rows, columns {'year': int64, 'wheat': float64}\n\n")
+        "# wheat: DataFrame, 52 rows, columns {'year': int64, 'wheat': float64}\n\n"
+    )
 
 
 def test_running_the_current_cell_in_place_does_not_move_its_variables_to_the_top() -> None:
@@ -178,12 +202,30 @@ def test_running_the_current_cell_in_place_does_not_move_its_variables_to_the_to
 
 
 def test_what_cells_bind() -> None:
-    source = ("import numpy as np, os.path\nfrom x import (a as b, c)\nx, (y, *z) = 1, (2, 3)\ndf['col'] = 1\n"
-              "total += 1\nfor i in range(3):\n    k = i\ndef f(): inner = 1\nclass K: attr = 2\n"
-              "with open('f') as fh: pass\nif (n := 10) > 5: pass\ndf2.dropna(inplace=True)\nplt.plot([1])\n"
-              "%matplotlib inline\n!ls")
-    assert bound_names(source) == ("np", "os", "b", "c", "x", "y", "z", "df", "total", "i", "k", "f", "K", "fh",
-                                   "df2", "n")
+    source = (
+        "import numpy as np, os.path\nfrom x import (a as b, c)\nx, (y, *z) = 1, (2, 3)\ndf['col'] = 1\n"
+        "total += 1\nfor i in range(3):\n    k = i\ndef f(): inner = 1\nclass K: attr = 2\n"
+        "with open('f') as fh: pass\nif (n := 10) > 5: pass\ndf2.dropna(inplace=True)\nplt.plot([1])\n"
+        "%matplotlib inline\n!ls"
+    )
+    assert bound_names(source) == (
+        "np",
+        "os",
+        "b",
+        "c",
+        "x",
+        "y",
+        "z",
+        "df",
+        "total",
+        "i",
+        "k",
+        "f",
+        "K",
+        "fh",
+        "df2",
+        "n",
+    )
     assert bound_names("%%time\nx = 1") == () and bound_names("x = (") == ()
 
 
@@ -197,3 +239,54 @@ def test_typing_in_a_cell_keeps_the_earlier_window_as_it_was() -> None:
     assert second.prefix.endswith("# %%\ndf.he")
     moved = build_context(request([*earlier[:2], ("code", "df = pd.read_csv('t.csv')"), ("code", "df.")], 3), BIG)
     assert "t.csv" in moved.before and "s.csv" not in moved.before
+
+
+def parts(count: int) -> tuple[tuple[Cell, ...], KernelState]:
+    """A notebook of ``count`` run cells, each loading a part, and the kernel's snapshot after each run."""
+    cells = tuple(Cell("code", f"part_{i} = load_table('sales', part={i})", i + 1) for i in range(count))
+    snapshots = [
+        Snapshot(n, tuple(Variable(f"part_{i}", "DataFrame", f"DataFrame, {n} rows") for i in reversed(range(n))))
+        for n in range(1, count + 1)
+    ]
+    return cells, KernelState(tuple(snapshots))
+
+
+WINDOW = ContextBudget(prefix_tokens=600, trim_step_tokens=200, namespace_tokens=400)
+
+
+def test_a_cell_that_rebinds_a_variable_from_above_the_window_leaves_the_prompts_start_as_it_was() -> None:
+    cells, state = parts(30)
+    entered = build_context(CompletionRequest((*cells, Cell("code", "")), 30, 0), WINDOW, state)
+    assert "part_0:" in entered.namespace and "part_0 =" not in entered.before  # cell 0 is above the window
+    # The user rebinds part_0 in the new cell and runs it: the block leading the prompt still shows part_0
+    # as cell 0 left it (its start stays read), and the run's notes follow the new cell.
+    rebinding = Cell("code", "part_0 = part_0.head()", 31)
+    ran = KernelState(
+        (
+            *state.snapshots,
+            Snapshot(31, (Variable("part_0", "DataFrame", "DataFrame, 5 rows"), *state.snapshots[-1].variables[:-1])),
+        )
+    )
+    after = build_context(CompletionRequest((*cells, rebinding, Cell("code", "")), 31, 0), WINDOW, ran)
+    assert after.namespace == entered.namespace
+    assert after.before.startswith(entered.before) and "# part_0: DataFrame, 5 rows" in after.before
+
+
+def test_the_next_cells_context_is_read_ahead_only_when_entering_it_steps_the_window() -> None:
+    cells, state = parts(30)
+    short = Cell("code", "total = part_29.revenue.sum()")
+    long = Cell("code", "\n".join(f"summary_{i} = part_{i}.describe()" for i in range(20)))
+    for current, steps in ((short, False), (long, True)):
+        at_end = CompletionRequest((*cells, current), 30, len(current.source))
+        ahead = next_window(at_end, WINDOW, state)
+        if not steps:
+            assert ahead is None  # the next cell's prompt extends this one's: nothing to read ahead
+            continue
+        # Entering the next cell will drop a step of cells (their variables join the leading block): the
+        # context read ahead is that cell's.
+        entered = build_context(CompletionRequest((*cells, current, Cell("code", "")), 31, 0), WINDOW, state)
+        now = build_context(at_end, WINDOW, state)
+        assert ahead is not None and ahead.prefix == entered.prefix != now.prefix
+        assert len(ahead.namespace) > len(now.namespace)
+    # Without a kernel a step only drops text (kept tokens move into place): nothing to read ahead.
+    assert next_window(CompletionRequest((*cells, long), 30, len(long.source)), WINDOW, None) is None

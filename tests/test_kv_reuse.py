@@ -4,6 +4,7 @@ disk, and the tokens a new cell costs on every cell of the benchmark notebooks."
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,11 @@ def test_saved_states_are_private_and_a_crash_leaves_nothing_behind(tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", [entering_new_cells, moving_down], ids=["new last cell", "one cell down"])
+@pytest.mark.parametrize(
+    "scenario",
+    [entering_new_cells, moving_down, partial(entering_new_cells, kernel=True)],
+    ids=["new last cell", "one cell down", "new last cell, live kernel"],
+)
 def test_a_new_cell_costs_only_its_own_tokens_on_every_benchmark_notebook(scenario: Any, model_file: Path) -> None:
     figures = summary(scenario(model_file, BENCH_NOTEBOOKS))
     print(json.dumps(figures))

@@ -409,3 +409,44 @@ async def test_the_worker_reads_the_later_cells_ahead_between_keystrokes(
     assert third["richer"] and third["read_tokens"] <= 12, third
     # What was read before the keystroke was kept: the rest was read once, after it.
     assert stopped["read_tokens"] + done["read_tokens"] <= third["prompt_tokens"], (stopped, done, third)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ahead", [True, False], ids=["read ahead", "not read ahead"])
+async def test_a_new_cell_that_steps_the_window_finds_its_new_start_read_ahead(
+    jp_fetch: Any, complete: Any, jp_serverapp: Any, kernel: Any, ahead: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not ahead:  # (to show that the window steps there, and what the read-ahead saves)
+        monkeypatch.setattr("jupyter_codestral.prompt_source.next_window", lambda *_: None)
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).service.completer.backend
+    kernel_id, client = kernel
+    cells: list[dict[str, Any]] = []
+    for i in range(20):  # cells run in turn, each new cell entered after: the window is nearly full
+        source = (f"part_{i} = list(range({i + 2}))\nsize_{i} = len(part_{i})  # how many rows the part has\n"
+                  f"print(part_{i}[:3], size_{i})")
+        _, count = await execute_cell(client, source)
+        await settle(jp_serverapp, kernel_id)
+        cells.append({"cell_type": "code", "source": source, "execution_count": count})
+        await timed(complete, backend, {"cells": [*cells, {"cell_type": "code", "source": ""}],
+                                        "cell_index": len(cells), "cursor": 0, "path": "steps.ipynb",
+                                        "kernel_id": kernel_id, "prefetch": True})
+    # The user writes a long cell: once it joins the window, the window drops a step of cells at its
+    # start, and their variables lead the prompt (new text there).
+    writing = "\n".join(f"total_{i} = sum(part_{i}) + len(part_{i})  # the sum and size" for i in range(20))
+    at_end = {"cells": [*cells, {"cell_type": "code", "source": writing}], "cell_index": len(cells),
+              "cursor": len(writing), "path": "steps.ipynb", "kernel_id": kernel_id, "max_tokens": 4}
+    before = await timed(complete, backend, {**at_end, "prefetch": True})  # reads its prompt, then the next cell's
+    _, count = await execute_cell(client, writing)
+    await settle(jp_serverapp, kernel_id)
+    cells.append({"cell_type": "code", "source": writing, "execution_count": count})
+    entered = await timed(complete, backend, {"cells": [*cells, {"cell_type": "code", "source": ""}],
+                                              "cell_index": len(cells), "cursor": 0, "path": "steps.ipynb",
+                                              "kernel_id": kernel_id, "prefetch": True})
+    assert not entered["restored"], entered
+    if ahead:
+        # New to the model: the run's notes (some of the totals) and the new cell's marker; the new start
+        # and every cell after it were read ahead (1,365 tokens, 73 read, here).
+        assert entered["read_tokens"] <= 120 and entered["cached_tokens"] >= 1000, (before, entered)
+    else:  # the leading block of the dropped cells' variables: new text at the prompt's start (380 read here)
+        assert entered["read_tokens"] >= 250, (before, entered)

@@ -118,6 +118,12 @@ class FimRequest:
     def context(self) -> FimContext:
         return self.source.context(self.budget)
 
+    @property
+    def next_window(self) -> FimContext | None:
+        """The context the earlier cells' window will give at its next step, when that is near (for a
+        backend that reads prompts ahead)."""
+        return self.source.next_window(self.budget)
+
     def within(self, budget: ContextBudget) -> FimRequest:
         """The same request for a backend with a context budget of its own."""
         return self if budget == self.budget else replace(self, budget=budget)

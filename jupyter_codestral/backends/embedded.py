@@ -240,11 +240,13 @@ class EmbeddedBackend(Backend):
         finished = False
         source = request.source.request
         prompts, nearer = self.settings.prompt.render_all(self.template, request.context)
+        ahead = request.next_window
         command = {
             "op": "complete",
             "id": req_id,
             "prompts": prompts,
             "nearer": nearer,
+            "next_window": None if ahead is None else self.settings.prompt.render(self.template, ahead),
             "max_tokens": request.max_tokens,
             "stop": list(request.stop),
             "prefetch": request.prefetch,

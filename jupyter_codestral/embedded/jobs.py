@@ -27,6 +27,9 @@ RICHER_SLACK_TOKENS = 16
 # The nearer prompt answers only when the chosen one has more than this many tokens left to read
 # (about 400 ms here): a cell far from anything read before.
 NEARER_AFTER_TOKENS = 64
+# The next window's prompt is read ahead when more than this many of its tokens are unread: its start
+# is what matters, and its end (the cell being typed) changes with every keystroke.
+NEXT_WINDOW_AFTER_TOKENS = 64
 
 Emit = Callable[..., None]
 
@@ -46,6 +49,7 @@ class Job:
     prefetch: bool
     document: str | None = None
     nearer: Tokens | None = None  # the cells nearest the cursor only: for when the others would take long
+    next_window: Tokens | None = None  # the prompt the window's next step will give: read last, never answers
     cancelled: bool = False
     reading: bool = True  # still reading a prompt (else generating)
     current: Tokens | None = None  # the prompt being read
@@ -55,6 +59,11 @@ class Job:
     def ahead(self) -> list[Tokens]:
         """Every prompt, in order of preference (the nearer one last): what is read while nothing waits."""
         return self.prompts + ([] if self.nearer is None else [self.nearer])
+
+    @property
+    def more_to_read(self) -> bool:
+        """Whether anything is read ahead for this job beyond the prompt it answers from."""
+        return len(self.ahead) > 1 or self.next_window is not None
 
 
 class Model:
@@ -110,18 +119,25 @@ class Model:
         cheapest = min(unread[:done])
         return next(p for p, left in zip(prompts, unread, strict=False) if left <= cheapest + NEARER_AFTER_TOKENS)
 
-    def read_ahead(self, prompts: list[Tokens], waiting: Callable[[], bool], document: str | None) -> tuple[int, bool]:
-        """Read ``prompts`` (:meth:`next_to_read` says in which order) while ``waiting()`` is false (the
-        scheduler aborts a batch when a request arrives); (tokens read, whether nothing is left to read)."""
+    def read_ahead(self, job: Job, waiting: Callable[[], bool]) -> tuple[int, bool]:
+        """Read ``job``'s prompts (:meth:`next_to_read` says in which order), then its next window's, while
+        ``waiting()`` is false (the scheduler aborts a batch when a request arrives); (tokens read, whether
+        nothing is left to read)."""
         read = 0
-        while (prompt := self.next_to_read(prompts)) is not None:
+        while (prompt := self.next_to_read(job.ahead)) is not None or (
+            (prompt := job.next_window) is not None and self.cache.unread(prompt) > NEXT_WINDOW_AFTER_TOKENS
+        ):
             try:
-                _, finished, decoded = self.read(prompt, waiting, keep_live=True, document=document)
+                _, finished, decoded = self.read(prompt, waiting, keep_live=True, document=job.document)
             except Aborted:
                 return read, False
             read += decoded
             if not finished:
                 return read, False
+            if prompt is job.next_window:
+                # Kept as a copy for when the step comes; the cell being typed has its own prompt in the context.
+                self.cache.save_live(1)
+                break
         return read, True
 
     def run(self, job: Job, emit: Emit) -> None:
@@ -141,7 +157,7 @@ class Model:
             job.current, job.reading = prompt, True
             if job.prefetch:
                 kept = len(prompt) - self.cache.unread(prompt)
-                read, _ = self.read_ahead(job.ahead, lambda: job.cancelled, job.document)
+                read, _ = self.read_ahead(job, lambda: job.cancelled)
                 prepared = Prepared(Plan(len(prompt), kept), "context")
             else:
                 prepared, _, read = self.read(prompt, lambda: job.cancelled, False, job.document)

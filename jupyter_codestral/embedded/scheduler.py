@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from .engine import Engine
 from .jobs import Cancelled, Emit, Job, Model
-from .kv_reuse import Tokens, common_prefix
+from .kv_reuse import common_prefix
 
 # Reading ahead starts once no request came for this long: keystrokes in a burst do not pay for
 # swapping the prompt they continue out and back in.
@@ -39,8 +39,8 @@ class Scheduler:
         self.lock = threading.Condition()
         self.queue: deque[Job | None] = deque()
         self.running: Job | None = None
-        # The latest request's prompts still to read, cheapest first, and its document.
-        self.ahead: tuple[list[Tokens], str | None] | None = None
+        # The latest request, while some of its prompts are still to read.
+        self.ahead: Job | None = None
         self.reading_ahead = False
 
     @property
@@ -69,6 +69,7 @@ class Scheduler:
             if not isinstance(prompts, list) or not prompts:
                 raise ValueError("'prompts' must be a list of one prompt or more")
             nearer = command.get("nearer")
+            next_window = command.get("next_window")
             job = Job(
                 int(command["id"]),
                 [self.model.tokenize(str(prompt), max_tokens) for prompt in prompts],
@@ -77,6 +78,7 @@ class Scheduler:
                 bool(command.get("prefetch")),
                 command.get("document"),
                 None if nearer is None else self.model.tokenize(str(nearer), max_tokens),
+                next_window=None if next_window is None else self.model.tokenize(str(next_window), max_tokens),
             )
         except (KeyError, TypeError, ValueError) as exc:
             self.emit("error", id=command.get("id"), kind="failed", message=f"Bad command: {exc}")
@@ -134,7 +136,7 @@ class Scheduler:
                         continue
                     self.running = job
                     # The cell the user is in now: its other prompts are read while nothing waits.
-                    self.ahead = (job.ahead, job.document) if len(job.ahead) > 1 else None
+                    self.ahead = job if job.more_to_read else None
                 elif self.ahead is not None:
                     ahead = self.ahead
                     self.reading_ahead = True
@@ -142,7 +144,7 @@ class Scheduler:
             if job is not None:
                 self._run(job)
             elif ahead is not None:
-                self._read_ahead(*ahead)
+                self._read_ahead(ahead)
             else:
                 self._persist()
 
@@ -159,17 +161,17 @@ class Scheduler:
             with self.lock:
                 self.running = None
 
-    def _read_ahead(self, prompts: list[Tokens], document: str | None) -> None:
+    def _read_ahead(self, job: Job) -> None:
         finished = True
         try:
-            read, finished = self.model.read_ahead(prompts, lambda: bool(self.queue), document)
+            read, finished = self.model.read_ahead(job, lambda: bool(self.queue))
             self.emit("ahead", read_tokens=read, finished=finished)
         except Exception as exc:  # noqa: BLE001 - reading ahead is only a help; requests still get answered
             print(f"reading ahead failed: {exc}", file=sys.stderr)
         finally:
             with self.lock:
                 self.reading_ahead = False
-                if finished and self.ahead is not None and self.ahead[0] is prompts:
+                if finished and self.ahead is job:
                     self.ahead = None
 
     def _persist(self) -> None:

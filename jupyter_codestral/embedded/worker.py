@@ -8,6 +8,7 @@ Commands (one JSON object per line on stdin)::
     {"op": "complete", "id": 1, "prompts": ["..."], "max_tokens": 64, "stop": ["\\n"], "document": "a.ipynb"}
     {"op": "complete", "id": 2, "prompts": ["richer", "plain"], "nearer": "..."}   in order of preference
     {"op": "complete", "id": 3, "prompts": [...], "prefetch": true}   read the prompts only
+    {"op": "complete", "id": 4, "prompts": [...], "next_window": "..."}   and read this one last, only ahead
     {"op": "cancel", "id": 1}
 
 Events (one JSON object per line on stdout)::
@@ -21,7 +22,8 @@ Events (one JSON object per line on stdout)::
 
 A request is answered from the first of its prompts that is (nearly) as cheap to finish as the
 cheapest, or from its nearer prompt (the cells nearest the cursor only) when that would take long
-(``jobs.py``); the worker reads the others while no request waits (``scheduler.py``).
+(``jobs.py``); the worker reads the others while no request waits (``scheduler.py``), then the
+``next_window`` prompt (the one the window's next step will give: its start is new text to read).
 What the model has read is kept, moved where new prompts have it, and saved in memory and on disk
 (``prompt_cache.py``, ``disk_cache.py``); closing stdin writes what is read to disk before the worker
 exits.
