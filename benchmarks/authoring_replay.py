@@ -3,7 +3,8 @@
 A simulated user writes cells in real notebooks through ``POST codestral/complete``
 on a real Jupyter server, with the frontend's behaviour reproduced:
 
-- entering a cell: a prefetch (the cell's prompt read ahead) after ``--prefetch-delay`` (0.3 s);
+- entering a cell: a prefetch (the cell's prompt read ahead) after ``--prefetch-delay`` (0.3 s), or
+  at once when a run (Shift+Enter) moved the cursor there (configurations with ``prefetch_on_run``);
 - the first key ``--start`` (1 s) after entering; keys at ``--cps`` (5) characters a second,
   with a pause of ``--think`` (0.8 s) after each word or run of punctuation;
 - a request ``--debounce`` (0.2 s) after a pause begins; it is abandoned at the next key (the
@@ -64,6 +65,7 @@ class Config:
     revision: str | None  # None: the working tree
     execute_prefetch: bool  # the frontend prefetches the next cell when a run ends
     flags: tuple[str, ...] = ()
+    prefetch_on_run: bool = False  # a cell entered by a run (Shift+Enter) is prefetched at once
 
 
 @dataclass
@@ -206,11 +208,13 @@ class Frontend:
             pass
 
     async def write_line(self, scenario: str, cell: Cell, cells: list[dict[str, Any]], index: int, tail: str,
-                         kernel_id: str | None, results: Results, entered: float) -> None:
-        """The user enters cell ``index`` (its text is ``tail``), types ``cell.line`` before ``tail``."""
+                         kernel_id: str | None, results: Results, entered: float, by_run: bool = False) -> None:
+        """The user enters cell ``index`` (its text is ``tail``; ``by_run``: a run moved the cursor there),
+        types ``cell.line`` before ``tail``."""
         path = cell.notebook
         cells[index] = {**cells[index], "source": tail}
-        await asyncio.sleep(max(0.0, entered + self.t.prefetch_delay - time.perf_counter()))
+        delay = 0.0 if by_run and self.config.prefetch_on_run else self.t.prefetch_delay
+        await asyncio.sleep(max(0.0, entered + delay - time.perf_counter()))
         self.prefetch(self.body(cells, index, len(tail), path, kernel_id))
         await asyncio.sleep(max(0.0, entered + self.t.start - time.perf_counter()))
         stops = pauses(cell.line)
@@ -281,6 +285,7 @@ async def run_scenario(scenario: str, frontend: Frontend, writes: list[Cell], no
             position = first
             running: asyncio.Task[None] | None = None
             for cell in group:
+                by_run = running is not None  # Shift+Enter on the cell written before, or on the last pasted
                 if running is not None and position < cell.index:
                     await running  # the cells between are run after it
                 while position < cell.index:  # cells between: pasted in as they are (and run)
@@ -291,7 +296,7 @@ async def run_scenario(scenario: str, frontend: Frontend, writes: list[Cell], no
                     position += 1
                 cells.append({"cell_type": "code", "source": ""})
                 await frontend.write_line(scenario, cell, cells, len(cells) - 1, "", kernel_id, results,
-                                          time.perf_counter())
+                                          time.perf_counter(), by_run)
                 written = cells[-1] = dict(notebook_cells(source)[cell.index])  # the rest of the cell, pasted
                 position += 1
                 if kernel_id:
@@ -473,7 +478,8 @@ def main() -> None:
     for spec in args.configs.split(","):
         name, _, flags = spec.partition(":")
         extra = tuple(f"--CodestralExtension.{f}" for f in flags.split("+") if f)
-        configs.append(Config(spec, args.before if name == "before" else None, name != "before", extra))
+        now = name != "before"
+        configs.append(Config(spec, args.before if name == "before" else None, now, extra, prefetch_on_run=now))
 
     scenarios = args.scenarios.split(",")
     table = {}
@@ -484,7 +490,8 @@ def main() -> None:
 
     print(f"\n{per_scenario} cells written per scenario ({len({c.notebook for c in onward})} notebooks); typing "
           f"{args.cps:g} chars/s, {args.think:g} s pause after each word, {args.debounce * 1000:.0f} ms debounce, "
-          f"first key {args.start:g} s after entering, prefetch {args.prefetch_delay * 1000:.0f} ms after entering; "
+          f"first key {args.start:g} s after entering, prefetch {args.prefetch_delay * 1000:.0f} ms after entering "
+          f"(at once when a run moved the cursor there, except 'before'); "
           f"embedded model through the HTTP endpoint; 'before' is {args.before}")
     width = max(8, *(len(name) + 1 for name in table))
     print(f"{'config':<{width}}{'scenario':<9}{'cells':>6}{'1st p50':>9}{'1st p90':>9}{'requests':>10}{'<=300ms':>9}"
@@ -496,6 +503,15 @@ def main() -> None:
         common = set.intersection(*shown_by) if shown_by else set()
         for name, requests in runs.items():
             print(report(name, scenario, requests, common, width))
+    for scenario in scenarios:  # the first requests again, a request the model ended with no text counted as answered
+        for name, results in table.items():
+            firsts = [r for r in results.requests if r.scenario == scenario and r.first]
+            answered = sorted(r.answered if r.answered is not None else math.inf for r in firsts)
+            ended_empty = sum(r.first_text is None and r.answered is not None for r in firsts)
+            if answered:
+                print(f"{name} {scenario}: first requests answered (first text, or the model's end with none: "
+                      f"{ended_empty} of {len(firsts)}) p50 {fmt_ms(percentile(answered, 0.5))} ms, "
+                      f"p90 {fmt_ms(percentile(answered, 0.9))} ms")
     if args.log:
         with args.log.open("w") as log:
             for name, results in table.items():

@@ -348,10 +348,13 @@ def main() -> None:
                     log.write(json.dumps({"config": name, "case": f"{case.notebook}#{case.cell_index}:{case.line_index}",
                                           "target": case.target, "completion": completion, "similarity": sim}) + "\n")
     names = list(table)
-    for name in names[1:]:  # each against the first
-        if all(len(table[n].similarity) == len(cases) for n in (names[0], name)):
-            low, mean, high = paired_difference(table[name].similarity, table[names[0]].similarity)
-            print(f"edit similarity, {name} minus {names[0]}, case by case: {mean:+.3f} "
+    pairs = [(name, names[0]) for name in names[1:]]  # each against the first
+    # and a configuration against its variant (``adaptive:kv_reuse=prefix``: reading from scratch)
+    pairs += [(base, name) for name in names[1:] if (base := name.split(":")[0]) in names[1:] and base != name]
+    for a, b in pairs:
+        if all(len(table[n].similarity) == len(cases) for n in (a, b)):
+            low, mean, high = paired_difference(table[a].similarity, table[b].similarity)
+            print(f"edit similarity, {a} minus {b}, case by case: {mean:+.3f} "
                   f"(95% bootstrap interval {low:+.3f} to {high:+.3f})")
     for name, r in table.items():
         if r.prefetch_ms:

@@ -164,8 +164,13 @@ def _notes(marker: str, lines: Sequence[str], language: str) -> str:
     return f"{marker}\n" + _comment_lines(lines, language)
 
 
-def build_context(request: CompletionRequest, budget: ContextBudget, kernel: KernelState | None = None) -> FimContext:
-    """``kernel``: what the notebook's kernel has told about its variables (may be ``None``)."""
+def build_context(
+    request: CompletionRequest, budget: ContextBudget, kernel: KernelState | None = None, room: int = 0
+) -> FimContext:
+    """``kernel``: what the notebook's kernel has told about its variables (may be ``None``).
+
+    ``room``: tokens of cells still to come that the earlier cells' window leaves free, so that it takes
+    the start those cells will give it (``next_window``)."""
     cpt = budget.chars_per_token
     language = request.language
     source = request.current_source
@@ -183,7 +188,7 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
     # Earlier cells, in notebook order, in a window that leaves a step of room for the current cell: its
     # start depends on the cells above the cursor only, never on what is being typed (window.py).
     step, left = _window_room(budget)
-    earlier = earlier_window(request.cells[: request.cell_index], language, cpt, left, step)
+    earlier = earlier_window(request.cells[: request.cell_index], language, cpt, left - room, step)
 
     placement = None
     if kernel is not None:
@@ -197,7 +202,7 @@ def build_context(request: CompletionRequest, budget: ContextBudget, kernel: Ker
             if c.cell_type == "code" and not shown
             for name in bound_names(c.source)
         )
-        ranking_end = _ranking_end(request, earlier.start, left - step, cpt)
+        ranking_end = _ranking_end(request, earlier.start, left - step - _step_ahead(step), cpt)
         placement = place_variables(sources, counts, request.cell_index, earlier.start, kernel, hidden, ranking_end)
     output = output_marker(language)
     if placement and placement.after_cell:
@@ -240,9 +245,9 @@ def _window_room(budget: ContextBudget) -> tuple[int, int]:
 
 def _ranking_end(request: CompletionRequest, start: int, tokens: int, cpt: float) -> int:
     """Where the cells whose mentions rank the leading block end: the other cells (the cursor's aside)
-    from the window's ``start`` within ``tokens``.  A window holds more than that until its start moves,
-    so a cell written after them, typing, or a cell that mentions a name again leave the block (the
-    prompt's start) as it was."""
+    from the window's ``start`` within ``tokens``.  A window holds more than that from the moment its
+    start is read ahead (``next_window``) until it moves, so a cell written or pasted after them, typing,
+    or a cell that mentions a name again leave the block (the prompt's start) as it was read."""
     used = 0
     for index in range(start, len(request.cells)):
         cell = request.cells[index]
@@ -254,26 +259,37 @@ def _ranking_end(request: CompletionRequest, start: int, tokens: int, cpt: float
     return len(request.cells)
 
 
+def _step_ahead(step: int) -> int:
+    """How near the window's next step must be for its start to be read ahead: within half a step of
+    cells still to come (a few cells on the embedded model's window).  Earlier, a read-ahead would often
+    be spent on a start that more typing in the cursor's cell moves; later, cells pasted or run at once
+    overtake it."""
+    return step // 2
+
+
 def next_window(request: CompletionRequest, budget: ContextBudget, kernel: KernelState | None) -> FimContext | None:
-    """The context of a new cell after the cursor's, when entering it will step the window.
+    """The context of a new cell after the cursor's, with the window's next step taken, when that step is
+    near: when the cursor's cell and a few more (:func:`_step_ahead`: cells pasted or run in between, the
+    notes of runs) would overflow the window.
 
     A step drops the cells at the window's start, and the kernel's variables they bound move into the
     block leading the prompt: new text at its start, a few hundred tokens (seconds on a CPU) to read
-    when the user enters the next cell.  The cursor's cell joins the window then, so it decides the step
-    (the notes its run adds are left out: allowing for them predicted no more steps).  A model that
-    reads this context ahead, while the user thinks, finds that start read when the step comes.  Without
-    a kernel a step only drops text, which the model's kept tokens, moved, cover: nothing to read."""
+    when the user enters the cell where it comes.  Steps go from anchor to anchor (``window.py``), so the
+    start is the same whichever cells make it come, and a model that reads this context ahead, while the
+    user thinks, finds that start read.  Without a kernel a step only drops text, which the model's kept
+    tokens, moved, cover: nothing to read."""
     if kernel is None or kernel.latest is None or not request.is_notebook:
         return None
     step, left = _window_room(budget)
     index, language, cpt = request.cell_index, request.language, budget.chars_per_token
+    room = min(_step_ahead(step), left)
     now = earlier_window(request.cells[:index], language, cpt, left, step)
-    then = earlier_window(request.cells[: index + 1], language, cpt, left, step)
+    then = earlier_window(request.cells[: index + 1], language, cpt, left - room, step)
     if then.text.startswith(now.text):
-        return None  # the window keeps its start: what the next cell adds follows what was read
+        return None  # the window keeps its start a while: what comes next follows what was read
     cells = (*request.cells[: index + 1], Cell("code", ""), *request.cells[index + 1 :])
     entered = replace(request, cells=cells, cell_index=index + 1, cursor=0, prefetch=True)
-    return build_context(entered, budget, kernel)
+    return build_context(entered, budget, kernel, room)
 
 
 def _leading_block(lines: Sequence[str], language: str, budget: ContextBudget) -> str:

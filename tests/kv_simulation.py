@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jupyter_codestral.backends import KINDS
+from jupyter_codestral.context import FimContext
 from jupyter_codestral.embedded.jobs import Job, Model
 from jupyter_codestral.embedded.kv_reuse import Chunk, Tokens
 from jupyter_codestral.embedded.prompt_cache import PromptCache, Reuse
@@ -163,8 +164,8 @@ def entering_new_cells(
     the cell, at its end; while a markdown cell is written, a prefetch of the code cell that follows it.
     With ``kernel``, each code cell is run once written, before the next is entered: its variables go
     after it, and those of cells the window drops lead the prompt.  The notes of that run are new text
-    no worker can have read: they are not counted.  ``ahead``: the prompt of a new cell that steps the
-    window is read ahead (the default)."""
+    no worker can have read: they are not counted.  ``ahead``: the start the window's next step gives
+    the prompt is read ahead when that step is near (the default)."""
     moments = []
     for _, cells in notebooks(folder):
         engine = TokensOnly(model_file)
@@ -192,6 +193,62 @@ def entering_new_cells(
             written.append(cell)
             started = True
     return moments
+
+
+def entering_after_pasted_cells(model_file: Path, folder: Path, every: int = 3, ahead: bool = True) -> list[int]:
+    """The authoring replay's way of writing, with a kernel: every ``every``-th code cell is written (a
+    prefetch on entering it, the last request at its first line's end); the rest of it, and the cells up to
+    the next one written, are pasted and run at once.  For each written cell after a notebook's first: the
+    tokens the worker must read on entering it, besides the text that came since its last request (the
+    rest of the cell above, the pasted cells, the runs' notes: new text no worker can have read)."""
+    moments = []
+    for _, cells in notebooks(folder):
+        engine = TokensOnly(model_file)
+        model = Model(engine, cache_on(engine), list(QWEN.stop))  # type: ignore[arg-type]
+        runner = Kernel()
+        written: list[Cell] = []
+        above: int | None = None  # the cell written last
+        code = 0
+        for cell in cells:
+            code += cell.cell_type == "code"
+            if cell.cell_type != "code" or (code - 1) % every:
+                written.append(runner.run(cell) if cell.cell_type == "code" else cell)  # pasted (and run)
+                continue
+            state = runner.state if runner.count else None
+            new_cell = [*written, Cell("code", "")]
+            entered = job(model, new_cell, len(written), 0, state, ahead)
+            if above is not None:
+                came = _tokens_since(model, new_cell, state, above)
+                moments.append(max(0, model.cache.unread(entered.prompts[-1]) - came))
+            model.read_ahead(entered, idle)
+            line = cell.source.split("\n")[0]
+            model.read_ahead(job(model, [*written, Cell("code", line)], len(written), len(line), state, ahead), idle)
+            above = len(written)
+            written.append(runner.run(cell))
+    return moments
+
+
+def _tokens_since(model: Model, cells: list[Cell], kernel: KernelState | None, above: int) -> int:
+    """The tokens of the new last cell's prompt from the end of cell ``above``'s first line (where the last
+    request was) to the new cell: what was pasted and run since.  (That place is found by marking it.)"""
+
+    def prompt(cells: list[Cell]) -> tuple[str, FimContext]:
+        request = CompletionRequest(tuple(cells), len(cells) - 1, 0, path="notebook.ipynb")
+        context = PromptSource(request, kernel).context(BUDGET)
+        return FORMAT.render_all(QWEN, context)[0][-1], context
+
+    text, context = prompt(cells)
+    first, newline, rest = cells[above].source.partition("\n")
+    marked = [*cells]
+    marked[above] = cells[above]._replace(source=first + MARK + newline + rest)
+    start = prompt(marked)[0].find(MARK)
+    end = text.rfind(context.before) + len(context.before)
+    if not 0 <= start < end:  # the cell above left the window: all of it came since
+        start = text.rfind(context.before)
+    return len(model.tokenize(text[start:end], 128))
+
+
+MARK = "\u2063"  # (an invisible separator: no cell has it)
 
 
 def run_notes(model: Model, written: list[Cell], kernel: KernelState | None, entered: Job) -> int:

@@ -272,6 +272,23 @@ def test_a_cell_that_rebinds_a_variable_from_above_the_window_leaves_the_prompts
     assert after.before.startswith(entered.before) and "# part_0: DataFrame, 5 rows" in after.before
 
 
+def test_the_windows_next_step_is_read_ahead_a_few_cells_before_it_comes() -> None:
+    cells, state = parts(40)
+    # The user is at the end of cell 33; entering the next cell would keep the window's start.
+    at_end = CompletionRequest(cells[:34], 33, len(cells[33].source))
+    ran_33 = KernelState(state.snapshots[:34])
+    now = build_context(at_end, WINDOW, ran_33)
+    following = build_context(CompletionRequest((*cells[:34], Cell("code", "")), 34, 0), WINDOW, ran_33)
+    assert following.namespace == now.namespace and following.before.startswith(now.before)
+    # But the step is near: its start is read ahead.  Six cells are then pasted and run at once, and the
+    # new cell after them finds the prompt's start as it was read ahead (only those cells are new text).
+    ahead = next_window(at_end, WINDOW, ran_33)
+    assert ahead is not None and len(ahead.namespace) > len(now.namespace)
+    stepped = build_context(CompletionRequest((*cells, Cell("code", "")), 40, 0), WINDOW, state)
+    assert stepped.namespace == ahead.namespace and stepped.before.startswith(ahead.before)
+    assert not stepped.before.startswith(now.before)
+
+
 def test_the_next_cells_context_is_read_ahead_only_when_entering_it_steps_the_window() -> None:
     cells, state = parts(30)
     short = Cell("code", "total = part_29.revenue.sum()")

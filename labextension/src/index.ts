@@ -10,6 +10,7 @@ import { CodestralClient } from './client';
 import { addEditingCommands, watchTyping } from './editing';
 import { CodestralProvider } from './provider';
 import { CodestralStatus } from './status';
+import { enteringPrefetchDelay } from './timing';
 
 /** JupyterLab's inline completer's command that accepts the suggestion shown (Tab). */
 const ACCEPT = 'inline-completer:accept';
@@ -124,19 +125,25 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
 
     // Warm the model's cache when the cursor enters a cell, so the first
-    // keystroke there does not pay for reading the notebook; and at once
-    // when a cell has run (Shift+Enter): the kernel's answer changes the
-    // prompt of the cell the user moved on to.
+    // keystroke there does not pay for reading the notebook (at once when a
+    // run moved it there); and again when a cell has run: the kernel's answer
+    // changes the prompt of the cell the user moved on to.
     if (notebooks) {
       let timer = 0;
+      let ranAt: number | null = null;
       notebooks.activeCellChanged.connect(() => {
         window.clearTimeout(timer);
         const panel = notebooks.currentWidget;
         if (panel) {
-          timer = window.setTimeout(() => provider.prefetch(panel), 300);
+          const delay = enteringPrefetchDelay(ranAt === null ? null : performance.now() - ranAt);
+          timer = window.setTimeout(() => provider.prefetch(panel), delay);
         }
       });
+      NotebookActions.executionScheduled.connect(() => {
+        ranAt = performance.now();
+      });
       NotebookActions.executed.connect((_, { notebook }) => {
+        ranAt = performance.now(); // a markdown cell "runs" at once, before the cursor moves
         const panel = notebooks.currentWidget;
         if (panel && panel.content === notebook) {
           window.clearTimeout(timer);

@@ -74,3 +74,20 @@ export function median(values: number[]): number | null {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)];
 }
+
+/** Entering a cell: its prompt is read ahead after this delay, so that a cursor passing through cells asks for nothing. */
+export const ENTER_PREFETCH_MS = 300;
+/** A run moves the cursor on in the same task as it is scheduled (Shift+Enter); this is ample. */
+const RUN_THEN_ENTER_MS = 100;
+
+/**
+ * The delay before the prefetch of a cell the cursor just entered (ms since a
+ * run was last scheduled or a cell was run; null: none yet). A run that moved
+ * the cursor there (Shift+Enter) says the user is about to write in it, and the
+ * cell just left, likely new to the model, must be read first: at once.
+ */
+export function enteringPrefetchDelay(msSinceRun: number | null): number {
+  return msSinceRun !== null && msSinceRun >= 0 && msSinceRun < RUN_THEN_ENTER_MS
+    ? 0
+    : ENTER_PREFETCH_MS;
+}

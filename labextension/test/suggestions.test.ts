@@ -3,7 +3,13 @@ import { test } from 'node:test';
 
 import { nextLine, nextWord } from '../src/accept';
 import { IPlace, Suggestion, SuggestionStore, hashText, typedAlong } from '../src/suggestions';
-import { KeyRhythm, adaptiveDelay, worthAsking } from '../src/timing';
+import {
+  ENTER_PREFETCH_MS,
+  KeyRhythm,
+  adaptiveDelay,
+  enteringPrefetchDelay,
+  worthAsking
+} from '../src/timing';
 
 const at = (before: string, after = '', key = 'nb.ipynb#cell-1', context = 'ctx'): IPlace => ({
   key,
@@ -163,6 +169,13 @@ test('the adaptive delay waits less when the backend answers fast', () => {
   assert.equal(adaptiveDelay(200, 5000, 200), 800); // at most 1,000 ms in all
   assert.equal(adaptiveDelay(null, null, 200), 0); // nothing measured yet: the core's delay alone
   assert.equal(adaptiveDelay(60, 50, 0), 100); // at least 100 ms in all
+});
+
+test('a cell entered by a run (Shift+Enter) is read at once, a cell passed through only after a pause', () => {
+  assert.equal(enteringPrefetchDelay(2), 0); // the run moved the cursor here: the user writes next
+  assert.equal(enteringPrefetchDelay(null), ENTER_PREFETCH_MS); // arrow keys or a click
+  assert.equal(enteringPrefetchDelay(5000), ENTER_PREFETCH_MS); // a run long ago
+  assert.ok(ENTER_PREFETCH_MS > 0);
 });
 
 test('the key rhythm is the median gap between keys, pauses left out', () => {
