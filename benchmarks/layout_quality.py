@@ -7,14 +7,16 @@ prompt read from scratch:
 - ``split``: later cells (and the rest of the cell) as a file of their own before the notebook;
 - ``stable``: the notebook up to the cursor, the rest of the cursor's line; no later cells;
 - ``later-before``: like ``stable``, with the later cells put just before the current cell (where
-  they would not spoil a cache of the earlier ones), to see what the model makes of it.
+  they would not spoil a cache of the earlier ones), to see what the model makes of it;
+- ``richer``: ``split`` with the richer prompt's budget (``ContextBudget.richer``: a step more of
+  earlier cells and a third more of the cells below), as the embedded model's adaptive layout reads it.
 
 Cases from the benchmark notebooks, each a line typed up to a third of its length (the rest is the
 target): ``mid-cell`` (the typing benchmark's masked lines), ``new cell`` (the first line of a new
 last cell) and ``earlier cell`` (the first line of a cell of the full notebook, the rest of the cell
 below it).
 
-    python benchmarks/layout_quality.py [--cases 30]
+    python benchmarks/layout_quality.py [--cases 30] [--kinds mid-cell] [--layouts split,richer,stable]
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=30, help="cases of each kind")
     parser.add_argument("--notebooks", type=Path, default=BENCH_NOTEBOOKS)
     parser.add_argument("--kinds", default="mid-cell,new cell,earlier cell")
+    parser.add_argument("--layouts", help="only these layouts (comma-separated; default: all)")
     parser.add_argument("--n-batch", type=int, default=256, help="llama.cpp batch size (the worker reads in 64)")
     args = parser.parse_args()
 
@@ -120,8 +123,11 @@ def main() -> None:
     for kind, cases in kinds.items():
         for cells, index, cursor, target in tqdm(cases, desc=kind, unit="case"):
             request = parse_completion_request(json.dumps({"cells": cells, "cell_index": index, "cursor": cursor}).encode())
-            for layout, prompt in prompts(build_context(request, BUDGET)).items():
-                rows.setdefault((kind, layout), []).append(score(complete(prompt), target))
+            laid_out = prompts(build_context(request, BUDGET))
+            laid_out["richer"] = render_prompt(QWEN, build_context(request, BUDGET.richer), "split")
+            for layout, prompt in laid_out.items():
+                if args.layouts is None or layout in args.layouts.split(","):
+                    rows.setdefault((kind, layout), []).append(score(complete(prompt), target))
 
     print(f"\n{args.cases} cases of each kind; embedded model, each prompt read from scratch "
           f"({time.perf_counter() - started:.0f} s); exact match / edit similarity of the first line")

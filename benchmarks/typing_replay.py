@@ -76,6 +76,7 @@ class Results:
     exact: list[bool] = field(default_factory=list)
     similarity: list[float] = field(default_factory=list)  # one per case, in the cases' order
     completions: list[str] = field(default_factory=list)  # the quality probe's, one per case
+    answered_from: list[dict[str, Any]] = field(default_factory=list)  # the probe's prompt, as the worker says
     errors: int = 0
     memory_mb: float = 0.0
 
@@ -112,6 +113,19 @@ def timed_stream(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[
                 raise RuntimeError(event["error"]["message"])
     end = time.perf_counter()
     return ((first or end) - start) * 1000, done
+
+
+def answering_prompt(status: Any) -> dict[str, Any]:
+    """The prompt the embedded worker answered its last request from (``cache`` in ``codestral/status``:
+    its size, and whether it was the richer or the nearer one); empty where the server has no such figures."""
+    if isinstance(status, dict):
+        cache = status.get("cache")
+        if isinstance(cache, dict) and "prompt_tokens" in cache:
+            return {key: cache.get(key) for key in ("prompt_tokens", "cached_tokens", "richer", "nearer")}
+        for value in status.values():
+            if found := answering_prompt(value):
+                return found
+    return {}
 
 
 def server_memory_mb(proc: Any) -> float:
@@ -156,6 +170,7 @@ def run_config(spec: str, cases: list[Case], every: int, max_requests: int, befo
                         results.exact.append(exact)
                         results.similarity.append(similarity)
                         results.completions.append(completion)
+                        results.answered_from.append(answering_prompt(client.get(f"{base}/status").json()))
             results.memory_mb = server_memory_mb(proc)
     return results
 
@@ -344,9 +359,11 @@ def main() -> None:
     if args.log:
         with args.log.open("w") as log:
             for name, r in table.items():
-                for case, completion, sim in zip(cases, r.completions, r.similarity, strict=False):
+                for case, completion, sim, prompt in zip(cases, r.completions, r.similarity, r.answered_from,
+                                                          strict=False):
                     log.write(json.dumps({"config": name, "case": f"{case.notebook}#{case.cell_index}:{case.line_index}",
-                                          "target": case.target, "completion": completion, "similarity": sim}) + "\n")
+                                          "target": case.target, "completion": completion, "similarity": sim,
+                                          "answered_from": prompt}) + "\n")
     names = list(table)
     pairs = [(name, names[0]) for name in names[1:]]  # each against the first
     # and a configuration against its variant (``adaptive:kv_reuse=prefix``: reading from scratch)
@@ -361,6 +378,11 @@ def main() -> None:
             p = summary(r.prefetch_ms)
             print(f"{name}: the prefetch on entering a cell (the whole prompt read cold) took median {p['median']:.0f} ms, "
                   f"p95 {p['p95']:.0f} ms, while the user had not typed yet")
+    for name, r in table.items():
+        if known := [prompt for prompt in r.answered_from if prompt]:
+            richer, nearer = sum(bool(p.get("richer")) for p in known), sum(bool(p.get("nearer")) for p in known)
+            print(f"{name}: the quality probe was answered from the richer prompt in {richer} of {len(known)} cases, "
+                  f"from the nearer one in {nearer}")
     print("TTFT in ms. 'cold' is each case's first request (after a prefetch where the config has one); "
           "memory is the Jupyter server plus the model worker (RSS).")
 

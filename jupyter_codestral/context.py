@@ -59,6 +59,16 @@ class ContextBudget:
     # The kernel's variables have a budget of their own.
     namespace_tokens: int = 256
 
+    @property
+    def richer(self) -> ContextBudget:
+        """The budget of a richer prompt (the later cells before the notebook: ``templates.LAYOUTS``): a step
+        more of earlier cells, and a third more of the cells below.  It is read once per cell, while the
+        user thinks, so its size costs no waiting, and the model completes better with more on both sides
+        (``benchmarks/layout_quality.py``, layout ``richer`` against ``split``)."""
+        return replace(
+            self, prefix_tokens=self.prefix_tokens + self.trim_step_tokens, suffix_tokens=self.suffix_tokens * 4 // 3
+        )
+
 
 @dataclass(frozen=True)
 class FimContext:

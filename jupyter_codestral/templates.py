@@ -49,14 +49,16 @@ class PromptFormat:
         """The prompt to answer from at once."""
         return render_prompt(template, context, self.answer_layout, self.kernel_file)
 
-    def render_all(self, template: FimTemplate, context: FimContext) -> tuple[list[str], str | None]:
+    def render_all(
+        self, template: FimTemplate, context: FimContext, richer_context: FimContext | None = None
+    ) -> tuple[list[str], str | None]:
         """Every prompt of a request, for a backend that reads some while the user thinks (the embedded
-        model): in order of preference, the richer one (the adaptive layout's) and the one to answer from
-        at once; and a nearer one (the cells nearest the cursor only), answered from where the others would
-        take long (nothing around the cursor read before).  They share their text, so that what is read
-        of one stays read for the others."""
+        model): in order of preference, the richer one (the adaptive layout's, from ``richer_context``:
+        by default ``context``) and the one to answer from at once; and a nearer one (the cells nearest
+        the cursor only), answered from where the others would take long (nothing around the cursor read
+        before)."""
         prompts = [self.render(template, context)]
-        richer = self.render_richer(template, context)
+        richer = self.render_richer(template, richer_context or context)
         if richer is not None:
             prompts.insert(0, richer)
         near = nearer(context) if self.answer_layout == "stable" else None

@@ -110,7 +110,7 @@ def job(
     request = CompletionRequest(tuple(cells), index, cursor, path="notebook.ipynb")
     source = PromptSource(request, kernel)
     context = source.context(BUDGET)
-    prompts, nearer = FORMAT.render_all(QWEN, context)
+    prompts, nearer = FORMAT.render_all(QWEN, context, source.context(BUDGET.richer))
     next_window = source.next_window(BUDGET) if ahead else None
     tokenize = model.tokenize
     return Job(

@@ -14,6 +14,7 @@ from conftest import MODEL_CACHE
 from kv_simulation import TokensOnly, cache_on, entering_new_cells, moving_down, summary
 
 from jupyter_codestral.embedded.disk_cache import DiskCache
+from jupyter_codestral.embedded.jobs import Job, Model
 from jupyter_codestral.embedded.kv_reuse import Chunk, Plan, Read, plan_reuse
 from jupyter_codestral.embedded.model_files import BUNDLED, ensure_model
 
@@ -73,6 +74,23 @@ def test_a_read_cancelled_halfway_leaves_a_copy_of_what_was_there(model_file: Pa
     assert not finished and not engine.parked  # stopped: what was parked is dropped...
     back = cache.prepare(near)
     assert back.restored and back.plan.unread == 1  # ...and the copy saved first comes back
+
+
+def test_the_richer_prompt_is_read_as_it_is_and_answers_once_read(model_file: Path) -> None:
+    """The richer prompt puts the later cells before the earlier ones: KV of the earlier cells moved from the
+    plain prompt never saw them, so the richer prompt keeps only the start it shares, and is read whole
+    (while the user thinks); the plain prompt still moves what it can (here, out of the richer one)."""
+    engine = TokensOnly(model_file)
+    model = Model(engine, cache_on(engine), [])
+    plain = tokens([1], range(500, 700), [2])  # the notebook up to the cursor
+    richer = tokens([3], range(900, 960), [1], range(500, 700), [2])  # the later cells first
+    job = Job(0, [richer, plain], 16, [], prefetch=True)
+    assert not job.moves(richer) and job.moves(plain)
+    read, done = model.read_ahead(job, lambda: False)
+    assert done and read == len(richer) - 1  # read whole, not moved; the plain prompt moves what it holds from it
+    assert model.choose(job) is richer
+    moved = tokens([1], range(520, 700), [4])  # the window's start moved: the plain prompt moves what stays
+    assert model.cache.unread(moved) <= 2
 
 
 def test_a_prompt_is_found_on_disk_after_a_restart(tmp_path: Path, model_file: Path) -> None:

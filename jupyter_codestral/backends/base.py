@@ -119,6 +119,11 @@ class FimRequest:
         return self.source.context(self.budget)
 
     @property
+    def richer_context(self) -> FimContext:
+        """The context of a richer prompt, read in the background (``ContextBudget.richer``)."""
+        return self.source.context(self.budget.richer)
+
+    @property
     def next_window(self) -> FimContext | None:
         """The context the earlier cells' window will give at its next step, when that is near (for a
         backend that reads prompts ahead)."""

@@ -239,7 +239,9 @@ class EmbeddedBackend(Backend):
         self._pending[req_id] = queue
         finished = False
         source = request.source.request
-        prompts, nearer = self.settings.prompt.render_all(self.template, request.context)
+        prompt_format = self.settings.prompt
+        richer = request.richer_context if prompt_format.layout == "adaptive" else None
+        prompts, nearer = prompt_format.render_all(self.template, request.context, richer)
         ahead = request.next_window
         command = {
             "op": "complete",

@@ -60,6 +60,14 @@ class Job:
         """Every prompt, in order of preference (the nearer one last): what is read while nothing waits."""
         return self.prompts + ([] if self.nearer is None else [self.nearer])
 
+    def moves(self, prompt: Tokens) -> bool:
+        """Whether ``prompt`` may keep runs read elsewhere, moved (``PromptCache.plan``).  Not the richer one:
+        its later cells come before the earlier cells, whose KV, moved from the plain prompt, was computed
+        without them, so the later cells help the model less (``benchmarks/typing_replay.py``: a
+        configuration against its ``kv_reuse=prefix`` variant).  It is read once per cell, while the user
+        thinks; typing extends it at its end."""
+        return len(self.prompts) < 2 or prompt is not self.prompts[0]
+
     @property
     def more_to_read(self) -> bool:
         """Whether anything is read ahead for this job beyond the prompt it answers from."""
@@ -86,7 +94,7 @@ class Model:
     def choose(self, job: Job) -> Tokens:
         """The prompt to answer ``job`` from: the most preferred one that is (nearly) as cheap as the cheapest,
         or the nearer one when that would take long."""
-        unread = [self.cache.unread(prompt) for prompt in job.prompts]
+        unread = [self.cache.unread(prompt, job.moves(prompt)) for prompt in job.prompts]
         cheapest = min(unread)
         chosen, left = next(
             (p, u) for p, u in zip(job.prompts, unread, strict=True) if u <= cheapest + RICHER_SLACK_TOKENS
@@ -96,11 +104,11 @@ class Model:
         return chosen
 
     def read(
-        self, prompt: Tokens, stop: Callable[[], bool], keep_live: bool, document: str | None
+        self, prompt: Tokens, stop: Callable[[], bool], keep_live: bool, document: str | None, moves: bool = True
     ) -> tuple[Prepared, bool, int]:
         """Read ``prompt`` (but its last token) until ``stop()``: how the context was made ready for it,
         whether all of it is read, and how many tokens were read."""
-        prepared = self.cache.prepare(prompt, keep_live=keep_live, document=document)
+        prepared = self.cache.prepare(prompt, keep_live=keep_live, document=document, moves=moves)
         try:
             finished, decoded = self.cache.read(prompt, prepared.plan, stop)
         except Aborted:
@@ -108,11 +116,12 @@ class Model:
             raise
         return prepared, finished, decoded
 
-    def next_to_read(self, prompts: list[Tokens]) -> Tokens | None:
-        """Of ``prompts`` (in order of preference), the one to read next, or None when nothing more is worth
+    def next_to_read(self, job: Job) -> Tokens | None:
+        """Of ``job``'s prompts (in order of preference), the one to read next, or None when nothing more is worth
         reading: none after the most preferred one already read (it answers), and among those before it, the
         most preferred that is nearly as cheap as the cheapest (each read builds on the ones read before)."""
-        unread = [self.cache.unread(prompt) for prompt in prompts]
+        prompts = job.ahead
+        unread = [self.cache.unread(prompt, job.moves(prompt)) for prompt in prompts]
         done = next((n for n, left in enumerate(unread) if left <= 1), len(prompts))
         if done == 0:
             return None
@@ -124,11 +133,11 @@ class Model:
         ``waiting()`` is false (the scheduler aborts a batch when a request arrives); (tokens read, whether
         nothing is left to read)."""
         read = 0
-        while (prompt := self.next_to_read(job.ahead)) is not None or (
+        while (prompt := self.next_to_read(job)) is not None or (
             (prompt := job.next_window) is not None and self.cache.unread(prompt) > NEXT_WINDOW_AFTER_TOKENS
         ):
             try:
-                _, finished, decoded = self.read(prompt, waiting, keep_live=True, document=job.document)
+                _, finished, decoded = self.read(prompt, waiting, True, job.document, job.moves(prompt))
             except Aborted:
                 return read, False
             read += decoded
@@ -156,11 +165,11 @@ class Model:
         try:
             job.current, job.reading = prompt, True
             if job.prefetch:
-                kept = len(prompt) - self.cache.unread(prompt)
+                kept = len(prompt) - self.cache.unread(prompt, job.moves(prompt))
                 read, _ = self.read_ahead(job, lambda: job.cancelled)
                 prepared = Prepared(Plan(len(prompt), kept), "context")
             else:
-                prepared, _, read = self.read(prompt, lambda: job.cancelled, False, job.document)
+                prepared, _, read = self.read(prompt, lambda: job.cancelled, False, job.document, job.moves(prompt))
             if job.cancelled:
                 raise Cancelled
             job.reading = False

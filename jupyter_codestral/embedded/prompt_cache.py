@@ -95,7 +95,7 @@ class PromptCache:
         self._on_disk = ""  # the key of the context's tokens last written to disk
         # Recent prompts, indexed, and plans, by the identities of what they are made of (kept alive here).
         self._prompts: OrderedDict[int, Read] = OrderedDict()
-        self._plans: OrderedDict[tuple[int, int], tuple[Read, Read, Plan]] = OrderedDict()
+        self._plans: OrderedDict[tuple[int, int, bool], tuple[Read, Read, Plan]] = OrderedDict()
 
     # -- what is read where -------------------------------------------------------------
     @property
@@ -119,14 +119,16 @@ class PromptCache:
                 self._prompts.popitem(last=False)
         return read
 
-    def plan(self, read: Read, prompt: Read) -> Plan:
-        key = (id(read), id(prompt))
+    def plan(self, read: Read, prompt: Read, moves: bool = True) -> Plan:
+        """What ``prompt`` keeps of ``read``; ``moves``: runs read elsewhere may be moved into place (else only
+        the shared start is kept, so the prompt's KV is exactly what reading it would give)."""
+        key = (id(read), id(prompt), moves)
         known = self._plans.get(key)
         if known is not None and known[0] is read and known[1] is prompt:
             return known[2]
-        if self.reuse == Reuse.CHUNKS:
+        if self.reuse == Reuse.CHUNKS and moves:
             plan = plan_reuse(read, prompt, self.min_chunk)
-        elif self.reuse == Reuse.PREFIX:
+        elif self.reuse != Reuse.OFF:
             n = len(prompt.tokens)
             plan = Plan(n, min(common_prefix(read.tokens, prompt.tokens), max(0, n - 1)))
         else:
@@ -136,10 +138,10 @@ class PromptCache:
             self._plans.popitem(last=False)
         return plan
 
-    def _likeness(self, copy: Copy, prompt: Read) -> int:
+    def _likeness(self, copy: Copy, prompt: Read, moves: bool) -> int:
         """About how many of ``prompt``'s tokens ``copy`` holds (before planning it)."""
         shared = common_prefix(copy.read.tokens, prompt.tokens)
-        if self.reuse == Reuse.CHUNKS:
+        if self.reuse == Reuse.CHUNKS and moves:
             shared = max(shared, copy.read.likeness(prompt))
         return shared
 
@@ -155,47 +157,50 @@ class PromptCache:
             ]
         return copies
 
-    def best(self, prompt: Tokens) -> tuple[Copy | None, Plan]:
-        """Where most of ``prompt`` was read: the context (None), or a copy worth bringing back; and the plan."""
+    def best(self, prompt: Tokens, moves: bool = True) -> tuple[Copy | None, Plan]:
+        """Where most of ``prompt`` was read: the context (None), or a copy worth bringing back; and the plan
+        (``moves``: as in :meth:`plan`)."""
         wanted = self._indexed(prompt)
-        plan = self.plan(self.live, wanted)
+        plan = self.plan(self.live, wanted, moves)
         if plan.unread <= CLOSE_ENOUGH_TOKENS or self.reuse == Reuse.OFF:
             return None, plan
         best: Copy | None = None
         best_plan = plan
         ranked = sorted(
-            ((self._likeness(copy, wanted), n, copy) for n, copy in enumerate(self._copies())), reverse=True
+            ((self._likeness(copy, wanted, moves), n, copy) for n, copy in enumerate(self._copies())), reverse=True
         )
         for likeness, _, copy in ranked[:CANDIDATES]:
             if likeness + GRAM <= best_plan.kept:
                 break
-            candidate = self.plan(copy.read, wanted)
+            candidate = self.plan(copy.read, wanted, moves)
             if candidate.kept > best_plan.kept:
                 best, best_plan = copy, candidate
         if best is None or best_plan.kept < plan.kept + MIN_GAIN_TOKENS:
             return None, plan
         return best, best_plan
 
-    def unread(self, prompt: Tokens) -> int:
+    def unread(self, prompt: Tokens, moves: bool = True) -> int:
         """How many of ``prompt``'s tokens :meth:`prepare` would leave to read."""
-        return self.best(prompt)[1].unread
+        return self.best(prompt, moves)[1].unread
 
     # -- making the context ready ---------------------------------------------------------
-    def prepare(self, prompt: Tokens, keep_live: bool = False, document: str | None = None) -> Prepared:
+    def prepare(
+        self, prompt: Tokens, keep_live: bool = False, document: str | None = None, moves: bool = True
+    ) -> Prepared:
         """Make the context hold what it can keep of ``prompt``: its kept start in place, the other kept
         runs parked at their new positions (:meth:`read` brings them in as it reads the rest).
 
         ``keep_live``: save the context first even if little of it would be lost (a request will come
         back to it soon)."""
         least = 1 if keep_live else MIN_SAVED_TOKENS
-        copy, plan = self.best(prompt)
+        copy, plan = self.best(prompt, moves)
         source = "context"
         if copy is not None:
             self.save_live(least)
             source = "memory" if copy.data is not None else "disk"
             if not self._restore(copy):
                 source = "context"
-            plan = self.plan(self.live, self._indexed(prompt))
+            plan = self.plan(self.live, self._indexed(prompt), moves)
         elif len(self.engine.tokens) - plan.prefix >= least:
             self.save_live(least)  # about to be moved or dropped: keep a copy to come back to
         self.engine.park(list(plan.chunks), plan.prefix)
