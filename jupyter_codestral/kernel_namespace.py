@@ -132,7 +132,9 @@ class KernelNamespace:
         # socket identity, and the kernel's replies would go astray.
         session = Session(key=kernel.session.key, signature_scheme=kernel.session.signature_scheme)
         client = kernel.client(session=session)
-        client.start_channels()
+        # The shell channel alone: the reply comes there.  (A heartbeat thread and iopub socket per query
+        # would cost a thread and file descriptors for every notebook asked, every few seconds.)
+        client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
         try:
             msg_id = client.execute(
                 "",

@@ -76,6 +76,23 @@ def test_a_read_cancelled_halfway_leaves_a_copy_of_what_was_there(model_file: Pa
     assert back.restored and back.plan.unread == 1  # ...and the copy saved first comes back
 
 
+def test_a_prompt_stopped_after_a_few_tokens_keeps_them_for_when_its_reading_goes_on(model_file: Path) -> None:
+    """Reading ahead, stopped by a keystroke after one batch: what it read is saved before the request's prompt
+    takes the context, however short (shorter than a copy is otherwise worth), and the reading goes on from it."""
+    engine = TokensOnly(model_file)
+    cache = cache_on(engine)
+    plain = tokens([1], range(500, 700), [2])
+    ready = cache.prepare(plain)
+    cache.read(plain, ready.plan, lambda: False)
+    richer = tokens([3], range(900, 1100), [1], range(500, 700), [2])
+    ready = cache.prepare(richer, keep_live=True)
+    finished, read = cache.read(richer, ready.plan, lambda: len(engine.tokens) >= 40)
+    assert not finished and 0 < read < 128
+    typed = tokens([1], range(500, 700), [2, 5])
+    cache.read(typed, cache.prepare(typed).plan, lambda: False)
+    assert cache.unread(richer, moves=False) == len(richer) - read
+
+
 def test_the_richer_prompt_is_read_as_it_is_and_answers_once_read(model_file: Path) -> None:
     """The richer prompt puts the later cells before the earlier ones: KV of the earlier cells moved from the
     plain prompt never saw them, so the richer prompt keeps only the start it shares, and is read whole

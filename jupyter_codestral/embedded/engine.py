@@ -29,7 +29,12 @@ FAR = 1 << 24
 
 
 class Aborted(Exception):
-    """A decode was stopped from another thread (a request arrived that needs the model)."""
+    """A decode was stopped from another thread (a request arrived that needs the model); ``read``: the
+    tokens it had read before the aborted batch (they stay in the context)."""
+
+    def __init__(self, read: int = 0) -> None:
+        super().__init__(read)
+        self.read = read
 
 
 class Engine:
@@ -101,7 +106,7 @@ class Engine:
                 # An aborted batch leaves nothing of its own behind that counts: drop it.
                 self._lib.llama_memory_seq_rm(self.memory, LIVE, start, -1)
                 if self.abort.is_set():
-                    raise Aborted from None
+                    raise Aborted(done) from None
                 raise
             self.tokens = np.concatenate([self.tokens, part])
             done += len(part)

@@ -138,8 +138,8 @@ class Model:
         ):
             try:
                 _, finished, decoded = self.read(prompt, waiting, True, job.document, job.moves(prompt))
-            except Aborted:
-                return read, False
+            except Aborted as aborted:
+                return read + aborted.read, False
             read += decoded
             if not finished:
                 return read, False

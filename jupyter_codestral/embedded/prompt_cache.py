@@ -24,7 +24,7 @@ from typing import Any
 
 from . import MIN_CHUNK_TOKENS
 from .disk_cache import DiskCache, key_of
-from .engine import Engine
+from .engine import Aborted, Engine
 from .kv_reuse import GRAM, Plan, Read, Tokens, common_prefix, plan_reuse
 
 # Bringing a copy back (and saving the context first) costs tens of milliseconds: worth it only when
@@ -93,6 +93,7 @@ class PromptCache:
         self.document: str | None = None  # the document the context's prompt came from
         self._live: Read | None = None
         self._on_disk = ""  # the key of the context's tokens last written to disk
+        self._partial = False  # the context holds a prompt read partway (it is wanted again soon)
         # Recent prompts, indexed, and plans, by the identities of what they are made of (kept alive here).
         self._prompts: OrderedDict[int, Read] = OrderedDict()
         self._plans: OrderedDict[tuple[int, int, bool], tuple[Read, Read, Plan]] = OrderedDict()
@@ -191,8 +192,8 @@ class PromptCache:
         runs parked at their new positions (:meth:`read` brings them in as it reads the rest).
 
         ``keep_live``: save the context first even if little of it would be lost (a request will come
-        back to it soon)."""
-        least = 1 if keep_live else MIN_SAVED_TOKENS
+        back to it soon; so will the reading of a prompt that was stopped partway)."""
+        least = 1 if keep_live or self._partial else MIN_SAVED_TOKENS
         copy, plan = self.best(prompt, moves)
         source = "context"
         if copy is not None:
@@ -213,17 +214,22 @@ class PromptCache:
         tokens were read); when not all, the context holds the start read so far."""
         engine = self.engine
         decoded = 0
-        for chunk in plan.chunks:
-            gap = prompt[len(engine.tokens) : chunk.target]
-            done = engine.decode(gap, stop)
-            decoded += done
-            if done < len(gap):
-                engine.drop_parked()
-                return False, decoded
-            engine.unpark(chunk, prompt[chunk.target : chunk.target + chunk.length])
-        rest = prompt[len(engine.tokens) : len(prompt) - 1]
-        done = engine.decode(rest, stop)
-        return done == len(rest), decoded + done
+        self._partial = True
+        try:
+            for chunk in plan.chunks:
+                gap = prompt[len(engine.tokens) : chunk.target]
+                done = engine.decode(gap, stop)
+                decoded += done
+                if done < len(gap):
+                    engine.drop_parked()
+                    return False, decoded
+                engine.unpark(chunk, prompt[chunk.target : chunk.target + chunk.length])
+            rest = prompt[len(engine.tokens) : len(prompt) - 1]
+            done = engine.decode(rest, stop)
+        except Aborted as aborted:
+            raise Aborted(decoded + aborted.read) from None
+        self._partial = done < len(rest)
+        return not self._partial, decoded + done
 
     def abandon(self) -> None:
         """A read stopped halfway (aborted): what was parked for it is dropped."""
@@ -286,6 +292,7 @@ class PromptCache:
             while self.saved_bytes > self.budget_bytes:
                 self.saved.popitem(last=False)
         self.document = copy.document
+        self._partial = False
         self._on_disk = copy.key if copy.data is None else self._on_disk
         self._live = copy.read
         return True
