@@ -64,10 +64,15 @@ class PromptFormat:
         near = nearer(context) if self.answer_layout == "stable" else None
         return prompts, None if near is None else self.render(template, near)
 
+    def reads_richer(self, template: FimTemplate) -> bool:
+        """Whether a richer prompt is read beside the one answered from: the adaptive layout's, with a
+        template that has file tokens (its context is built only then: ``FimRequest.richer_context``)."""
+        return self.layout == "adaptive" and template.supports_files
+
     def render_richer(self, template: FimTemplate, context: FimContext) -> str | None:
         """The adaptive layout's richer prompt, when it says more than :meth:`render`'s: the split one (the
         later cells as a file before the notebook)."""
-        if self.layout != "adaptive" or not template.supports_files:
+        if not self.reads_richer(template):
             return None
         if not split_layout_parts(context)[2].strip():
             return None

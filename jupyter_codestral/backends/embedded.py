@@ -240,7 +240,7 @@ class EmbeddedBackend(Backend):
         finished = False
         source = request.source.request
         prompt_format = self.settings.prompt
-        richer = request.richer_context if prompt_format.layout == "adaptive" else None
+        richer = request.richer_context if prompt_format.reads_richer(self.template) else None
         prompts, nearer = prompt_format.render_all(self.template, request.context, richer)
         ahead = request.next_window
         command = {
