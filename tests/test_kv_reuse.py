@@ -164,6 +164,7 @@ def test_saved_states_are_private_and_a_crash_leaves_nothing_behind(tmp_path: Pa
     ids=["new last cell", "one cell down", "new last cell, live kernel"],
 )
 def test_a_new_cell_costs_only_its_own_tokens_on_every_benchmark_notebook(scenario: Any, model_file: Path) -> None:
+    assert list(BENCH_NOTEBOOKS.glob("*.ipynb")), f"no benchmark notebooks in {BENCH_NOTEBOOKS}"
     figures = summary(scenario(model_file, BENCH_NOTEBOOKS))
     print(json.dumps(figures))
     assert figures["moments"] >= 300
