@@ -84,6 +84,7 @@ def backend_settings(options: CodestralOptions, environ: Mapping[str, str] | Non
         model_path=options.model_path or None,
         model_sha256=options.model_sha256 or None,
         threads=options.threads or None,
+        cpu_kernels=options.cpu_kernels,
         kv_reuse=options.kv_reuse if options.kv_cache else "off",
         kv_cache_mb=options.kv_cache_mb,
         kv_disk_mb=options.kv_disk_mb,
@@ -231,6 +232,19 @@ def named_backends(options: CodestralOptions) -> dict[str, Any]:
     }
 
 
+def named_specs(options: CodestralOptions, environ: Mapping[str, str]) -> tuple[dict[str, RouteSpec], dict[str, str]]:
+    """Each named backend on its own: the specs that can work, and what is wrong with each of the others
+    (one mistake hides no other: the doctor still asks every backend it can build)."""
+    specs: dict[str, RouteSpec] = {}
+    wrong: dict[str, str] = {}
+    for name, raw in named_backends(options).items():
+        try:
+            specs[name] = route_spec(options, name, raw, environ)
+        except ValueError as error:
+            wrong[name] = str(error)
+    return specs, wrong
+
+
 class _Builder:
     """One assembly: the settings, the environment, and the problems found on the way."""
 
@@ -250,10 +264,10 @@ class _Builder:
             if options.routes:
                 self.problem("routes", "routes are set but no backends are named (CodestralExtension.backends).")
             return None
-        try:
-            specs = {name: route_spec(options, name, raw, self.environ) for name, raw in named.items()}
-        except ValueError as error:
-            self.problem("backends", str(error))
+        specs, wrong = named_specs(options, self.environ)
+        for message in wrong.values():
+            self.problem("backends", message)
+        if wrong:
             return None
         try:
             routes = (

@@ -22,6 +22,7 @@ from traitlets.config.loader import DeferredConfig, DeferredConfigString, LazyCo
 from .backends import KINDS, BackendKind, kind_name, url_problem
 from .backends.mistral import mistral_url
 from .embedded import DEFAULT_KV_CACHE_MB, DEFAULT_KV_DISK_MB
+from .embedded.cpu import Kernels
 from .request import RequestLimits
 from .router import REMOTE_FIRST_TOKEN_TIMEOUT_MS
 from .templates import LAYOUTS, TEMPLATES
@@ -116,6 +117,13 @@ class CodestralOptions(Configurable):
         None, allow_none=True, help="embedded model: the sha256 that model_path must have (checked before loading)."
     ).tag(config=True)
     threads = Int(0, help="embedded model: CPU threads (0: all cores).").tag(config=True)
+    cpu_kernels = Unicode(
+        Kernels.REPACK.value,
+        help="embedded model: llama.cpp's CPU kernels: 'repack' (its repacked kernels, never AMX, whose kernels "
+        "crash on some Intel CPUs), 'amx' (AMX too, where the CPU has it), 'plain' (no repacking). A worker that "
+        "crashes at start-up is restarted without extra kernels, then on one thread. "
+        "Default: $JUPYTER_CODESTRAL_CPU_KERNELS, else 'repack'.",
+    ).tag(config=True)
     kv_cache = Bool(
         True, help="embedded model: reuse the model's prompt cache between requests (off only to measure its worth)."
     ).tag(config=True)
@@ -337,6 +345,18 @@ class CodestralOptions(Configurable):
     @default("model_path")
     def _default_model_path(self) -> str | None:
         return self._env("model_path", "JUPYTER_CODESTRAL_MODEL_PATH")
+
+    @default("cpu_kernels")
+    def _default_cpu_kernels(self) -> str:
+        return self._env("cpu_kernels", "JUPYTER_CODESTRAL_CPU_KERNELS") or Kernels.REPACK.value
+
+    @validate("cpu_kernels")
+    def _validate_cpu_kernels(self, proposal: Any) -> str:
+        value = str(proposal.value).strip().lower() or Kernels.REPACK.value
+        known = [k.value for k in Kernels]
+        wrong = f"cpu_kernels must be one of {', '.join(known)}; it is {value!r}."
+        self._verdict("cpu_kernels", None if value in known else wrong)
+        return value
 
     @default("prompt_layout")
     def _default_prompt_layout(self) -> str:

@@ -376,10 +376,14 @@ class Router:
         for name, backend in self.backends.items():
             health = self.health[name]
             ordered = sorted(health.first_text_ms)
+            # A backend that cannot be used says so, rather than that it waits for a probe.
+            state = backend.state
+            if not health.available and state not in (BackendState.FAILED, BackendState.ERROR):
+                state = BackendState.COOLING_DOWN
             backends[name] = {
                 **backend.describe(),
                 "kind": backend.settings.backend,
-                "state": str(backend.state if health.available else BackendState.COOLING_DOWN),
+                "state": str(state),
                 "skipped_until": None if health.available else health.until_wall,
                 "last_error": health.last_error,
                 "served": health.served,

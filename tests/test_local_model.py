@@ -394,14 +394,17 @@ async def test_a_prefetch_reads_the_later_cells_too_and_keystrokes_answer_from_t
 async def test_the_worker_reads_the_later_cells_ahead_between_keystrokes(
     jp_fetch: Any, complete: Any, jp_serverapp: Any
 ) -> None:
-    await wait_ready(jp_fetch)
+    status = await wait_ready(jp_fetch)
     backend = the_app(jp_serverapp).service.completer.backend
     aheads = backend.aheads_seen
     first = await timed(complete, backend, mid_notebook("summary = "))
     assert not first["richer"]  # answered at once from the notebook up to the cursor
-    # Idle: the worker reads the rest of the plain prompt (about 160 tokens, 1 s here), then the one with
-    # the later cells (about 880 tokens, 5.5 s), which the next keystroke stops partway.
-    await asyncio.sleep(3.0)
+    # Idle: the worker reads the rest of the plain prompt (about 160 tokens), then the one with the later
+    # cells (about 880 tokens), which the next keystroke stops partway. How long that takes depends on the
+    # CPU (1 s and 5.5 s at 160 tokens/s, four times that on a slow one): the pause is timed on the speed
+    # the worker measured at start-up, so that the keystroke lands in the second read on any machine.
+    speed = status["cpu"]["read_tokens_per_s"]
+    await asyncio.sleep(1.0 + 400 / speed)
     second = await timed(complete, backend, mid_notebook("summary = f"))
     assert not second["richer"] and second["read_tokens"] <= 12, second  # a keystroke does not wait for it
     stopped = await ahead_event(backend, aheads)

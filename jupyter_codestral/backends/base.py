@@ -31,9 +31,11 @@ class BackendState(StrEnum):
     ASSEMBLING = "assembling"  # the embedded model's parts are being put together
     VERIFYING = "verifying"
     LOADING = "loading"
+    CHECKING = "checking"  # the embedded model's self-check: a few tokens read and written
     READY = "ready"
     RESTARTING = "restarting"
     ERROR = "error"  # it cannot be used (the reason is in the status)
+    FAILED = "failed"  # the embedded model's worker crashed too often in a row: not restarted again
     UNAUTHORIZED = "unauthorized"
     RATE_LIMITED = "rate_limited"
     UNREACHABLE = "unreachable"
@@ -79,6 +81,7 @@ class BackendSettings:
     model_path: str | None  # local backend: a GGUF file instead of the bundled model
     model_sha256: str | None  # local backend: what model_path must hash to (checked before loading)
     threads: int | None  # local backend
+    cpu_kernels: str  # local backend: llama.cpp's CPU kernels (embedded/cpu.py's Kernels)
     kv_reuse: str  # local backend: what a prompt keeps of the tokens read before (chunks, prefix, off)
     kv_cache_mb: int  # local backend: memory for saved copies of prompts read before
     kv_disk_mb: int  # local backend: disk for the same

@@ -5,6 +5,13 @@ background.  The completion service keeps at most one request per document
 in flight (a newer one stops the older, whose stream then sends the worker
 a ``cancel``), so the worker's first-come queue serves notebooks in turn.
 If the worker dies, waiting requests get a readable error and it restarts.
+
+The worker reads and writes a few tokens before it says it is ready, so a crash in llama.cpp's CPU
+kernels (the AMX kernels on some Intel CPUs) happens at start-up.  A worker that dies before it is
+ready is restarted in a safer configuration (:func:`safer_configs`: no extra CPU kernels, then one
+thread), each step said in the status in a sentence; one that crashes ``MAX_CRASHES`` times in a row
+without finishing a completion is ``failed``: completions answer 503 with the reason (and routes
+with another backend answer from it).
 """
 
 from __future__ import annotations
@@ -14,11 +21,14 @@ import contextlib
 import itertools
 import json
 import logging
+import signal
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
+from ..embedded.cpu import Kernels, cpu_flags, has_amx
 from ..embedded.model_files import MODELS
 from ..errors import ErrorKind, backend_error, error_kind
 from ..usage import Usage
@@ -42,6 +52,56 @@ CACHE_FIGURES = (
 )
 # How long the worker may take to write what it read to disk when the server stops.
 SHUTDOWN_S = 5.0
+# A worker that crashes this often in a row, with no completion finished between, is not restarted.
+MAX_CRASHES = 3
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker is started with that a crash in native code may depend on."""
+
+    kernels: Kernels
+    threads: int | None  # None: every core
+
+    def describe(self) -> str:
+        kernels = {
+            Kernels.REPACK: "llama.cpp's repacked CPU kernels",
+            Kernels.AMX: "AMX kernels",
+            Kernels.PLAIN: "no extra CPU kernels",
+        }[self.kernels]
+        return kernels if self.threads != 1 else f"{kernels}, on one thread"
+
+
+def safer_configs(kernels: Kernels, threads: int | None) -> list[WorkerConfig]:
+    """The configured worker, then each safer one to try after a crash at start-up."""
+    ladder = [WorkerConfig(kernels, threads)]
+    if kernels != Kernels.PLAIN:
+        ladder.append(WorkerConfig(Kernels.PLAIN, threads))
+    if threads != 1:
+        ladder.append(WorkerConfig(Kernels.PLAIN, 1))
+    return ladder
+
+
+def stepped_down(crashed: WorkerConfig, now: WorkerConfig, amx_cpu: bool) -> str:
+    """The sentence the status says after a crash at start-up moved the worker one step down."""
+    if crashed.kernels == Kernels.AMX and amx_cpu:
+        what = "with AMX kernels on this CPU"
+    elif crashed.kernels == Kernels.REPACK:
+        what = "with llama.cpp's repacked CPU kernels on this CPU"
+    else:
+        what = f"with {crashed.describe()}"
+    doing = "running without them" if now.threads == crashed.threads else "running on one thread"
+    return f"The embedded model crashed {what}; {doing}, slower"
+
+
+def exit_reason(code: int) -> str:
+    """A worker's exit as people read it: the signal that killed it, or its exit code."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 class EmbeddedBackend(Backend):
@@ -54,6 +114,12 @@ class EmbeddedBackend(Backend):
         self.progress: float | None = None
         self.fatal: str | None = None
         self.restarts = 0
+        self.ladder = safer_configs(Kernels(settings.cpu_kernels), settings.threads)
+        self.rung = 0  # which of the ladder's configurations the worker runs
+        self.crashes = 0  # in a row, with no completion finished between
+        self._stepped: str | None = None  # the last step down the ladder, in a sentence
+        self.cpu: dict[str, Any] | None = None  # the worker's CPU kernels and speed (its ready event)
+        self._amx_cpu = has_amx(cpu_flags())
         spec = MODELS.get(settings.model)
         if settings.model_path is None and spec is None:
             self.state, self.fatal = (
@@ -80,6 +146,23 @@ class EmbeddedBackend(Backend):
             self._settled.set()
 
     # -- worker lifetime ------------------------------------------------------
+    @property
+    def config(self) -> WorkerConfig:
+        return self.ladder[self.rung]
+
+    @property
+    def notice(self) -> str | None:
+        """What the status says of a worker that runs more safely than configured, or that failed."""
+        if self.state == BackendState.FAILED:
+            return f"The embedded model cannot run on this machine: {self.fatal}"
+        if self._stepped is None:
+            return None
+        cpu = self.cpu if self.state == BackendState.READY else None
+        if not cpu:
+            return f"{self._stepped}."
+        read, written = cpu["read_tokens_per_s"], cpu["write_tokens_per_s"]
+        return f"{self._stepped} (prompts read at {read:.0f} tokens/s, written at {written:.0f} tokens/s)."
+
     def worker_command(self) -> list[str]:
         cmd = [sys.executable, "-m", "jupyter_codestral.embedded.worker"]
         if self.settings.model_path:
@@ -88,8 +171,10 @@ class EmbeddedBackend(Backend):
                 cmd += ["--sha256", self.settings.model_sha256]
         else:
             cmd += ["--model", self.settings.model]
-        if self.settings.threads:
-            cmd += ["--threads", str(self.settings.threads)]
+        config = self.config
+        if config.threads:
+            cmd += ["--threads", str(config.threads)]
+        cmd += ["--kernels", config.kernels.value]
         cmd += ["--reuse", self.settings.kv_reuse, "--cache-mb", str(self.settings.kv_cache_mb)]
         cmd += ["--disk-mb", str(self.settings.kv_disk_mb)]
         if self.settings.kv_disk_dir:
@@ -113,6 +198,8 @@ class EmbeddedBackend(Backend):
         """For tools and tests: wait until the model is loaded (or cannot be)."""
         await self.start()
         await self._settled.wait()
+        if self.state == BackendState.FAILED:
+            raise self._unavailable()
         if self.fatal:
             raise backend_error(ErrorKind.LOADING, self.fatal)
 
@@ -124,17 +211,55 @@ class EmbeddedBackend(Backend):
         failures = 0
         while not self._given_up():
             started = asyncio.get_running_loop().time()
-            await self._run_worker()
+            code, was_ready = await self._run_worker()
             if self._given_up():
                 break
+            self.crashes += 1
+            crashed = self.config
+            reason = exit_reason(code)
+            tail = " | ".join(list(self._stderr_tail)[-3:])
+            if self.crashes >= MAX_CRASHES:
+                self._fail(reason, tail)
+                break
             self.restarts += 1
+            if not was_ready and self.rung + 1 < len(self.ladder):
+                # A crash before ready is a crash in the self-check: the kernels or threads this machine
+                # cannot run. The next configuration at once.
+                self.rung += 1
+                self._stepped = stepped_down(crashed, self.config, self._amx_cpu)
+                log.warning(
+                    "jupyter_codestral: the embedded model worker crashed at start-up with %s (%s; %s); "
+                    "restarting with %s",
+                    crashed.describe(),
+                    reason,
+                    tail or "nothing on stderr",
+                    self.config.describe(),
+                )
+                continue
             lived = asyncio.get_running_loop().time() - started
             failures = 0 if lived > 60 else failures + 1
             delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
-            log.warning("jupyter_codestral: the embedded model worker stopped; restarting in %.1f s", delay)
+            log.warning(
+                "jupyter_codestral: the embedded model worker stopped (%s); restarting in %.1f s", reason, delay
+            )
             await asyncio.sleep(delay)
 
-    async def _run_worker(self) -> None:
+    def _fail(self, reason: str, tail: str) -> None:
+        """Crashed too often: not restarted; completions say why (a route's next backend answers)."""
+        tried = "; ".join(config.describe() for config in self.ladder[: self.rung + 1])
+        self.fatal = (
+            f"its worker crashed {self.crashes} times in a row ({reason}), tried with: {tried}. "
+            "It is not restarted; name another backend (CodestralExtension.backends), or run "
+            "`jupyter codestral doctor` and report what it prints."
+        )
+        self.state = BackendState.FAILED
+        self._settled.set()
+        for queue in self._pending.values():
+            queue.put_nowait({"event": "error", "kind": ErrorKind.WORKER_CRASHED, "message": self.notice})
+        log.error("jupyter_codestral: the embedded model failed: %s (stderr: %s)", self.fatal, tail or "nothing")
+
+    async def _run_worker(self) -> tuple[int, bool]:
+        """Run one worker until it exits: its exit code, and whether it had said it was ready."""
         self.state, self.progress = BackendState.STARTING, None
         self._ready.clear()
         self._settled.clear()
@@ -161,12 +286,14 @@ class EmbeddedBackend(Backend):
             code = await proc.wait()
             await stderr_task
             self._proc = None
+            was_ready = self._ready.is_set()
             self._ready.clear()
             if self.fatal is None:
                 self.state = BackendState.RESTARTING
-                reason = f"The embedded model process stopped (exit code {code}); it is being restarted."
+                reason = f"The embedded model process stopped ({exit_reason(code)}); it is being restarted."
                 for queue in self._pending.values():
                     queue.put_nowait({"event": "error", "kind": ErrorKind.WORKER_CRASHED, "message": reason})
+        return code, was_ready
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -181,6 +308,9 @@ class EmbeddedBackend(Backend):
         if kind == "state":
             self.state, self.progress = BackendState(event["state"]), event.get("progress")
             if self.state == BackendState.READY:
+                self.cpu = event.get("cpu")
+                if self._stepped:
+                    log.warning("jupyter_codestral: %s", self.notice)
                 self._ready.set()
                 self._settled.set()
         elif kind == "ahead":
@@ -192,6 +322,8 @@ class EmbeddedBackend(Backend):
             self._settled.set()
             log.error("jupyter_codestral: the embedded model cannot be used: %s", self.fatal)
         else:
+            if kind == "done":
+                self.crashes = 0  # it runs on this machine
             if "timings" in event:
                 # Also for requests whose client left before the worker finished.
                 self.last_timings = event["timings"]
@@ -222,6 +354,8 @@ class EmbeddedBackend(Backend):
 
     # -- completions -----------------------------------------------------------
     def _unavailable(self) -> Exception:
+        if self.state == BackendState.FAILED:
+            return backend_error(ErrorKind.WORKER_CRASHED, self.notice or "The embedded model failed.")
         if self.fatal:
             return backend_error(ErrorKind.LOADING, f"The embedded model cannot be used: {self.fatal}")
         if self.state in (BackendState.ASSEMBLING, BackendState.VERIFYING) and self.progress is not None:
@@ -288,6 +422,8 @@ class EmbeddedBackend(Backend):
         info["cache"] = {key: self.last_timings.get(key) for key in CACHE_FIGURES} | {
             "read_ahead": self.last_ahead or None
         }
+        info["cpu"] = self.cpu
+        info["notice"] = self.notice
         if self.fatal:
             info["fatal"] = self.fatal
         return info

@@ -91,7 +91,8 @@ async def until_ready(completer: Completer | Any, timeout: float = 600) -> None:
     progress = ModelProgress()
     deadline = time.monotonic() + timeout
     try:
-        while completer.state not in (BackendState.READY, BackendState.ERROR) and time.monotonic() < deadline:
+        settled = (BackendState.READY, BackendState.ERROR, BackendState.FAILED)
+        while completer.state not in settled and time.monotonic() < deadline:
             info = completer.describe()
             progress.update(str(info.get("state", completer.state)), info.get("progress"))
             await asyncio.sleep(0.1)
@@ -99,8 +100,9 @@ async def until_ready(completer: Completer | Any, timeout: float = 600) -> None:
         progress.close()
     if completer.state != BackendState.READY:
         info = completer.describe()
-        fatal = info.get("fatal") or f"the backend did not get ready ({completer.state})"
-        raise CompletionError(ErrorKind.LOADING, fatal, 503)
+        fatal = info.get("notice") or info.get("fatal") or f"the backend did not get ready ({completer.state})"
+        kind = ErrorKind.WORKER_CRASHED if completer.state == BackendState.FAILED else ErrorKind.LOADING
+        raise CompletionError(kind, fatal, 503)
 
 
 @asynccontextmanager

@@ -13,13 +13,17 @@ Runs in the worker process, on the thread that owns the model.
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .cpu import Guard, buffer_sizes, build_features, crash, injected_fault
 from .kv_reuse import Chunk, Tokens
 
 LIVE = 0  # the sequence that holds the prompt
@@ -37,17 +41,55 @@ class Aborted(Exception):
         self.read = read
 
 
+# What the self-check reads and writes before the worker says it is ready: a native crash in the
+# kernels (llama.cpp's AMX kernels on some CPUs) then happens at start-up, where a safer configuration
+# can be tried, not at the user's first keystroke.  One batch of prompt (the matrix kernels) and a few
+# tokens written one at a time (the vector kernels).
+SELF_CHECK_PROMPT = (
+    "import numpy as np\nimport pandas as pd\n\n\ndef summarize(frame: pd.DataFrame) -> pd.DataFrame:\n"
+    '    """Mean and spread of every numeric column."""\n    numeric = frame.select_dtypes("number")\n'
+    '    return pd.DataFrame({"mean": numeric.mean(), "std": numeric.std()})\n\n\nvalues = np.arange('
+)
+SELF_CHECK_WRITE = 4
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """What the self-check measured: prompt reading and writing speed on this machine."""
+
+    read_tokens: int
+    read_tokens_per_s: float
+    write_tokens_per_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "read_tokens": self.read_tokens,
+            "read_tokens_per_s": round(self.read_tokens_per_s, 1),
+            "write_tokens_per_s": round(self.write_tokens_per_s, 1),
+        }
+
+
 class Engine:
     """One llama.cpp model and context."""
 
-    def __init__(self, model_path: Path, n_ctx: int, threads: int, batch: int) -> None:
+    def __init__(self, model_path: Path, n_ctx: int, threads: int, batch: int, guard: Guard) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
         self._lib = llama_cpp
+        self.guard = guard
+        self.threads = threads
         llama_cpp.llama_backend_init()
+        self.build = build_features(llama_cpp.llama_print_system_info().decode("utf-8", "replace"))
         model_params = llama_cpp.llama_model_default_params()
+        model_params.use_extra_bufts = guard.extra_buffers
+        loading_log: list[str] = []
+        self._log_cb = _log_callback(llama_cpp, loading_log)
+        llama_cpp.llama_log_set(self._log_cb, None)
         self.model = _internals.LlamaModel(path_model=str(model_path), params=model_params, verbose=False)
+        self.buffers = buffer_sizes(loading_log)  # the weights' buffer types, MiB (CPU_REPACK, AMX, ...)
+        loading_log.clear()
+        self._fault = injected_fault(guard.kernels, threads)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = batch
@@ -92,6 +134,8 @@ class Engine:
     def decode(self, tokens: Tokens, stop: Callable[[], bool] | None = None) -> int:
         """Read ``tokens`` into LIVE after what it holds, in batches; until ``stop()`` (checked between
         batches). Returns how many were read; raises :class:`Aborted` when another thread aborted a batch."""
+        if self._fault:
+            crash()
         done = 0
         while done < len(tokens):
             if stop is not None and stop():
@@ -171,3 +215,36 @@ class Engine:
             return False
         self.tokens = tokens  # (never changed in place: reading makes a new array)
         return True
+
+    def self_check(self) -> SelfCheck:
+        """Read a small prompt and write a few tokens (then forget them): the kernels ran, and how fast."""
+        tokens = self.tokenize(SELF_CHECK_PROMPT)[: self.batch_size]
+        # The first read pages the weights in (the user's first keystroke no longer pays for it); the
+        # second is timed.
+        self.decode(tokens)
+        self.truncate(0)
+        started = time.perf_counter()
+        self.decode(tokens)
+        read_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(SELF_CHECK_WRITE):
+            token, _ = self.next_token()
+            self.decode(np.array([token], dtype=np.intc))
+        write_s = time.perf_counter() - started
+        self.truncate(0)
+        return SelfCheck(len(tokens), len(tokens) / read_s, SELF_CHECK_WRITE / write_s)
+
+
+def _log_callback(llama_cpp: Any, lines: list[str]) -> Any:
+    """llama.cpp's log: every line kept while ``lines`` is being filled (the model's loading), errors
+    to stderr (as llama-cpp-python does when not verbose)."""
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def callback(level: int, text: bytes, _user_data: Any) -> None:
+        line = text.decode("utf-8", "replace")
+        lines.append(line)
+        del lines[:-2000]
+        if level == 3:  # GGML_LOG_LEVEL_ERROR
+            sys.stderr.write(line)
+
+    return callback

@@ -13,7 +13,8 @@ Commands (one JSON object per line on stdin)::
 
 Events (one JSON object per line on stdout)::
 
-    {"event": "state", "state": "assembling" | "verifying" | "loading" | "ready", "progress": 0.4}
+    {"event": "state", "state": "assembling" | "verifying" | "loading" | "checking", "progress": 0.4}
+    {"event": "state", "state": "ready", "model": "...", "cpu": {...}}   the self-check passed: kernels, speed
     {"event": "fatal", "message": "..."}          the model cannot be used; do not restart
     {"event": "text", "id": 1, "text": "...", "logprob": -0.3, "tokens": 2}   with its tokens' log-probabilities
     {"event": "done", "id": 1, "timings": {...}}
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import DEFAULT_KV_CACHE_MB, DEFAULT_KV_DISK_MB
+from .cpu import FEATURES, Kernels, cpu_flags, cpu_model, guard_process
 from .model_files import BUNDLED
 
 
@@ -121,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sha256", help="expected sha256 of --model-path")
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--kernels",
+        choices=[k.value for k in Kernels],
+        default=Kernels.REPACK.value,
+        help="CPU kernels: repack (never AMX), amx (AMX too, where the CPU has it), plain (no extra buffer types)",
+    )
     parser.add_argument("--chunk-tokens", type=int, default=64, help="prompt tokens read between checks for a cancel")
     parser.add_argument("--cache-mb", type=int, default=DEFAULT_KV_CACHE_MB, help="memory for saved read prompts")
     parser.add_argument("--disk-mb", type=int, default=DEFAULT_KV_DISK_MB, help="disk for saved read prompts (0: none)")
@@ -139,6 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     emit = Emitter(protocol)
+    # Before llama.cpp (or numpy's BLAS) is loaded: AMX is refused here, or the extra buffer types go.
+    flags = cpu_flags()
+    guard = guard_process(Kernels(args.kernels), flags)
+    threads = args.threads or os.cpu_count() or 1
 
     from .disk_cache import DiskCache
     from .engine import Engine
@@ -150,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         path, model_id = resolve_model(args, emit)
         emit("state", state="loading", progress=None)
-        engine = Engine(path, args.n_ctx, args.threads or os.cpu_count() or 1, max(1, args.chunk_tokens))
+        engine = Engine(path, args.n_ctx, threads, max(1, args.chunk_tokens), guard)
         reuse = Reuse(args.reuse)
         disk = None
         if args.disk_mb > 0 and reuse != Reuse.OFF:
@@ -162,7 +174,26 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the server, which shows it
         emit("fatal", message=str(exc))
         return
-    emit("state", state="ready", progress=None, model=str(path))
+    # A crash in the CPU kernels happens here, where the server can restart the worker more safely.
+    emit("state", state="checking", progress=None)
+    try:
+        check = engine.self_check()
+    except RuntimeError as exc:  # a decode that failed without crashing: the server tries a safer start
+        print(f"jupyter_codestral: the self-check failed: {exc}", file=sys.stderr)
+        sys.exit(3)
+    cpu = {
+        "model": cpu_model(),
+        "features": [f for f in FEATURES if f in flags],
+        "build": sorted(name for name, on in engine.build.items() if on),
+        "kernels": guard.kernels.value,
+        "amx_denied": guard.amx_denied,
+        "extra_buffers": guard.extra_buffers,
+        "note": guard.note,
+        "buffers": engine.buffers,
+        "threads": threads,
+        **check.to_json(),
+    }
+    emit("state", state="ready", progress=None, model=str(path), cpu=cpu)
     scheduler = Scheduler(model, emit)
     threading.Thread(target=scheduler.read_commands, args=(sys.stdin,), daemon=True).start()
     scheduler.serve()

@@ -46,9 +46,11 @@ export type BackendState =
   | 'assembling'
   | 'verifying'
   | 'loading'
+  | 'checking'
   | 'ready'
   | 'restarting'
   | 'error'
+  | 'failed'
   | 'unauthorized'
   | 'rate_limited'
   | 'unreachable'
@@ -117,6 +119,7 @@ export interface Contract {
   AcceptanceReport?: AcceptanceReport;
   AcceptanceFigures?: AcceptanceFigures;
   AcceptanceDay?: AcceptanceDay;
+  EmbeddedCpu?: EmbeddedCpu;
 }
 /**
  * One cell of the notebook: its type, text and last run.
@@ -420,6 +423,11 @@ export interface NamedBackend {
   worker_pid?: number | null;
   fatal?: string;
   cache?: EmbeddedCache;
+  cpu?: EmbeddedCpu | null;
+  /**
+   * The embedded model runs more safely than configured after a crash, or failed: a sentence for the status bar.
+   */
+  notice?: string | null;
   kind: string;
   state: BackendState;
   skipped_until: number | null;
@@ -462,6 +470,40 @@ export interface EmbeddedCache {
   };
 }
 /**
+ * The embedded model's CPU kernels on this machine, and the speed its self-check measured (embedded/cpu.py).
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "EmbeddedCpu".
+ */
+export interface EmbeddedCpu {
+  model?: string;
+  /**
+   * The CPU's flags that decide the kernels (avx2, avx512f, amx_tile, ...).
+   */
+  features: string[];
+  /**
+   * What this llama.cpp build was compiled with.
+   */
+  build?: string[];
+  kernels: 'repack' | 'amx' | 'plain';
+  /**
+   * AMX refused to the worker (its kernels crash on some CPUs).
+   */
+  amx_denied?: boolean;
+  extra_buffers?: boolean;
+  note?: string;
+  /**
+   * The weights' buffer types, MiB.
+   */
+  buffers: {
+    [k: string]: number | undefined;
+  };
+  threads: number;
+  read_tokens?: number;
+  read_tokens_per_s: number;
+  write_tokens_per_s: number;
+}
+/**
  * GET codestral/status: the backend, its state, latencies, usage.
  *
  * This interface was referenced by `Contract`'s JSON-Schema
@@ -477,6 +519,11 @@ export interface Status {
   worker_pid?: number | null;
   fatal?: string;
   cache?: EmbeddedCache;
+  cpu?: EmbeddedCpu | null;
+  /**
+   * The embedded model runs more safely than configured after a crash, or failed: a sentence for the status bar.
+   */
+  notice?: string | null;
   layout: string;
   rate_limited_until: number | null;
   backends?: {

@@ -15,7 +15,8 @@ const PROBLEMS: Partial<Record<BackendState, string>> = {
   unauthorized: 'key refused',
   unreachable: 'backend unreachable',
   failing: 'backend failing',
-  error: 'error'
+  error: 'error',
+  failed: 'embedded model failed'
 };
 
 /**
@@ -140,9 +141,13 @@ export class CodestralStatus extends Widget {
     }
     const problem = PROBLEMS[server.state];
     if (problem) {
-      const reason = server.last_error?.message ?? problem;
+      const reason = server.notice ?? server.last_error?.message ?? problem;
       return { label: `Codestral: ${problem}`, state: 'error', detail: `${who}: ${reason}` };
     }
+    // The embedded model runs more safely than configured (it crashed with faster CPU kernels), or a
+    // named one failed while another answers: said in a sentence, on hover.
+    const notice =
+      server.notice ?? Object.values(server.backends ?? {}).find(b => b.notice)?.notice ?? null;
     if (!server.ready) {
       const progress =
         typeof server.progress === 'number' ? ` ${Math.round(server.progress * 100)}%` : '';
@@ -154,13 +159,19 @@ export class CodestralStatus extends Widget {
     }
     const latency = this._activity.firstTokenMs ?? server.latency?.first_token_ms.last ?? null;
     const ms = latency === null || latency === undefined ? '' : ` ${Math.round(latency)} ms`;
+    const caveat = notice ? ' · safe mode' : '';
+    const said = notice ? `\n${notice}` : '';
     if (this._activity.state === 'working') {
-      return { label: `Codestral: working…${ms}`, state: 'working', detail: `${who}: completing` };
+      return {
+        label: `Codestral: working…${ms}${caveat}`,
+        state: 'working',
+        detail: `${who}: completing${said}`
+      };
     }
     return {
-      label: `Codestral: ready${ms}`,
+      label: `Codestral: ready${ms}${caveat}`,
       state: 'ready',
-      detail: `${who}: ready. Click to turn completions off.`
+      detail: `${who}: ready. Click to turn completions off.${said}`
     };
   }
 
