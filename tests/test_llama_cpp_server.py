@@ -1,4 +1,5 @@
-"""A real OpenAI-compatible server that users run: llama-cpp-python's own (``python -m llama_cpp.server``).
+"""A real OpenAI-compatible server that users run: llama-cpp-python's own, as the README starts it
+(``python -m jupyter_codestral.llama_server``: ``llama_cpp.server`` kept off llama.cpp's AMX kernels).
 
 It serves the bundled 0.5B model on loopback as the ``strong`` backend of a route.  What these tests
 found out about it (and the README says):
@@ -53,7 +54,7 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama
     log = tmp_path_factory.mktemp("llama-cpp-server") / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "llama_cpp.server", "--model", str(model), "--model_alias", BUNDLED.name,
+            [sys.executable, "-u", "-m", "jupyter_codestral.llama_server", "--model", str(model), "--model_alias", BUNDLED.name,
              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"],
             stdout=out, stderr=subprocess.STDOUT, text=True,
         )
@@ -88,7 +89,11 @@ def new_line_in(source: str) -> dict[str, Any]:
     return {"cells": cells, "cell_index": 1, "cursor": len(source), "path": "real-server.ipynb"}
 
 
-async def test_the_real_server_answers_a_block_route(complete: Any, jp_fetch: Any) -> None:
+async def test_the_real_server_answers_a_block_route(complete: Any, jp_fetch: Any,
+                                                    llama_cpp_server: LlamaCppServer) -> None:
+    # The launcher said which CPU kernels it left llama.cpp (never AMX, unless asked for).
+    said = llama_cpp_server.output()
+    assert "jupyter_codestral: CPU kernels:" in said and "AMX model buffer" not in said, said[:2000]
     status, body = await complete(new_line_in("def mean_of(values):\n    "))
     assert status == 200, body
     assert body["route"] == "block" and body["backend"] == "strong"
