@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..assembly import Assembly
+from ..assembly import Assembly, assemble, named_backends, named_specs
+from ..backends import create_backend
 from ..backends.base import Backend, BackendSettings
+from ..embedded.cpu import FEATURES, cpu_flags, cpu_model
 from ..errors import CompletionError, ErrorKind
+from ..options import CodestralOptions
 from ..pipeline import run_completion
 from ..request import parse_completion_request
 from ..router import Direct, Router
-from .common import add_backend_flags, configured, until_ready
+from .common import add_backend_flags, configured_app, until_ready
 
 # What to do about a failed test completion, by its kind.
 FIXES = {
@@ -70,22 +75,47 @@ def model_verdict(settings: BackendSettings) -> str:
     )
 
 
-def backends_of(assembly: Assembly) -> dict[str, Backend]:
-    """Every backend the service may ask, by the name users see."""
+# The settings of the single backend: a problem with one of them leaves nothing to ask.
+BACKEND_SETTINGS = {"backend", "url", "model", "api_key", "model_path", "model_sha256", "fim_template"}
+
+
+@dataclass
+class Checked:
+    """The backends the doctor asks, by the name users see (``named``: of CodestralExtension.backends)."""
+
+    backends: dict[str, Backend]
+    named: bool
+    own: list[Backend] = field(default_factory=list)  # built here (the routes could not be): closed here
+
+    def label(self, name: str) -> str:
+        return f" (backend {name})" if self.named else ""
+
+
+def backends_to_check(assembly: Assembly, options: CodestralOptions) -> Checked:
+    """Every backend the service may ask; where the routes cannot work, still every named backend that
+    can (one mistake hides no other)."""
     completer = assembly.service.completer
     if isinstance(completer, Router):
-        return completer.backends
+        return Checked(completer.backends, True)
+    if named_backends(options):
+        specs, _ = named_specs(options, os.environ)
+        built = {name: create_backend(spec.settings) for name, spec in specs.items()}
+        for name, backend in built.items():
+            backend.label = name
+        return Checked(built, True, list(built.values()))
     assert isinstance(completer, Direct)
-    return {completer.backend.label: completer.backend}
+    if any(problem.setting in BACKEND_SETTINGS for problem in assembly.problems):
+        return Checked({}, False)
+    return Checked({completer.backend.label: completer.backend}, False)
 
 
-def describe_configuration(assembly: Assembly, report: Report) -> None:
+def describe_configuration(assembly: Assembly, checked: Checked, report: Report) -> None:
     service = assembly.service
     completer = service.completer
-    for name, backend in backends_of(assembly).items():
+    for name, backend in checked.backends.items():
         settings = backend.settings
         where = settings.url if settings.backend != "embedded" else (settings.model_path or settings.model)
-        named = f" (backend {name})" if isinstance(completer, Router) else ""
+        named = checked.label(name)
         report.ok(f"backend {settings.backend}, model {settings.model}, {where}{named}")
         if settings.backend == "mistral":
             if settings.api_key:
@@ -103,16 +133,44 @@ def describe_configuration(assembly: Assembly, report: Report) -> None:
     report.ok(f"context budget: {budget.prefix_tokens} tokens before the cursor, {budget.suffix_tokens} after")
 
 
-async def check_backend(name: str, backend: Backend, assembly: Assembly, report: Report) -> None:
+def report_cpu(report: Report) -> None:
+    """The CPU features that decide llama.cpp's kernels."""
+    flags = cpu_flags()
+    have = {feature: feature in flags for feature in FEATURES}
+    said = ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in have.items())
+    report.ok(f"CPU: {cpu_model()}; {said}")
+
+
+def report_kernels(backend: Backend, named: str, report: Report) -> None:
+    """The embedded model's kernels, its weights' buffer types, and the speed its self-check measured."""
+    info = backend.describe()
+    cpu = info.get("cpu")
+    if info.get("notice"):
+        report.fail(info["notice"] + named, "see the README's performance section on CPU kernels")
+    if not cpu:
+        return
+    buffers = ", ".join(f"{name} {size:.0f} MiB" for name, size in sorted(cpu["buffers"].items())) or "unknown"
+    report.ok(f"CPU kernels: {cpu['kernels']} ({cpu['note']}); weights in {buffers}; {cpu['threads']} threads{named}")
+    report.ok(
+        f"the embedded model reads prompts at {cpu['read_tokens_per_s']:.0f} tokens/s and writes "
+        f"{cpu['write_tokens_per_s']:.0f} tokens/s on this machine (its self-check, {cpu['read_tokens']} tokens){named}"
+    )
+
+
+async def check_backend(name: str, backend: Backend, checked: Checked, assembly: Assembly, report: Report) -> None:
     """The backend started, and a test completion asked of it alone."""
-    named = f" (backend {name})" if isinstance(assembly.service.completer, Router) else ""
+    named = checked.label(name)
+    embedded = backend.settings.backend == "embedded"
     try:
         await until_ready(backend)
     except CompletionError as error:
         report.fail(f"{error.message}{named}", "see the message; `jupyter codestral doctor` again after fixing it")
+        if embedded:
+            report_kernels(backend, named, report)
         return
-    if backend.settings.backend == "embedded":
+    if embedded:
         report.ok(model_verdict(backend.settings) + named)
+        report_kernels(backend, named, report)
     probe = {"cells": [{"cell_type": "code", "source": PROBE_SOURCE}], "cell_index": 0, "cursor": len(PROBE_SOURCE)}
     try:
         request = parse_completion_request(json.dumps(probe).encode())
@@ -131,18 +189,23 @@ async def check_backend(name: str, backend: Backend, assembly: Assembly, report:
 async def doctor_command(args: argparse.Namespace) -> int:
     report = Report()
     print("Configuration")
-    assembly = configured(args)
+    options = configured_app(args)
+    assembly = assemble(options)
+    checked = backends_to_check(assembly, options)
     try:
-        if assembly.problems:
-            for problem in dict.fromkeys(p.message for p in assembly.problems):
-                report.fail(problem, "correct the setting or environment variable named above")
-            return 1
-        describe_configuration(assembly, report)
-        print("Backends" if isinstance(assembly.service.completer, Router) else "Backend")
-        for name, backend in backends_of(assembly).items():
-            await check_backend(name, backend, assembly, report)
+        for problem in dict.fromkeys(p.message for p in assembly.problems):
+            report.fail(problem, "correct the setting or environment variable named above")
+        describe_configuration(assembly, checked, report)
+        if any(b.settings.backend == "embedded" for b in checked.backends.values()):
+            report_cpu(report)
+        if checked.backends:
+            print("Backends" if checked.named else "Backend")
+        for name, backend in checked.backends.items():
+            await check_backend(name, backend, checked, assembly, report)
     finally:
         await assembly.service.aclose()
+        for backend in checked.own:
+            await backend.aclose()
 
     print("JupyterLab")
     installed, enabled = labextension_state()
