@@ -227,3 +227,28 @@ async def test_doctor_reports_wrong_routes_and_an_unreachable_named_backend(fake
         assert "line completions: primary → fallback" in out
     finally:
         await second.stop()
+
+
+async def test_doctor_asks_every_named_backend_even_when_another_setting_is_wrong(fake_backend: FakeFimServer) -> None:
+    """One mistake hides no other: a wrong route and a wrong backend are reported with the unreachable one."""
+    second = FakeFimServer()
+    second.start()
+    await second.stop()  # the fallback is unreachable
+    env = routed_env(fake_backend.url, second.url, {"line": ["primary", "nope"]})
+    code, out, _ = await cli("doctor", env=env)
+    assert code == 1 and "unknown backend 'nope'" in out, out
+    assert "a test completion came back" in out and "(backend primary)" in out, out
+    assert "✗ unreachable" in out and "(backend fallback)" in out, out
+    backends = {"primary": {"backend": "gpt"}, "fallback": {"backend": "openai", "url": second.url, "model": "m"}}
+    code, out, _ = await cli("doctor", env={**env, "JUPYTER_CODESTRAL_BACKENDS": json.dumps(backends)})
+    assert code == 1 and "unknown backend 'gpt'" in out and "✗ unreachable" in out and "(backend fallback)" in out, out
+
+
+async def test_doctor_prints_the_cpu_the_kernels_in_use_and_the_measured_speed() -> None:
+    code, out, err = await cli("doctor", env={"JUPYTER_CODESTRAL_BACKEND": "local"})
+    assert code == 0, out + err
+    cpu = next(line for line in out.splitlines() if "CPU:" in line)
+    assert all(f"{name} " in cpu for name in ("AVX2", "AVX-512", "AMX")), cpu
+    kernels = next(line for line in out.splitlines() if "CPU kernels:" in line)
+    assert "repack" in kernels and "MiB" in kernels and "AMX " not in kernels.split("weights in")[1], kernels
+    assert "reads prompts at" in out and "tokens/s on this machine" in out, out

@@ -12,7 +12,7 @@ from typing import Any
 from ..assembly import Assembly, assemble, named_backends, named_specs
 from ..backends import create_backend
 from ..backends.base import Backend, BackendSettings
-from ..embedded.cpu import FEATURES, cpu_flags, cpu_model
+from ..embedded.cpu import cpu_flags, cpu_model
 from ..errors import CompletionError, ErrorKind
 from ..options import CodestralOptions
 from ..pipeline import run_completion
@@ -136,9 +136,19 @@ def describe_configuration(assembly: Assembly, checked: Checked, report: Report)
 def report_cpu(report: Report) -> None:
     """The CPU features that decide llama.cpp's kernels."""
     flags = cpu_flags()
-    have = {feature: feature in flags for feature in FEATURES}
-    said = ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in have.items())
-    report.ok(f"CPU: {cpu_model()}; {said}")
+
+    def said(name: str, feature: str, *more: str) -> str:
+        extra = [flag for flag in more if flag in flags]
+        return f"{name} {'yes' if feature in flags else 'no'}" + (f" ({' '.join(extra)})" if extra else "")
+
+    features = ", ".join(
+        [
+            said("AVX2", "avx2"),
+            said("AVX-512", "avx512f", "avx512_vnni"),
+            said("AMX", "amx_tile", "amx_int8", "amx_bf16"),
+        ]
+    )
+    report.ok(f"CPU: {cpu_model()}; {features}")
 
 
 def report_kernels(backend: Backend, named: str, report: Report) -> None:
