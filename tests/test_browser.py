@@ -256,6 +256,35 @@ def test_the_embedded_model_completes_in_the_browser(tmp_path: Path, browser_pag
         assert text == "total = (df['price'] * df['qty'])." + states[-1], (text, states)
 
 
+@pytest.mark.parametrize(
+    ("fault", "label", "said"),
+    [
+        ("segfault-unless:plain", "ready", "The embedded model crashed with llama.cpp's repacked CPU kernels on this CPU"),
+        ("segfault", "embedded model failed", "The embedded model cannot run on this machine"),
+    ],
+    ids=["steps down", "fails"],
+)
+def test_the_status_item_says_in_a_sentence_that_the_model_crashed_at_start_up(
+    tmp_path: Path, browser_page: Page, fault: str, label: str, said: str
+) -> None:
+    """A worker crash injected at its first decode (no AMX CPU needed): the bar says what became of it."""
+    env = {"JUPYTER_CODESTRAL_WORKER_FAULT": fault}
+    with start_lab(tmp_path, ["--CodestralExtension.backend=embedded"], env) as url:
+        page = browser_page
+        open_notebook(page, url)
+        status = page.locator(".jp-CodestralStatus")
+        page.wait_for_function(
+            "() => ['ready', 'error'].includes(document.querySelector('.jp-CodestralStatus')?.dataset.state)",
+            timeout=240_000,
+        )
+        text, title = status.inner_text(), status.get_attribute("title") or ""
+        assert f"Codestral: {label}" in text and said in title, (text, title)
+        if label == "ready":
+            assert "safe mode" in text, text
+            type_at_end_of_cell(page, 2, ".")
+            assert ghost_texts_while_streaming(page, timeout=60), "no ghost text from the model in safe mode"
+
+
 def test_it_works_in_notebook_7(tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page) -> None:
     fake = fake_backend_threaded
     fake.script = Script(chunks=["s", "um", "()"], delay_between=0.2)
