@@ -91,11 +91,18 @@ async def test_a_cell_far_from_anything_read_answers_from_its_nearest_cells_firs
         notebook = cells_of("early", 60)
         body = {"cells": [*notebook[:30], {"cell_type": "code", "source": "x = "}, *notebook[30:]], "cell_index": 30,
                 "cursor": 4, "path": "far.ipynb", "max_tokens": 4}
+        aheads = backend.aheads_seen
         cold = await worker_figures(service, backend, body)
         # Nothing around the cell was read: the prompt of its nearest cells answers (a few hundred tokens),
         # the whole one is read after it, building on it.
         assert cold["nearer"] and cold["prompt_tokens"] < 500, cold
-        await asyncio.sleep(8)  # the user thinks; the worker reads the rest
+        # The user thinks; the worker reads the rest (about 8 s at 160 tokens/s, longer on a slower CPU).
+        for _ in range(240 * 20):
+            if backend.aheads_seen > aheads and backend.last_ahead.get("finished"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the worker did not finish reading the whole prompt: {backend.last_ahead}")
         warm = await worker_figures(service, backend, {**body, "cells": [*body["cells"][:30],
                                     {"cell_type": "code", "source": "x = 1"}, *body["cells"][31:]], "cursor": 5})
         assert not warm["nearer"] and warm["read_tokens"] <= 8, warm
