@@ -141,13 +141,7 @@ def _validated(body: Any, limits: RequestLimits) -> CompletionRequest:
     if cells[cell_index].cell_type == "raw":
         raise _fail("Completions are not offered in raw cells.")
 
-    language = _check_text(_optional(body, "language", str, "python"), "language", 64).strip().lower() or "python"
-    path = _optional(body, "path", str, None)
-    if path is not None:
-        path = _check_text(path, "path", 4096)
-    kernel_id = _optional(body, "kernel_id", str, None)
-    if kernel_id is not None:
-        kernel_id = _check_text(kernel_id, "kernel_id", 128)
+    language, path, kernel_id = document_fields(body)
     max_tokens = _optional(body, "max_tokens", int, None)
     if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
         raise _fail(f"'max_tokens' must be between 1 and {limits.max_tokens}.")
@@ -166,6 +160,18 @@ def _validated(body: Any, limits: RequestLimits) -> CompletionRequest:
         kernel_id=kernel_id,
         is_notebook=is_notebook,
     )
+
+
+def document_fields(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """The fields that say where a request comes from: its language, its document's path, its kernel."""
+    language = _check_text(_optional(body, "language", str, "python"), "language", 64).strip().lower() or "python"
+    path = _optional(body, "path", str, None)
+    if path is not None:
+        path = _check_text(path, "path", 4096)
+    kernel_id = _optional(body, "kernel_id", str, None)
+    if kernel_id is not None:
+        kernel_id = _check_text(kernel_id, "kernel_id", 128)
+    return language, path, kernel_id
 
 
 def _parse_cells(value: Any, limits: RequestLimits) -> tuple[Cell, ...]:

@@ -25,9 +25,11 @@ import signal
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+from ..edit_prompt import CHATML_END, ChatMessage, render_chatml
 from ..embedded.cpu import Kernels, cpu_flags, has_amx
 from ..embedded.model_files import MODELS
 from ..errors import ErrorKind, backend_error, error_kind
@@ -365,13 +367,6 @@ class EmbeddedBackend(Backend):
         return backend_error(ErrorKind.LOADING, f"The embedded model is not ready yet ({self.state}).")
 
     async def stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
-        await self.start()
-        if not self._ready.is_set():
-            raise self._unavailable()
-        req_id = next(self._ids)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._pending[req_id] = queue
-        finished = False
         source = request.source.request
         prompt_format = self.settings.prompt
         richer = request.richer_context if prompt_format.reads_richer(self.template) else None
@@ -379,7 +374,6 @@ class EmbeddedBackend(Backend):
         ahead = request.next_window
         command = {
             "op": "complete",
-            "id": req_id,
             "prompts": prompts,
             "nearer": nearer,
             "next_window": None if ahead is None else self.settings.prompt.render(self.template, ahead),
@@ -388,8 +382,38 @@ class EmbeddedBackend(Backend):
             "prefetch": request.prefetch,
             "document": source.path if source is not None else None,
         }
+        async with aclosing(self._exchange(command)) as items:
+            async for item in items:
+                yield item
+
+    async def chat(
+        self, messages: list[ChatMessage], max_tokens: int, document: str | None = None
+    ) -> AsyncGenerator[BackendItem, None]:
+        """The model's answer to a chat (an edit's), through the bundled Instruct model's own chat template.
+        The worker reads it like any prompt: what it read of the notebook before is kept where it can be."""
+        command = {
+            "op": "complete",
+            "prompts": [render_chatml(messages)],
+            "max_tokens": max_tokens,
+            "stop": [CHATML_END],
+            "prefetch": False,
+            "document": document,
+        }
+        async with aclosing(self._exchange(command)) as items:
+            async for item in items:
+                yield item
+
+    async def _exchange(self, command: dict[str, Any]) -> AsyncGenerator[BackendItem, None]:
+        """Send one ``complete`` command to the worker; its text as it comes, then the tokens it used."""
+        await self.start()
+        if not self._ready.is_set():
+            raise self._unavailable()
+        req_id = next(self._ids)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pending[req_id] = queue
+        finished = False
         try:
-            self._send(command)
+            self._send({**command, "id": req_id})
             while True:
                 event = await queue.get()
                 if event["event"] == "text":

@@ -1,0 +1,235 @@
+"""The edit engines' stages: the request, the chat prompt, what is kept of the answer, and the embedded model's chat."""
+
+from __future__ import annotations
+
+import ast
+import json
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MODEL_CACHE
+from test_embedded_memory import embedded
+
+from jupyter_codestral.context import ContextBudget, build_context
+from jupyter_codestral.edit_answer import CodeAnswer, documentation_text, documented
+from jupyter_codestral.edit_prompt import document_target, edit_messages, render_chatml
+from jupyter_codestral.edit_request import MAX_INSTRUCTION_CHARS, EditKind, EditRequest, parse_edit_request
+from jupyter_codestral.errors import RequestError
+from jupyter_codestral.usage import Usage
+
+FUNCTION = (
+    "import numpy as np\n\n\n"
+    "def scaled(values, factor=2):\n"
+    "    total = values.sum()\n"
+    "    return values * factor / total\n"
+)
+CELLS = [
+    {"cell_type": "markdown", "source": "# Scaling\nEach value as a share of the total."},
+    {"cell_type": "code", "source": "import pandas as pd\nframe = pd.DataFrame({'a': [1, 2, 3]})"},
+    {
+        "cell_type": "code",
+        "source": FUNCTION,
+        "outputs": [
+            {"output_type": "stream", "name": "stdout", "text": "hi\n"},
+            {
+                "output_type": "error",
+                "ename": "NameError",
+                "evalue": "name 'np' is not defined",
+                "traceback": ["\x1b[0;31mNameError\x1b[0m                 Traceback", "NameError: name 'np'"],
+            },
+        ],
+    },
+    {"cell_type": "code", "source": "print(scaled(frame['a']))"},
+]
+
+
+def edit(**fields: Any) -> EditRequest:
+    body = {"cells": CELLS, "cell_index": 2, "kind": "fix", **fields}
+    return parse_edit_request(json.dumps(body).encode())
+
+
+def refused(**fields: Any) -> str:
+    with pytest.raises(RequestError) as caught:
+        edit(**fields)
+    assert 400 <= caught.value.status < 500
+    return caught.value.message
+
+
+# -- the request ---------------------------------------------------------------------------------
+
+
+def test_an_edit_without_a_selection_is_of_the_whole_cell_and_takes_the_cells_last_error() -> None:
+    request = edit()
+    assert (request.start, request.end) == (0, len(FUNCTION)) and request.selected == FUNCTION
+    assert request.kind == EditKind.FIX
+    assert request.error is not None and request.error.ename == "NameError"
+    assert "\x1b" not in request.error.traceback and request.error.traceback.startswith("NameError ")
+    assert request.at_range().cursor == 0 and request.at_range().cells == request.cells
+    assert request.document_id != request.at_range().document_id  # edits never supersede completions
+
+
+def test_bad_edits_get_a_4xx_naming_the_field() -> None:
+    assert "'kind'" in refused(kind="translate")
+    assert "'selection'" in refused(selection={"start": 5, "end": len(FUNCTION) + 1})
+    assert "'selection'" in refused(selection={"start": 9, "end": 3})
+    assert "selection.start" in refused(selection={"start": "0", "end": 3})
+    assert "'instruction'" in refused(kind="rewrite")
+    assert "'instruction'" in refused(kind="rewrite", instruction="   ")
+    assert "'instruction'" in refused(kind="rewrite", instruction="x" * (MAX_INSTRUCTION_CHARS + 1))
+    assert "'cell_index'" in refused(cell_index=4)
+    assert "markdown" in refused(cell_index=0)
+    assert "outputs" in refused(cells=[{"cell_type": "code", "source": "x", "outputs": "boom"}], cell_index=0)
+    with pytest.raises(RequestError) as caught:
+        parse_edit_request(b"{not json")
+    assert caught.value.status == 400
+
+
+# -- the prompt ----------------------------------------------------------------------------------
+
+
+def messages_for(request: EditRequest) -> list[Any]:
+    return edit_messages(request, build_context(request.at_range(), ContextBudget()))
+
+
+def test_the_prompt_holds_the_notebook_around_the_cell_the_marked_range_and_the_task_last() -> None:
+    start = FUNCTION.index("def")
+    request = edit(
+        kind="rewrite", instruction="avoid dividing by zero", selection={"start": start, "end": len(FUNCTION)}
+    )
+    system, user = messages_for(request)
+    assert system.role == "system" and "only" in system.content
+    text = user.content
+    assert text.index("frame = pd.DataFrame") < text.index("print(scaled") < text.index("<<<START>>>def scaled")
+    assert "import numpy as np\n\n\n<<<START>>>def scaled" in text and text.endswith("avoid dividing by zero")
+    # What changes least comes first, so a backend that keeps its prompt's start reads little again: another
+    # edit of the cell shares all up to the cell, an edit of the next cell the earlier cells.
+    again = messages_for(edit(kind="rewrite", instruction="use numpy", selection={"start": start, "end": start}))
+    assert again[1].content.startswith(text[: text.index("The cell:")])
+    later = messages_for(edit(cell_index=3, kind="rewrite", instruction="print it twice"))
+    assert later[1].content.startswith(text[: text.index("\n```\n\nThe cells after it")])
+
+
+def test_a_fix_prompt_gives_the_error_and_a_document_prompt_names_the_parameters() -> None:
+    _, fix = messages_for(edit())
+    assert "NameError: name 'np'" in fix.content and "Fix the part" in fix.content
+    _, document = messages_for(edit(kind="document"))
+    assert "`scaled`" in document.content and "(values, factor)" in document.content
+    assert document_target("class A:\n    x = 1\n").kind == "class"
+    assert document_target("x = 1\ny = x + 1\n").kind == "statements"
+    assert document_target("def f(self, *a, k=1, **kw): pass").parameters == ("*a", "k", "**kw")
+
+
+def test_the_embedded_models_chat_template_is_chatml_ready_for_the_answer() -> None:
+    system, user = messages_for(edit())
+    prompt = render_chatml([system, user])
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.count("<|im_start|>") == 3
+
+
+# -- the answer ----------------------------------------------------------------------------------
+
+
+def streamed(answer: CodeAnswer, text: str, step: int = 3) -> str:
+    out = "".join(answer.feed(text[i : i + step]) for i in range(0, len(text), step)) + answer.finish()
+    assert out == answer.replacement
+    return out
+
+
+def test_a_fenced_answer_keeps_only_its_code_at_the_ranges_indentation() -> None:
+    source = "for x in xs:\n    total = 0\n    for y in x:\n        total += y\nprint(total)\n"
+    start, end = source.index("    total = 0"), source.index("print")
+    answer = CodeAnswer(source, start, end)
+    text = "Here is the rewritten code:\n```python\ntotal = sum(x)\n\n```\nIt uses sum.\n"
+    assert streamed(answer, text) == "    total = sum(x)\n"
+    assert answer.finished
+
+
+def test_an_answer_without_fences_is_taken_as_code_and_a_range_without_a_line_end_gets_none() -> None:
+    source = "y = [v * 2 for v in values]"
+    start = source.index("[")
+    assert (
+        streamed(CodeAnswer(source, start, len(source)), "  list(map(double, values))\n\n")
+        == "list(map(double, values))"
+    )
+    assert streamed(CodeAnswer(source, 0, len(source)), "```\n```") == ""
+
+
+def test_the_streamed_pieces_add_up_to_the_replacement_whatever_the_pieces() -> None:
+    source = "def f(a):\n    if a > 1:\n        return a\n    return 0\n"
+    text = "```python\ndef f(a):\n    if a >= 1:\n        return a\n\n    return 0\n```"
+    whole = streamed(CodeAnswer(source, 0, len(source)), text, step=len(text))
+    for step in (1, 2, 5, 17):
+        assert streamed(CodeAnswer(source, 0, len(source)), text, step) == whole
+    assert whole == "def f(a):\n    if a >= 1:\n        return a\n\n    return 0\n"
+
+
+def test_documentation_is_placed_by_us_and_the_code_stays_byte_identical() -> None:
+    code = "@cache\ndef scaled(values,\n           factor=2):\n    # the share of each\n    return values * factor\n"
+    answers = [
+        "```text\nEach value times factor.\n\nArgs:\n    values: the values.\n    factor: the multiplier.\n```",
+        '"""Each value times factor."""',
+        "# Each value times factor.",
+        'def scaled(values, factor=2):\n    """Each value times factor."""\n    return 0',
+    ]
+    for answer in answers:
+        out = documented(code, answer)
+        tree = ast.parse(out)
+        function = tree.body[0]
+        assert isinstance(function, ast.FunctionDef)
+        docstring = ast.get_docstring(function)
+        assert docstring is not None and docstring.startswith("Each value times factor"), (answer, out)
+        # Without the docstring's lines the code is exactly what it was.
+        lines = out.split("\n")
+        body = function.body[0]
+        del lines[body.lineno - 1 : body.end_lineno]
+        assert "\n".join(lines) == code
+    # An old docstring is replaced, not doubled.
+    again = documented(documented(code, answers[1]), '"""Better words."""')
+    assert again.count('"""') == 2 and "Better words." in again
+    # Plain statements get a comment block above them, at their indentation.
+    assert documented("    x = 1\n    y = x\n", "Sets x and y.") == "    # Sets x and y.\n    x = 1\n    y = x\n"
+    assert documented("x = 1\n", "```text\n```") == "x = 1\n"
+    assert documentation_text('Docstring with """quotes"""') == "Docstring with '''quotes'''"
+
+
+def test_range_markers_the_model_copies_are_dropped_with_what_it_repeated_around_them() -> None:
+    source = "x = 1\ny = x +\n"
+    start = source.index("y")
+    answer = CodeAnswer(source, start, len(source))
+    assert streamed(answer, "```python\nx = 1\n<<<START>>>y = x + 1\n<<<END>>>\n```") == "y = x + 1\n"
+    answer = CodeAnswer(source, start, len(source))
+    assert streamed(answer, "<<<START>>>y = x + 1<<<END>>>") == "y = x + 1\n"
+
+
+# -- the embedded model, for real --------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_the_embedded_instruct_model_fixes_a_cell_through_its_chat_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUPYTER_CODESTRAL_CACHE_DIR", MODEL_CACHE)
+    for name in ("CODESTRAL_API_KEY", "MISTRAL_API_KEY", "JUPYTER_CODESTRAL_BACKEND", "JUPYTER_CODESTRAL_BACKENDS"):
+        monkeypatch.delenv(name, raising=False)
+    async with embedded(tmp_path) as (_, backend):
+        source = "def mean(values):\n    return sum(values) / len(value)\n"
+        cells = [{"cell_type": "code", "source": source, "outputs": [
+            {"output_type": "error", "ename": "NameError", "evalue": "name 'value' is not defined",
+             "traceback": ["NameError: name 'value' is not defined"]}]}]  # fmt: skip
+        request = parse_edit_request(json.dumps({"cells": cells, "cell_index": 0, "kind": "fix"}).encode())
+        messages = edit_messages(request, build_context(request.at_range(), ContextBudget()))
+        answer = CodeAnswer(request.source, request.start, request.end)
+        async with aclosing(backend.chat(messages, max_tokens=96)) as items:
+            async for item in items:
+                if isinstance(item, Usage):
+                    continue
+                answer.feed(item if isinstance(item, str) else item.text)
+                if answer.finished:
+                    break
+        answer.finish()
+        fixed = answer.replacement
+        namespace: dict[str, Any] = {}
+        exec(compile(fixed, "<fixed>", "exec"), namespace)  # the answer runs: no prose, no fences
+        assert namespace["mean"]([1, 2, 3]) == 2, fixed
