@@ -10,7 +10,7 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import IOLoop
 
 from .assembly import Assembly, assemble
-from .handlers import AcceptanceHandler, CompleteHandler, StatusHandler
+from .handlers import AcceptanceHandler, CompleteHandler, EditHandler, StatusHandler
 from .options import CodestralOptions
 from .service import CompletionService
 
@@ -46,6 +46,7 @@ class CodestralExtension(CodestralOptions, ExtensionApp):
         self.handlers.extend(
             [
                 (r"/codestral/complete", CompleteHandler),
+                (r"/codestral/edit", EditHandler),
                 (r"/codestral/acceptance", AcceptanceHandler),
                 (r"/codestral/status", StatusHandler),
             ]

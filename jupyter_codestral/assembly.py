@@ -32,7 +32,7 @@ from .router import (
     Router,
     RouteSpec,
 )
-from .routes import DEFAULT_KINDS, Route, parse_routes
+from .routes import DEFAULT_KINDS, EDIT_KINDS, Route, parse_routes
 from .service import CompletionService, ServiceLimits, SessionPaths
 from .templates import PromptFormat
 from .usage import Price, UsageLedger
@@ -273,7 +273,7 @@ class _Builder:
             routes = (
                 parse_routes(options.routes, set(specs))
                 if options.routes
-                else {kind: Route(tuple(specs)) for kind in DEFAULT_KINDS}
+                else {kind: Route(tuple(specs)) for kind in (*DEFAULT_KINDS, *EDIT_KINDS)}
             )
         except ValueError as error:
             self.problem("routes", str(error))

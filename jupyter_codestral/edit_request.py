@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from . import jsonio
+from .contract import limit
 from .errors import ErrorKind, RequestError
 from .request import (
     Cell,
@@ -30,8 +31,8 @@ from .request import (
 )
 
 # A rewrite's instruction is a sentence or a few, typed in a small input box: a longer one is pasted
-# text that belongs in the cell.
-MAX_INSTRUCTION_CHARS = 2000
+# text that belongs in the cell (the contract's bound).
+MAX_INSTRUCTION_CHARS: int = limit("EditRequest", "instruction", "maxLength")
 # A traceback sent for `fix` is cut to this many characters, from its end (where the error is) before
 # it enters the prompt; a longer one is refused here so that no request carries megabytes of output.
 MAX_TRACEBACK_CHARS = 200_000
@@ -78,6 +79,10 @@ class EditRequest:
     @property
     def source(self) -> str:
         return self.cells[self.cell_index].source
+
+    @property
+    def prefetch(self) -> bool:
+        return False  # (an edit is always wanted; the service asks every request this)
 
     @property
     def selected(self) -> str:

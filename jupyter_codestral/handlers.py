@@ -1,4 +1,5 @@
-"""HTTP endpoints: ``POST codestral/complete``, ``POST codestral/acceptance`` and ``GET codestral/status``.
+"""HTTP endpoints: ``POST codestral/complete``, ``POST codestral/edit``, ``POST codestral/acceptance`` and
+``GET codestral/status``.
 
 Thin adapters over :class:`~jupyter_codestral.service.CompletionService`:
 parse, call the service, write NDJSON or JSON, map errors to statuses.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -16,8 +18,10 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from . import jsonio
+from .edit_request import EditRequest
 from .errors import CompletionError, ErrorKind
 from .hangup import client_gone
+from .request import CompletionRequest
 from .service import Completion, CompletionService, Event
 
 NDJSON = "application/x-ndjson"
@@ -60,7 +64,7 @@ class CompleteHandler(CodestralHandler):
     async def post(self) -> None:
         user = self.current_user.username
         try:
-            request = self.service.parse(self.request.body or b"", user)
+            request = self.parse(self.request.body or b"", user)
         except CompletionError as error:
             self.send_json(error.status, error.to_json(), error.retry_after)
             return
@@ -68,7 +72,7 @@ class CompleteHandler(CodestralHandler):
             self.service.dropped()  # it must neither cost a backend call nor replace a newer request
             return
         sink = self._streamed if request.stream else self._whole
-        self._completion = completion = self.service.serve(request, user, sink)
+        self._completion = completion = self.serve(request, user, sink)
         try:
             await completion.wait()
             if request.stream:
@@ -85,6 +89,12 @@ class CompleteHandler(CodestralHandler):
             # The completion's task holds the handler (Jupyter keeps it in the task's context):
             # let go of it, or each request is a reference cycle for the garbage collector.
             self._completion = None
+
+    def parse(self, body: bytes, user: str) -> CompletionRequest | EditRequest:
+        return self.service.parse(body, user)
+
+    def serve(self, request: Any, user: str, sink: Callable[[Event], None]) -> Completion:
+        return self.service.serve(request, user, sink)
 
     def _streamed(self, event: Event) -> None:
         """Sends one event of a streamed reply, as an NDJSON line."""
@@ -116,6 +126,16 @@ class CompleteHandler(CodestralHandler):
         # The browser aborted (a newer keystroke) or closed: stop paying for tokens.
         if self._completion is not None:
             self._completion.stop(CLIENT_LEFT)
+
+
+class EditHandler(CompleteHandler):
+    """``POST codestral/edit``: rewrite, fix or document a range of a cell, streamed as a completion is."""
+
+    def parse(self, body: bytes, user: str) -> CompletionRequest | EditRequest:
+        return self.service.parse_edit(body, user)
+
+    def serve(self, request: Any, user: str, sink: Callable[[Event], None]) -> Completion:
+        return self.service.serve_edit(request, user, sink)
 
 
 class AcceptanceHandler(CodestralHandler):

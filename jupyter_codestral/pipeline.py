@@ -41,13 +41,18 @@ def _ms(seconds: float) -> float:
 
 def done_event(completion: str, answered: Answered | dict[str, Any], **fields: Any) -> dict[str, Any]:
     """The last event of every completion: the text, and who answered (a backend, or the service's summary)."""
+    return {"done": True, "completion": completion, **who_answered(answered), **fields}
+
+
+def who_answered(answered: Answered | dict[str, Any]) -> dict[str, Any]:
+    """The done event's fields that say who answered: a backend (and why not the ones before it in its
+    route), or the service's summary."""
     if isinstance(answered, Answered):
         who: dict[str, Any] = {"backend": answered.backend, "model": answered.model}
         if answered.fallback_reason is not None:
             who["fallback_reason"] = answered.fallback_reason
-    else:
-        who = {"backend": answered["backend"], "model": answered["model"]}
-    return {"done": True, "completion": completion, **who, **fields}
+        return who
+    return {"backend": answered["backend"], "model": answered["model"]}
 
 
 async def run_completion(

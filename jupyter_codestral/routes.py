@@ -9,6 +9,9 @@ decided on the server from the context (:func:`route_kind`):
 - ``comment``: inside a comment or a docstring;
 - ``markdown``: a markdown cell (no completion unless a route is configured).
 
+and three kinds of edit of a range of a cell (``POST codestral/edit``), each with engines of its own:
+``rewrite`` and ``fix`` (refactoring) and ``document``.
+
 Pure functions and values; :mod:`router` serves them.
 """
 
@@ -28,11 +31,16 @@ class RouteKind(StrEnum):
     BLOCK = "block"
     COMMENT = "comment"
     MARKDOWN = "markdown"
+    REWRITE = "rewrite"
+    FIX = "fix"
+    DOCUMENT = "document"
 
 
 ROUTE_NAMES = frozenset(kind.value for kind in RouteKind)
 # The kinds every named backend serves when no routes are configured (markdown only when asked for).
 DEFAULT_KINDS = (RouteKind.LINE, RouteKind.BLOCK, RouteKind.COMMENT)
+# The edits' kinds (edit_request.EditKind's values); every named backend serves them when no routes are configured.
+EDIT_KINDS = (RouteKind.REWRITE, RouteKind.FIX, RouteKind.DOCUMENT)
 
 _STRINGS = re.compile(r"""("|')(?:\\.|(?!\1).)*\1""")
 

@@ -14,22 +14,26 @@ import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from .acceptance import parse_report
 from .backends.base import BackendState
 from .context import ContextBudget
+from .edit_request import EditRequest, parse_edit_request
+from .editing import run_edit
 from .errors import CompletionError, ErrorKind, RequestError
 from .kernel_namespace import KernelNamespace
+from .kernel_variables import KernelState
 from .pipeline import done_event, run_completion
 from .policy import PathPolicy, notebook_off
 from .ratelimit import UserRateLimiter
-from .request import CompletionRequest, RequestLimits, parse_completion_request
+from .request import Cell, CompletionRequest, RequestLimits, parse_completion_request
 from .router import Completer
 from .stats import ServiceStats
 from .usage import UsageLedger
 
 Event = dict[str, Any]
+Parsed = TypeVar("Parsed", CompletionRequest, EditRequest)
 DocumentKey = tuple[str, str]  # (user, document)
 SessionPaths = Callable[[str], Awaitable[list[str]]]  # kernel id -> the documents it runs for
 Sink = Callable[[Event], None]  # takes each event as it comes (the handler's writer)
@@ -59,7 +63,7 @@ class Completion:
 
     def __init__(
         self,
-        request: CompletionRequest,
+        request: CompletionRequest | EditRequest,
         events: AsyncGenerator[Event, None],
         sink: Sink | None = None,
         on_done: Callable[[Completion], None] | None = None,
@@ -169,6 +173,14 @@ class CompletionService:
     # -- requests ------------------------------------------------------------
     def parse(self, body: bytes, user: str) -> CompletionRequest:
         """The request, or a :class:`CompletionError` saying why it cannot be served."""
+        return self._admitted(body, user, parse_completion_request)
+
+    def parse_edit(self, body: bytes, user: str) -> EditRequest:
+        """An edit's request, or a :class:`CompletionError` saying why it cannot be served (the same size and
+        rate limits as completions)."""
+        return self._admitted(body, user, parse_edit_request)
+
+    def _admitted(self, body: bytes, user: str, parser: Callable[[bytes, RequestLimits], Parsed]) -> Parsed:
         limit = self.limits.max_body_bytes
         if len(body) > limit:
             raise RequestError(
@@ -176,7 +188,7 @@ class CompletionService:
                 f"The request is {len(body)} bytes; the limit is {limit} (CodestralExtension.max_body_bytes).",
                 413,
             )
-        request = parse_completion_request(body, self.limits.request)
+        request = parser(body, self.limits.request)
         if self.config_error:
             raise CompletionError(ErrorKind.CONFIG, self.config_error, 503)
         wait = self.rate_limiter.check(user)
@@ -218,6 +230,33 @@ class CompletionService:
         self._latest[key] = completion
         return completion
 
+    def serve_edit(self, request: EditRequest, user: str, sink: Sink | None = None) -> Completion:
+        """Start serving an edit; as for completions, the newest edit per user and document wins (a new edit
+        of the document stops the one in flight: the user asked for another)."""
+        key = (user, request.document_id)
+        older = self._latest.get(key)
+        if older is not None:
+            older.stop()
+        completion = Completion(request, self._run_edit(request), sink, partial(self._forget, key))
+        self._latest[key] = completion
+        return completion
+
+    async def _run_edit(self, request: EditRequest) -> AsyncGenerator[Event, None]:
+        at_range = request.at_range()
+        refusal = await self._policy_refusal(at_range)
+        off = notebook_off(at_range)
+        if refusal or off:
+            self.stats.refused += 1
+            message = refusal or (off.message if off else "")
+            raise CompletionError(ErrorKind.POLICY, message.replace("Completions are", "Edits are"), 403)
+        async for event in self._served(self._edit_events(request)):
+            yield event
+
+    async def _edit_events(self, request: EditRequest) -> AsyncGenerator[Event, None]:
+        kernel = await self._kernel_state(request.kernel_id, request.cells)
+        async for event in run_edit(request, self.completer, self.budget, kernel=kernel, ledger=self.usage):
+            yield event
+
     def _forget(self, key: DocumentKey, completion: Completion) -> None:
         if self._latest.get(key) is completion:
             del self._latest[key]
@@ -242,25 +281,38 @@ class CompletionService:
             self.stats.refused += 1
             yield {**self._unsent({"off": True}), "off": off.message, "off_scope": str(off.scope)}
             return
+        async for event in self._served(self._completion_events(request)):
+            yield event
+
+    async def _kernel_state(self, kernel_id: str | None, cells: tuple[Cell, ...]) -> KernelState | None:
+        """What the request's kernel has told about its variables, as of the cells' last runs."""
+        if not kernel_id or self.kernels is None:
+            return None
+        runs = [c.execution_count for c in cells if c.execution_count is not None]
+        return await self.kernels.state(kernel_id, max(runs, default=None))
+
+    async def _completion_events(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
+        kernel = await self._kernel_state(request.kernel_id, request.cells)
+        events = run_completion(
+            request,
+            self.completer,
+            self.budget,
+            max_tokens=self.limits.max_tokens,
+            kernel=kernel,
+            ledger=self.usage,
+            min_confidence=self.limits.min_confidence,
+        )
+        async for event in events:
+            yield event
+
+    async def _served(self, events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+        """A request's events, counted in the statistics; its failures logged (without keys)."""
         try:
-            kernel = None
-            if request.kernel_id and self.kernels is not None:
-                runs = [c.execution_count for c in request.cells if c.execution_count is not None]
-                kernel = await self.kernels.state(request.kernel_id, max(runs, default=None))
-            events = run_completion(
-                request,
-                self.completer,
-                self.budget,
-                max_tokens=self.limits.max_tokens,
-                kernel=kernel,
-                ledger=self.usage,
-                min_confidence=self.limits.min_confidence,
-            )
             async for event in events:
                 if "done" in event:
                     self.stats.record(event["timings"])
                     if self.log_prompts:
-                        self.log.info("codestral completion: %r", event["completion"])
+                        self.log.info("codestral: %r", event.get("completion", event.get("replacement")))
                 yield event
         except CompletionError as error:
             if error.kind == ErrorKind.CANCELLED:

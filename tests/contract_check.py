@@ -44,7 +44,8 @@ def replies_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> Iterator[lis
 
     def checked_whole(self: CompleteHandler, event: dict[str, Any]) -> None:
         if "done" in event:
-            found.extend(violations("CompleteReply", {k: v for k, v in event.items() if k != "done"}))
+            reply = "EditReply" if "replacement" in event else "CompleteReply"
+            found.extend(violations(reply, {k: v for k, v in event.items() if k != "done"}))
         whole(self, event)
 
     def checked_status(self: CompletionService, path: str | None = None) -> dict[str, Any]:

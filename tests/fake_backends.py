@@ -1,7 +1,8 @@
 """A loopback server that speaks the wire formats of the real FIM backends.
 
 One tornado app answers Mistral's ``/v1/fim/completions``, OpenAI-compatible
-``/v1/completions``, Ollama's ``/api/generate`` and llama.cpp's ``/infill``
+``/v1/completions``, Ollama's ``/api/generate`` and llama.cpp's ``/infill``, and for edits the chat
+APIs (``/v1/chat/completions``, Ollama's ``/api/chat``),
 with their documented stream shapes and error bodies.  A :class:`Script`
 says what the next answers look like (text, status, delays, a cut-off or
 malformed stream), and every request and disconnect is recorded, so tests can
@@ -84,6 +85,8 @@ class FakeFimServer:
                 (r"/v1/completions", OpenAIHandler, {"fake": self}),
                 (r"/api/generate", OllamaHandler, {"fake": self}),
                 (r"/infill", InfillHandler, {"fake": self}),
+                (r"/v1/chat/completions", ChatHandler, {"fake": self}),
+                (r"/api/chat", OllamaChatHandler, {"fake": self}),
                 (r"/_stats", StatsHandler, {"fake": self}),
             ]
         )
@@ -356,6 +359,45 @@ class InfillHandler(FakeHandler):
         if self.usage is not None:
             final |= {"tokens_evaluated": self.usage[0], "tokens_predicted": self.usage[1]}
         return _sse(final)
+
+
+class ChatHandler(MistralHandler):
+    """``/v1/chat/completions`` as Mistral, OpenAI-compatible servers and llama.cpp's server stream it
+    (``delta.content`` chunks, ``[DONE]``).  A key is checked when one is sent (servers started without
+    one take any request)."""
+
+    auth_required = False
+
+    async def _answer(self, body: dict[str, Any], script: Script) -> None:
+        sent = self.request.headers.get("Authorization")
+        if sent is not None and self.fake.key is not None and sent != f"Bearer {self.fake.key}":
+            self.set_status(401)
+            self.finish({"message": "Unauthorized", "request_id": "fake"})
+            return
+        await super()._answer(body, script)
+
+    def validation_error(self, body: dict[str, Any]) -> Any | None:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            return {"detail": [{"type": "missing", "loc": ["body", "messages"], "msg": "Field required"}]}
+        return None
+
+
+class OllamaChatHandler(OllamaHandler):
+    """Ollama's ``/api/chat``: JSON lines with ``message.content``, the last with ``done``."""
+
+    def event(self, text: str, last: bool) -> bytes:
+        message = {"role": "assistant", "content": text}
+        return (json.dumps({"model": "fake", "message": message, "done": False}) + "\n").encode()
+
+    def done(self) -> bytes:
+        final: dict[str, Any] = {"model": "fake", "message": {"role": "assistant", "content": ""}, "done": True}
+        if self.usage is not None:
+            final |= {"prompt_eval_count": self.usage[0], "eval_count": self.usage[1]}
+        return (json.dumps(final) + "\n").encode()
 
 
 def main() -> None:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
-from contextlib import aclosing
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODEL_CACHE
-from test_embedded_memory import embedded
 
+from jupyter_codestral.assembly import assemble
 from jupyter_codestral.context import ContextBudget, build_context
 from jupyter_codestral.edit_answer import CodeAnswer, documentation_text, documented
 from jupyter_codestral.edit_prompt import document_target, edit_messages, render_chatml
 from jupyter_codestral.edit_request import MAX_INSTRUCTION_CHARS, EditKind, EditRequest, parse_edit_request
 from jupyter_codestral.errors import RequestError
-from jupyter_codestral.usage import Usage
 
 FUNCTION = (
     "import numpy as np\n\n\n"
@@ -203,33 +200,166 @@ def test_range_markers_the_model_copies_are_dropped_with_what_it_repeated_around
     assert streamed(answer, "<<<START>>>y = x + 1<<<END>>>") == "y = x + 1\n"
 
 
-# -- the embedded model, for real --------------------------------------------------------------
+# -- POST codestral/edit, over real HTTP -----------------------------------------------------------
+
+FIXED = "def mean(values):\n    return sum(values) / len(values)\n"
+FIX_CHUNKS = [
+    "Here is the fix:\n```py",
+    "thon\ndef mean(values):\n",
+    "    return sum(values) / len(values)\n",
+    "```\n",
+    "Done.",
+]
+BROKEN = [
+    {"cell_type": "code", "source": "import statistics"},
+    {
+        "cell_type": "code",
+        "source": "def mean(values):\n    return sum(values) / len(value)\n",
+        "outputs": [{"output_type": "error", "ename": "NameError", "evalue": "name 'value' is not defined",
+                     "traceback": ["\x1b[31mNameError\x1b[0m: name 'value' is not defined"]}],
+    },
+]  # fmt: skip
+
+
+@pytest.fixture
+def post_edit(jp_fetch: Any) -> Any:
+    """POST to codestral/edit; (status, parsed body or NDJSON lines)."""
+
+    async def _post(body: Any) -> tuple[int, Any]:
+        response = await jp_fetch(
+            "codestral", "edit", method="POST", body=json.dumps(body), raise_error=False, request_timeout=120
+        )
+        text = response.body.decode()
+        if response.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+            return response.code, [json.loads(line) for line in text.splitlines() if line.strip()]
+        return response.code, json.loads(text)
+
+    return _post
+
+
+def fix_body(**fields: Any) -> dict[str, Any]:
+    return {"cells": BROKEN, "cell_index": 1, "kind": "fix", "path": "stats.ipynb", "stream": True, **fields}
+
+
+@pytest.mark.parametrize(
+    ("codestral_config", "path"),
+    [
+        ({"backend": "mistral"}, "/v1/chat/completions"),
+        ({"backend": "openai"}, "/v1/chat/completions"),
+        ({"backend": "llamacpp"}, "/v1/chat/completions"),
+        ({"backend": "ollama"}, "/api/chat"),
+    ],
+    indirect=["codestral_config"],
+)
+async def test_every_backend_answers_a_fix_through_its_chat_api_streamed_as_the_replacement(
+    post_edit: Any, fake_backend: Any, codestral_config: dict[str, Any], path: str
+) -> None:
+    fake_backend.reset(chunks=FIX_CHUNKS)
+    status, events = await post_edit(fix_body())
+    assert status == 200, events
+    *deltas, done = events
+    assert done["done"] and done["route"] == "fix" and done["backend"] == codestral_config["backend"]
+    assert "".join(d["delta"] for d in deltas) == done["replacement"] == FIXED
+    assert done["range"] == {"start": 0, "end": len(BROKEN[1]["source"])}
+    sent = fake_backend.last
+    assert sent.path == path
+    system, user = sent.body["messages"]
+    assert system["role"] == "system" and user["role"] == "user"
+    assert "import statistics" in user["content"] and "NameError: name 'value'" in user["content"]
+    assert "\x1b" not in user["content"]
+    if codestral_config["backend"] == "mistral":
+        assert sent.headers["Authorization"].startswith("Bearer ")
+    # What the whole reply says, without streaming: the done event alone.
+    status, whole = await post_edit(fix_body(stream=False))
+    assert status == 200 and whole["replacement"] == FIXED
+
+
+async def test_a_document_edit_leaves_the_code_byte_identical(post_edit: Any, fake_backend: Any) -> None:
+    fake_backend.reset(chunks=["```text\n", "The mean of values.\n\n", "values: the numbers.\n", "```"])
+    source = BROKEN[1]["source"]
+    status, events = await post_edit(fix_body(kind="document"))
+    assert status == 200, events
+    done = events[-1]
+    assert done["route"] == "document"
+    assert "".join(e.get("delta", "") for e in events[:-1]) == done["replacement"]
+    replaced = done["replacement"]
+    assert ast.get_docstring(ast.parse(replaced).body[0]) == "The mean of values.\n\nvalues: the numbers."  # type: ignore[arg-type]
+    lines = replaced.split("\n")
+    assert "\n".join([lines[0], *lines[5:]]) == source
+
+
+async def test_bad_edits_get_a_4xx_over_http_and_refused_cells_a_403(post_edit: Any, fake_backend: Any) -> None:
+    status, reply = await post_edit(fix_body(kind="translate"))
+    assert status == 400 and "'kind'" in reply["error"]["message"]
+    status, reply = await post_edit(fix_body(kind="rewrite"))
+    assert status == 400 and "'instruction'" in reply["error"]["message"]
+    status, reply = await post_edit(fix_body(selection={"start": 0, "end": 10_000}))
+    assert status == 400 and "'selection'" in reply["error"]["message"]
+    tagged = [BROKEN[0], {**BROKEN[1], "metadata": {"tags": ["no-completion"]}}]
+    status, reply = await post_edit(fix_body(cells=tagged))
+    assert status == 403 and reply["error"]["kind"] == "policy" and "Edits are off" in reply["error"]["message"]
+    status, reply = await post_edit(fix_body(metadata={"codestral": {"enabled": False}}))
+    assert status == 403
+    assert fake_backend.requests == []  # nothing refused reached the backend
+
+
+@pytest.mark.parametrize("codestral_config", [{"disabled_paths": ["exams/**"]}], indirect=True)
+async def test_the_course_policy_refuses_edits_where_it_refuses_completions(post_edit: Any, fake_backend: Any) -> None:
+    status, reply = await post_edit(fix_body(path="exams/final.ipynb"))
+    assert status == 403 and "course policy" in reply["error"]["message"]
+    assert fake_backend.requests == []
+
+
+@pytest.fixture
+def routed_config(fake_backend: Any) -> dict[str, Any]:
+    return {
+        "backends": {
+            "down": {"backend": "openai", "url": "http://127.0.0.1:9", "model": "m"},
+            "editor": {"backend": "openai", "url": fake_backend.url, "model": "qwen-editor"},
+        },
+        "routes": {"line": ["editor"], "fix": ["down", "editor"], "rewrite": []},
+    }
+
+
+async def test_an_edit_route_falls_back_to_its_next_backend_and_a_kind_without_one_says_so(
+    jp_serverapp: Any, post_edit: Any, fake_backend: Any, routed_config: Any
+) -> None:
+    # The routed service, built from the running extension's settings and put in the server's place.
+    service = jp_serverapp.web_app.settings["codestral_service"]
+    ext = next(e for e in jp_serverapp.extension_manager.extension_apps["jupyter_codestral"])
+    ext.backends, ext.routes = routed_config["backends"], routed_config["routes"]
+    rebuilt = assemble(ext).service
+    jp_serverapp.web_app.settings["codestral_service"] = rebuilt
+    try:
+        fake_backend.reset(chunks=FIX_CHUNKS)
+        status, events = await post_edit(fix_body())
+        assert status == 200, events
+        done = events[-1]
+        assert done["backend"] == "editor" and done["model"] == "qwen-editor" and "fallback_reason" in done
+        assert done["replacement"] == FIXED
+        status, reply = await post_edit(fix_body(kind="rewrite", instruction="use statistics.mean"))
+        assert status == 503 and "rewrite" in reply["error"]["message"], reply
+    finally:
+        jp_serverapp.web_app.settings["codestral_service"] = service
+        await rebuilt.aclose()
 
 
 @pytest.mark.slow
-async def test_the_embedded_instruct_model_fixes_a_cell_through_its_chat_template(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("JUPYTER_CODESTRAL_CACHE_DIR", MODEL_CACHE)
-    for name in ("CODESTRAL_API_KEY", "MISTRAL_API_KEY", "JUPYTER_CODESTRAL_BACKEND", "JUPYTER_CODESTRAL_BACKENDS"):
-        monkeypatch.delenv(name, raising=False)
-    async with embedded(tmp_path) as (_, backend):
-        source = "def mean(values):\n    return sum(values) / len(value)\n"
-        cells = [{"cell_type": "code", "source": source, "outputs": [
-            {"output_type": "error", "ename": "NameError", "evalue": "name 'value' is not defined",
-             "traceback": ["NameError: name 'value' is not defined"]}]}]  # fmt: skip
-        request = parse_edit_request(json.dumps({"cells": cells, "cell_index": 0, "kind": "fix"}).encode())
-        messages = edit_messages(request, build_context(request.at_range(), ContextBudget()))
-        answer = CodeAnswer(request.source, request.start, request.end)
-        async with aclosing(backend.chat(messages, max_tokens=96)) as items:
-            async for item in items:
-                if isinstance(item, Usage):
-                    continue
-                answer.feed(item if isinstance(item, str) else item.text)
-                if answer.finished:
-                    break
-        answer.finish()
-        fixed = answer.replacement
-        namespace: dict[str, Any] = {}
-        exec(compile(fixed, "<fixed>", "exec"), namespace)  # the answer runs: no prose, no fences
-        assert namespace["mean"]([1, 2, 3]) == 2, fixed
+@pytest.mark.parametrize("codestral_config", [{"backend": "embedded"}], indirect=True)
+async def test_the_embedded_model_answers_edits_from_the_browsers_endpoint(post_edit: Any, jp_fetch: Any) -> None:
+    for _ in range(1200):
+        if json.loads((await jp_fetch("codestral", "status")).body)["ready"]:
+            break
+        await asyncio.sleep(0.1)
+    status, events = await post_edit(fix_body())
+    assert status == 200, events
+    done = events[-1]
+    assert done["backend"] == "embedded" and done["route"] == "fix"
+    namespace: dict[str, Any] = {}
+    exec(compile(done["replacement"], "<fixed>", "exec"), namespace)
+    assert namespace["mean"]([1, 2, 3]) == 2, done["replacement"]
+    status, events = await post_edit(fix_body(kind="document"))
+    assert status == 200, events
+    replaced = events[-1]["replacement"]
+    function = ast.parse(replaced).body[0]
+    assert isinstance(function, ast.FunctionDef) and ast.get_docstring(function), replaced

@@ -293,7 +293,9 @@ async def test_a_codestral_key_alone_means_codestral_with_the_embedded_model_loa
     try:
         await service.start()
         status = service.status()
-        assert status["routes"] == {kind: ["codestral", "embedded"] for kind in ("line", "block", "comment")}
+        # Edits too: Codestral rewrites, fixes and documents, the embedded model when it fails.
+        kinds = ("line", "block", "comment", "rewrite", "fix", "document")
+        assert status["routes"] == {kind: ["codestral", "embedded"] for kind in kinds}
         assert status["backends"]["codestral"]["base_url"] == fake_backend.url
         assert status["backends"]["embedded"]["state"] == "idle" and status["backends"]["embedded"]["worker_pid"] is None
         assert status["state"] == "ready"  # Codestral can answer: nothing waits for the embedded model

@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..context import ContextBudget, FimContext
+from ..edit_prompt import ChatMessage
 from ..policy import PathPolicy
 from ..prompt_source import PromptSource
 from ..routes import RouteKind
@@ -116,6 +117,8 @@ class FimRequest:
     route: RouteKind = RouteKind.BLOCK  # the kind of completion (routes.route_kind)
     # Where each call to a backend is counted (usage.py).
     ledger: UsageLedger | None = field(default=None, repr=False)
+    # An edit: the chat the backend answers instead of filling the middle (edit_prompt.py).
+    chat: tuple[ChatMessage, ...] = ()
 
     @cached_property
     def context(self) -> FimContext:
@@ -163,9 +166,15 @@ class Backend(abc.ABC):
         """Yield the completion's pieces as they arrive, and at the end the :class:`Usage` the backend
         reported, if it reports any; raise :class:`~jupyter_codestral.errors.BackendError`."""
 
+    @abc.abstractmethod
+    def chat_stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        """As :meth:`stream`, for an edit: the answer to ``request.chat`` (the backend's chat API)."""
+
     def serve(self, request: FimRequest) -> AsyncGenerator[Piece, None]:
-        """:meth:`stream`'s text, with the call counted in the request's usage ledger."""
-        return metered(self.stream(request), request, self.label)
+        """:meth:`stream`'s text (:meth:`chat_stream`'s for an edit), with the call counted in the request's
+        usage ledger."""
+        items = self.chat_stream(request) if request.chat else self.stream(request)
+        return metered(items, request, self.label)
 
     async def start(self) -> None:
         """Begin any slow preparation (model loading) without waiting for it."""

@@ -29,7 +29,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from ..edit_prompt import CHATML_END, ChatMessage, render_chatml
+from ..edit_prompt import CHATML_END, render_chatml
 from ..embedded.cpu import Kernels, cpu_flags, has_amx
 from ..embedded.model_files import MODELS
 from ..errors import ErrorKind, backend_error, error_kind
@@ -386,18 +386,17 @@ class EmbeddedBackend(Backend):
             async for item in items:
                 yield item
 
-    async def chat(
-        self, messages: list[ChatMessage], max_tokens: int, document: str | None = None
-    ) -> AsyncGenerator[BackendItem, None]:
-        """The model's answer to a chat (an edit's), through the bundled Instruct model's own chat template.
+    async def chat_stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        """The model's answer to an edit's chat, through the bundled Instruct model's own chat template.
         The worker reads it like any prompt: what it read of the notebook before is kept where it can be."""
+        source = request.source.request
         command = {
             "op": "complete",
-            "prompts": [render_chatml(messages)],
-            "max_tokens": max_tokens,
+            "prompts": [render_chatml(list(request.chat))],
+            "max_tokens": request.max_tokens,
             "stop": [CHATML_END],
             "prefetch": False,
-            "document": document,
+            "document": source.path if source is not None else None,
         }
         async with aclosing(self._exchange(command)) as items:
             async for item in items:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -17,7 +17,7 @@ from .. import jsonio
 from ..errors import BackendError, ErrorKind, backend_error
 from ..templates import FimTemplate
 from .base import Backend, BackendItem, BackendSettings, BackendState, FimRequest
-from .event_streams import error_detail
+from .event_streams import choice_stream, error_detail
 
 RETRIED_STATUS = frozenset({500, 502, 503, 504})
 RETRY_WAIT_MAX_S = 2.0  # the longest wait between two attempts
@@ -61,6 +61,7 @@ class HttpBackend(Backend):
     connection, which is how the backend learns that nobody wants the rest."""
 
     path = ""
+    chat_path = "/v1/chat/completions"  # where edits go (the OpenAI-style chat API, unless a backend says)
     host_label = "The completion server"
     content_type = "text/event-stream"  # what a streaming answer must be
 
@@ -104,7 +105,9 @@ class HttpBackend(Backend):
     def auth_message(self, status: int, detail: str) -> str:
         return f"{self.host_label} at {self.settings.url} refused the request ({status}): {detail}"
 
-    def status_error(self, status: int, body: bytes, headers: CIMultiDictProxy[str]) -> BackendError:
+    def status_error(
+        self, status: int, body: bytes, headers: CIMultiDictProxy[str], path: str | None = None
+    ) -> BackendError:
         detail = self.settings.redact(error_detail(body)) or "no details"
         if status in (401, 403):
             return backend_error(ErrorKind.AUTH, self.auth_message(status, detail))
@@ -114,7 +117,8 @@ class HttpBackend(Backend):
             return backend_error(ErrorKind.RATE_LIMITED, f"Rate limited by {self.settings.url}{until}: {detail}", wait)
         if status == 404:
             return backend_error(
-                ErrorKind.REJECTED, f"{self.settings.url}{self.path} was not found (404): is this a {self.name} server?"
+                ErrorKind.REJECTED,
+                f"{self.settings.url}{path or self.path} was not found (404): is this a {self.name} server?",
             )
         if status < 500:
             return backend_error(ErrorKind.REJECTED, f"{self.host_label} rejected the request ({status}): {detail}")
@@ -161,10 +165,10 @@ class HttpBackend(Backend):
             self.rate_limited_until = None
             self.state = BackendState.READY
 
-    async def _attempt(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def _attempt(self, payload: dict[str, Any], path: str) -> aiohttp.ClientResponse:
         """One POST; the streaming response, or the backend's error."""
         try:
-            response = await self.session.post(self.path.lstrip("/"), data=jsonio.dumps(payload))
+            response = await self.session.post(path.lstrip("/"), data=jsonio.dumps(payload))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._failed(self.transport_error(exc)) from None
         if response.status >= 400:
@@ -173,7 +177,7 @@ class HttpBackend(Backend):
             except (aiohttp.ClientError, TimeoutError):
                 body = b""
             response.release()
-            raise self._failed(self.status_error(response.status, body, response.headers))
+            raise self._failed(self.status_error(response.status, body, response.headers, path))
         if self.content_type not in response.headers.get("Content-Type", self.content_type):
             response.close()
             error = NotAnEventStream(f"its Content-Type is {response.headers.get('Content-Type')!r}")
@@ -181,13 +185,13 @@ class HttpBackend(Backend):
         self.state = BackendState.READY
         return response
 
-    async def _open(self, payload: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def _open(self, payload: dict[str, Any], path: str) -> aiohttp.ClientResponse:
         """POST and return the streaming response, retrying 5xx before any text."""
         self._check_rate_limit()
         # The first attempt goes without tenacity: its retry state is a reference cycle, garbage
         # that only the cyclic collector frees, a cost on every keystroke for a rare failure.
         try:
-            return await self._attempt(payload)
+            return await self._attempt(payload, path)
         except BackendError as error:
             if not _retryable(error) or self.settings.retries < 1:
                 raise
@@ -200,7 +204,7 @@ class HttpBackend(Backend):
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
-        response: aiohttp.ClientResponse = await retrying(self._attempt, payload)
+        response: aiohttp.ClientResponse = await retrying(self._attempt, payload, path)
         return response
 
     def payload(self, request: FimRequest) -> dict[str, Any]:
@@ -211,8 +215,35 @@ class HttpBackend(Backend):
         """The completion's pieces from the backend's streaming response, then the tokens it used."""
         raise NotImplementedError
 
-    async def stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
-        payload = self.payload(request)
+    def chat_payload(self, request: FimRequest) -> dict[str, Any]:
+        """The JSON body of the backend's streaming chat request for an edit (OpenAI's chat API)."""
+        return {
+            "model": self.settings.model,
+            "messages": [message.to_json() for message in request.chat],
+            "max_tokens": request.max_tokens,
+            "temperature": self.settings.temperature,
+            "stream": True,
+        }
+
+    def chat_events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        """The answer's pieces from a streaming chat response (OpenAI's chat chunks: ``delta.content``)."""
+        return choice_stream(response, self.settings.url, self.host_label, "delta", "content")
+
+    def stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        return self._exchange(request, self.path, self.payload, self.events)
+
+    def chat_stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        return self._exchange(request, self.chat_path, self.chat_payload, self.chat_events)
+
+    async def _exchange(
+        self,
+        request: FimRequest,
+        path: str,
+        payload_of: Callable[[FimRequest], dict[str, Any]],
+        events_of: Callable[[aiohttp.ClientResponse, FimRequest], AsyncGenerator[BackendItem, None]],
+    ) -> AsyncGenerator[BackendItem, None]:
+        """One streaming POST to ``path``: the pieces ``events_of`` reads from the response."""
+        payload = payload_of(request)
         try:
             if self.connection_slots.locked():  # (a timer per keystroke only when it may be needed)
                 async with asyncio.timeout(self.settings.timeout):
@@ -226,12 +257,12 @@ class HttpBackend(Backend):
                 f"for {self.settings.timeout:g} s (CodestralExtension.backend_connections).",
             ) from None
         try:
-            response = await self._open(payload)
+            response = await self._open(payload, path)
             finished = False
             try:
                 # Closed here, not left to the garbage collector (whose finalizer wakes the event
                 # loop from outside once per request).
-                async with aclosing(self.events(response, request)) as pieces:
+                async with aclosing(events_of(response, request)) as pieces:
                     async for piece in pieces:
                         yield piece
                 finished = True

@@ -7,7 +7,8 @@ executions; when the earlier cells' window drops cells at its start, the
 server moves what stays instead of reading it again (``n_cache_reuse``:
 runs of that many tokens are shifted into place, by servers that take it;
 others ignore the field).  With the split layout later cells go in
-``input_extra``.
+``input_extra``.  Edits go to its OpenAI-style ``/v1/chat/completions``, which applies the model's chat
+template.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class LlamaCppBackend(HttpBackend):
         else:
             payload |= {"input_prefix": context.prefix, "input_suffix": context.suffix, "input_extra": []}
         return payload
+
+    def chat_payload(self, request: FimRequest) -> dict[str, Any]:
+        # The server's OpenAI-style chat endpoint, with its prompt cache: an edit of the same cell reads only
+        # the end of its prompt again.
+        return super().chat_payload(request) | {"cache_prompt": True, "stream_options": {"include_usage": True}}
 
     def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
         def read(event: dict[str, Any] | None) -> Read:

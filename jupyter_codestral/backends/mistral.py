@@ -48,11 +48,19 @@ class MistralBackend(HttpBackend):
             f"keys (MISTRAL_API_KEY) only on {MISTRAL_URL}: the two kinds are not interchangeable."
         )
 
-    def payload(self, request: FimRequest) -> dict[str, Any]:
+    def _check_key(self) -> None:
         if not self.settings.api_key:
             raise backend_error(
                 ErrorKind.AUTH, "No Mistral key is configured: set CODESTRAL_API_KEY or MISTRAL_API_KEY."
             )
+
+    def chat_payload(self, request: FimRequest) -> dict[str, Any]:
+        # Mistral's chat completions (Codestral takes chat too, on both hosts).
+        self._check_key()
+        return super().chat_payload(request)
+
+    def payload(self, request: FimRequest) -> dict[str, Any]:
+        self._check_key()
         payload: dict[str, Any] = {
             "model": self.settings.model,
             "prompt": request.prefix,

@@ -1,8 +1,8 @@
-"""Ollama's ``/api/generate`` with ``suffix``: Ollama applies the model's FIM template."""
+"""Ollama's ``/api/generate`` with ``suffix``: Ollama applies the model's FIM template; ``/api/chat`` for edits."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import aiohttp
@@ -33,7 +33,29 @@ class OllamaBackend(HttpBackend):
             },
         }
 
+    chat_path = "/api/chat"
+
+    def chat_payload(self, request: FimRequest) -> dict[str, Any]:
+        return {
+            "model": self.settings.model,
+            "messages": [message.to_json() for message in request.chat],
+            "stream": True,
+            "options": {"num_predict": request.max_tokens, "temperature": self.settings.temperature},
+        }
+
     def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        return self._lines(response, lambda event: str(event.get("response") or ""))
+
+    def chat_events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        def content(event: dict[str, Any]) -> str:
+            message = event.get("message")
+            return str(message.get("content") or "") if isinstance(message, dict) else ""
+
+        return self._lines(response, content)
+
+    def _lines(
+        self, response: aiohttp.ClientResponse, text_of: Callable[[dict[str, Any]], str]
+    ) -> AsyncGenerator[BackendItem, None]:
         # One JSON object per line; the last has "done": true.
         url = self.settings.url
 
@@ -43,7 +65,7 @@ class OllamaBackend(HttpBackend):
             event = json_object(line, url)
             if "error" in event:
                 raise backend_error(ErrorKind.SERVER_ERROR, f"Ollama reported: {event['error']}")
-            text = str(event.get("response") or "")
+            text = text_of(event)
             if event.get("done"):
                 return Read(text, Usage.reported(event.get("prompt_eval_count"), event.get("eval_count")), True)
             return Read(text)

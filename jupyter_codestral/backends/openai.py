@@ -1,4 +1,4 @@
-"""OpenAI-compatible ``/v1/completions`` (vLLM, LM Studio, llama.cpp's server).
+"""OpenAI-compatible ``/v1/completions`` (vLLM, LM Studio, llama.cpp's server), and ``/v1/chat/completions`` for edits.
 
 Most of these servers ignore or refuse ``suffix``, so by default the prompt
 is a raw FIM prompt in the model family's template.
@@ -37,6 +37,9 @@ class OpenAIBackend(HttpBackend):
         else:
             payload |= {"prompt": self.raw_prompt(request), "stop": self.stop_sequences(request)}
         return payload
+
+    def chat_payload(self, request: FimRequest) -> dict[str, Any]:
+        return super().chat_payload(request) | {"stream_options": {"include_usage": True}}
 
     def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
         return choice_stream(response, self.settings.url, self.host_label, "text")

@@ -57,12 +57,12 @@ export type BackendState =
   | 'failing'
   | 'cooling_down';
 /**
- * The kind of completion at the cursor (routes.RouteKind).
+ * The kind of completion at the cursor, or of an edit (routes.RouteKind).
  *
  * This interface was referenced by `Contract`'s JSON-Schema
  * via the `definition` "RouteKind".
  */
-export type RouteKind = 'line' | 'block' | 'comment' | 'markdown';
+export type RouteKind = 'line' | 'block' | 'comment' | 'markdown' | 'rewrite' | 'fix' | 'document';
 /**
  * Where completions are off (policy.OffScope).
  *
@@ -76,12 +76,19 @@ export type OffScope = 'cell' | 'notebook' | 'course_policy';
  */
 export type CellType = 'code' | 'markdown' | 'raw';
 /**
+ * What an edit does to its range (edit_request.EditKind; each is a route kind too).
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "EditKind".
+ */
+export type EditKind = 'rewrite' | 'fix' | 'document';
+/**
  * One line of the NDJSON stream.
  *
  * This interface was referenced by `Contract`'s JSON-Schema
  * via the `definition` "StreamEvent".
  */
-export type StreamEvent = DeltaEvent | DoneEvent | ErrorReply;
+export type StreamEvent = DeltaEvent | DoneEvent | EditDoneEvent | ErrorReply;
 /**
  * This interface was referenced by `Contract`'s JSON-Schema
  * via the `definition` "LastError".
@@ -101,12 +108,16 @@ export interface Contract {
   CellType?: CellType;
   Cell?: Cell;
   CompleteRequest?: CompleteRequest;
+  EditKind?: EditKind;
+  EditRequest?: EditRequest;
   ErrorInfo?: ErrorInfo;
   ErrorReply?: ErrorReply;
   Timings?: Timings;
   CompleteReply?: CompleteReply;
   DeltaEvent?: DeltaEvent;
   DoneEvent?: DoneEvent;
+  EditReply?: EditReply;
+  EditDoneEvent?: EditDoneEvent;
   StreamEvent?: StreamEvent;
   UsageRow?: UsageRow;
   Price?: Price;
@@ -192,6 +203,57 @@ export interface CompleteRequest {
    * The notebook's kernel (its variables enter the prompt).
    */
   kernel_id?: string;
+  /**
+   * The notebook's metadata (its codestral switch).
+   */
+  metadata?: {
+    codestral?: {
+      enabled?: boolean;
+    };
+  };
+}
+/**
+ * The body of POST codestral/edit: rewrite, fix or document a range of one code cell.
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "EditRequest".
+ */
+export interface EditRequest {
+  /**
+   * Every cell of the notebook, in order; the edited cell may carry its nbformat outputs (fix reads its last error).
+   *
+   * @minItems 1
+   */
+  cells: Cell[];
+  /**
+   * The cell to edit (a code cell).
+   */
+  cell_index: number;
+  kind: EditKind;
+  /**
+   * The range to replace, in code points of the cell (absent: the whole cell).
+   */
+  selection?: {
+    start: number;
+    end: number;
+  };
+  /**
+   * What to change (required for rewrite).
+   */
+  instruction?: string;
+  language?: string;
+  /**
+   * The document, relative to the server's root.
+   */
+  path?: string;
+  /**
+   * The notebook's kernel (its variables enter the prompt).
+   */
+  kernel_id?: string;
+  /**
+   * Answer with NDJSON events as the replacement is written.
+   */
+  stream?: boolean;
   /**
    * The notebook's metadata (its codestral switch).
    */
@@ -332,6 +394,67 @@ export interface DoneEvent {
    * The mean log-probability of the suggestion's tokens, where the backend reports them.
    */
   confidence?: number;
+}
+/**
+ * The reply to an edit without stream.
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "EditReply".
+ */
+export interface EditReply {
+  /**
+   * The new text of the range, whole.
+   */
+  replacement: string;
+  /**
+   * The range it replaces.
+   */
+  range: {
+    start: number;
+    end: number;
+  };
+  /**
+   * Who answered: the backend's name in the routes, else its kind.
+   */
+  backend: string;
+  model: string;
+  route: RouteKind;
+  /**
+   * Why the backends before it in the route did not answer.
+   */
+  fallback_reason?: string;
+  timings: Timings;
+}
+/**
+ * The last line of an edit's stream: the whole replacement, and who answered.
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "EditDoneEvent".
+ */
+export interface EditDoneEvent {
+  done: true;
+  /**
+   * The new text of the range, whole.
+   */
+  replacement: string;
+  /**
+   * The range it replaces.
+   */
+  range: {
+    start: number;
+    end: number;
+  };
+  /**
+   * Who answered: the backend's name in the routes, else its kind.
+   */
+  backend: string;
+  model: string;
+  route: RouteKind;
+  /**
+   * Why the backends before it in the route did not answer.
+   */
+  fallback_reason?: string;
+  timings: Timings;
 }
 /**
  * This interface was referenced by `Contract`'s JSON-Schema
