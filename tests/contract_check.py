@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator
 
 from jupyter_codestral.contract import shape
 from jupyter_codestral.errors import CompletionError
-from jupyter_codestral.handlers import CompleteHandler
+from jupyter_codestral.handlers import CompleteHandler, EditHandler
 from jupyter_codestral.service import CompletionService
 
 
@@ -39,7 +39,7 @@ def replies_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> Iterator[lis
                                         CompletionError.to_json)
 
     def checked_stream(self: CompleteHandler, event: dict[str, Any]) -> None:
-        found.extend(violations("StreamEvent", event))
+        found.extend(violations("EditStreamEvent" if isinstance(self, EditHandler) else "StreamEvent", event))
         streamed(self, event)
 
     def checked_whole(self: CompleteHandler, event: dict[str, Any]) -> None:

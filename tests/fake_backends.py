@@ -374,7 +374,20 @@ class ChatHandler(MistralHandler):
             self.set_status(401)
             self.finish({"message": "Unauthorized", "request_id": "fake"})
             return
+        self._role_sent = False
         await super()._answer(body, script)
+
+    def event(self, text: str, last: bool) -> bytes:
+        # As real servers stream chat: a first chunk with the role and no content, and a last, empty delta.
+        role = b""
+        if not self._role_sent:
+            self._role_sent = True
+            role = _sse({"id": "chat-fake", "object": "chat.completion.chunk",
+                         "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+        chunk = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+        end = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        tail = _sse({"id": "chat-fake", "object": "chat.completion.chunk", "choices": [end]}) if last else b""
+        return role + _sse({"id": "chat-fake", "object": "chat.completion.chunk", "choices": [chunk]}) + tail
 
     def validation_error(self, body: dict[str, Any]) -> Any | None:
         messages = body.get("messages")

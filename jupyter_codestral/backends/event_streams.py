@@ -154,11 +154,12 @@ def choice_text(payload: dict[str, Any], *path: str) -> str:
     """``payload["choices"][0][path...]`` as a string, or a malformed-reply error."""
     try:
         node: Any = payload["choices"][0]
-        for key in path:
+        for key in path[:-1]:
             node = node[key]
-    except (KeyError, IndexError, TypeError):
+        # A chat stream's first chunk names the role and its last may be empty: no "content" is no text.
+        return (node.get(path[-1]) if path else node) or ""
+    except (KeyError, IndexError, TypeError, AttributeError):
         raise backend_error(ErrorKind.BAD_REPLY, f"Unexpected event shape: {json.dumps(payload)[:200]}") from None
-    return node or ""
 
 
 Event = TypeVar("Event")

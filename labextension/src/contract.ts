@@ -83,12 +83,19 @@ export type CellType = 'code' | 'markdown' | 'raw';
  */
 export type EditKind = 'rewrite' | 'fix' | 'document';
 /**
+ * One line of an edit's NDJSON stream.
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "EditStreamEvent".
+ */
+export type EditStreamEvent = DeltaEvent | EditDoneEvent | ErrorReply;
+/**
  * One line of the NDJSON stream.
  *
  * This interface was referenced by `Contract`'s JSON-Schema
  * via the `definition` "StreamEvent".
  */
-export type StreamEvent = DeltaEvent | DoneEvent | EditDoneEvent | ErrorReply;
+export type StreamEvent = DeltaEvent | DoneEvent | ErrorReply;
 /**
  * This interface was referenced by `Contract`'s JSON-Schema
  * via the `definition` "LastError".
@@ -118,6 +125,7 @@ export interface Contract {
   DoneEvent?: DoneEvent;
   EditReply?: EditReply;
   EditDoneEvent?: EditDoneEvent;
+  EditStreamEvent?: EditStreamEvent;
   StreamEvent?: StreamEvent;
   UsageRow?: UsageRow;
   Price?: Price;
