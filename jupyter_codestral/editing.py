@@ -64,7 +64,7 @@ async def run_edit(
         chat=tuple(messages),
     )
     code = CodeAnswer(request.source, request.start, request.end) if request.kind != EditKind.DOCUMENT else None
-    written: list[str] = []  # the model's answer, as it came
+    written: list[str] = []  # a document edit's answer, as it came (placed once whole)
     context_done = time.perf_counter()
     first_text: float | None = None
     answered: Answered | None = None
@@ -75,8 +75,9 @@ async def run_edit(
                 answered = piece
                 continue
             text = piece_text(piece)
-            written.append(text)
-            if code is not None:
+            if code is None:
+                written.append(text)
+            else:
                 delta = code.feed(text)
                 if delta:
                     first_text = first_text or time.perf_counter()

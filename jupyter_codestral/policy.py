@@ -52,18 +52,17 @@ class Off:
     message: str
 
 
-def notebook_off(request: CompletionRequest) -> Off | None:
-    """Whether the notebook or the cell at the cursor says no completions here."""
+def notebook_off(request: CompletionRequest, what: str = "Completions") -> Off | None:
+    """Whether the notebook or the cell at the cursor says no completions here (``what``: what its message
+    says is off, "Edits" for an edit)."""
     if not request.notebook_enabled:
-        return Off(
-            OffScope.NOTEBOOK, "Completions are off in this notebook (its metadata: codestral.enabled is false)."
-        )
+        return Off(OffScope.NOTEBOOK, f"{what} are off in this notebook (its metadata: codestral.enabled is false).")
     tags = request.cells[request.cell_index].tags
     if NO_COMPLETION in tags:
-        return Off(OffScope.CELL, "Completions are off in this cell (tag no-completion).")
+        return Off(OffScope.CELL, f"{what} are off in this cell (tag no-completion).")
     if NO_CONTEXT in tags:
         return Off(
-            OffScope.CELL, "Completions are off in this cell: its tag no-context keeps its text out of every prompt."
+            OffScope.CELL, f"{what} are off in this cell: its tag no-context keeps its text out of every prompt."
         )
     return None
 
@@ -85,8 +84,8 @@ class PathPolicy:
     def active(self) -> bool:
         return bool(self.disabled) or self.allowed is not None
 
-    def reason(self, paths: Iterable[str | None]) -> str | None:
-        """Why completions are refused for a request about ``paths``, or None.
+    def reason(self, paths: Iterable[str | None], what: str = "Completions") -> str | None:
+        """Why completions (``what``: or edits) are refused for a request about ``paths``, or None.
 
         ``paths``: the document the request names and those of the sessions
         its kernel belongs to; any one refused refuses the request, so a
@@ -94,19 +93,19 @@ class PathPolicy:
         if not self.active:
             return None
         for path in paths:
-            refusal = self._refuse(path)
+            refusal = self._refuse(path, what)
             if refusal:
                 return refusal
         return None
 
-    def _refuse(self, path: str | None) -> str | None:
+    def _refuse(self, path: str | None, what: str) -> str | None:
         if path is None:
             if self.allowed is not None:
-                return "Completions are off here (course policy): only some notebooks allow them."
+                return f"{what} are off here (course policy): only some notebooks allow them."
             return None
         clean = normalize_path(path)
         if self.disabled and glob.globmatch(clean, list(self.disabled), flags=_GLOB_FLAGS):
-            return f"Completions are off in {clean} (course policy)."
+            return f"{what} are off in {clean} (course policy)."
         if self.allowed is not None and not glob.globmatch(clean, list(self.allowed), flags=_GLOB_FLAGS):
-            return f"Completions are off in {clean} (course policy: only some notebooks allow them)."
+            return f"{what} are off in {clean} (course policy: only some notebooks allow them)."
         return None

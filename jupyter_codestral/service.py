@@ -27,7 +27,7 @@ from .kernel_variables import KernelState
 from .pipeline import done_event, run_completion
 from .policy import PathPolicy, notebook_off
 from .ratelimit import UserRateLimiter
-from .request import Cell, CompletionRequest, RequestLimits, parse_completion_request
+from .request import CompletionRequest, RequestLimits, parse_completion_request
 from .router import Completer
 from .stats import ServiceStats
 from .usage import UsageLedger
@@ -224,53 +224,46 @@ class CompletionService:
             or (older is not None and not older.done and not older.request.prefetch)
         ):
             return Completion(request, _only(self._unsent({"prefetch_skipped": True})), sink)
-        if older is not None:
-            older.stop()
-        completion = Completion(request, self._run(request), sink, partial(self._forget, key))
-        self._latest[key] = completion
-        return completion
+        return self._newest(
+            key, request, self._served(request, self._completion_refusal, self._completion_events), sink
+        )
 
     def serve_edit(self, request: EditRequest, user: str, sink: Sink | None = None) -> Completion:
         """Start serving an edit; as for completions, the newest edit per user and document wins (a new edit
         of the document stops the one in flight: the user asked for another)."""
         key = (user, request.document_id)
+        return self._newest(key, request, self._served(request, self._edit_refusal, self._edit_events), sink)
+
+    def _newest(
+        self,
+        key: DocumentKey,
+        request: CompletionRequest | EditRequest,
+        events: AsyncGenerator[Event, None],
+        sink: Sink | None,
+    ) -> Completion:
+        """Serve ``events`` as the newest request for ``key``: the one in flight there is stopped."""
         older = self._latest.get(key)
         if older is not None:
             older.stop()
-        completion = Completion(request, self._run_edit(request), sink, partial(self._forget, key))
+        completion = Completion(request, events, sink, partial(self._forget, key))
         self._latest[key] = completion
         return completion
-
-    async def _run_edit(self, request: EditRequest) -> AsyncGenerator[Event, None]:
-        at_range = request.at_range()
-        refusal = await self._policy_refusal(at_range)
-        off = notebook_off(at_range)
-        if refusal or off:
-            self.stats.refused += 1
-            message = refusal or (off.message if off else "")
-            raise CompletionError(ErrorKind.POLICY, message.replace("Completions are", "Edits are"), 403)
-        async for event in self._served(self._edit_events(request)):
-            yield event
-
-    async def _edit_events(self, request: EditRequest) -> AsyncGenerator[Event, None]:
-        kernel = await self._kernel_state(request.kernel_id, request.cells)
-        async for event in run_edit(request, self.completer, self.budget, kernel=kernel, ledger=self.usage):
-            yield event
 
     def _forget(self, key: DocumentKey, completion: Completion) -> None:
         if self._latest.get(key) is completion:
             del self._latest[key]
 
-    async def _policy_refusal(self, request: CompletionRequest) -> str | None:
+    async def _policy_refusal(self, request: CompletionRequest, what: str = "Completions") -> str | None:
         """Why the course policy refuses ``request`` (for its document, or the one its kernel runs for)."""
         if not self.policy.active:
             return None
         paths: list[str | None] = [request.path]
         if request.kernel_id and self.session_paths is not None:
             paths.extend(await self.session_paths(request.kernel_id))
-        return self.policy.reason(paths)
+        return self.policy.reason(paths, what)
 
-    async def _run(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
+    async def _completion_refusal(self, request: CompletionRequest) -> Event | None:
+        """Raises the course policy's refusal; the event that answers a completion the notebook turned off."""
         refusal = await self._policy_refusal(request)
         if refusal:
             self.stats.refused += 1
@@ -279,21 +272,29 @@ class CompletionService:
         if off:
             # The notebook's author turned completions off here: nothing is sent anywhere.
             self.stats.refused += 1
-            yield {**self._unsent({"off": True}), "off": off.message, "off_scope": str(off.scope)}
-            return
-        async for event in self._served(self._completion_events(request)):
-            yield event
+            return {**self._unsent({"off": True}), "off": off.message, "off_scope": str(off.scope)}
+        return None
 
-    async def _kernel_state(self, kernel_id: str | None, cells: tuple[Cell, ...]) -> KernelState | None:
+    async def _edit_refusal(self, request: EditRequest) -> Event | None:
+        """Raises why the course policy, the notebook or the cell refuses an edit (an edit asked for where it is
+        off is an error, not an empty suggestion)."""
+        at_range = request.at_range()
+        off = notebook_off(at_range, "Edits")
+        refusal = await self._policy_refusal(at_range, "Edits") or (off.message if off else None)
+        if refusal:
+            self.stats.refused += 1
+            raise CompletionError(ErrorKind.POLICY, refusal, 403)
+        return None
+
+    async def _kernel_state(self, request: CompletionRequest | EditRequest) -> KernelState | None:
         """What the request's kernel has told about its variables, as of the cells' last runs."""
-        if not kernel_id or self.kernels is None:
+        if not request.kernel_id or self.kernels is None:
             return None
-        runs = [c.execution_count for c in cells if c.execution_count is not None]
-        return await self.kernels.state(kernel_id, max(runs, default=None))
+        runs = [c.execution_count for c in request.cells if c.execution_count is not None]
+        return await self.kernels.state(request.kernel_id, max(runs, default=None))
 
-    async def _completion_events(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
-        kernel = await self._kernel_state(request.kernel_id, request.cells)
-        events = run_completion(
+    def _completion_events(self, request: CompletionRequest, kernel: KernelState | None) -> AsyncGenerator[Event, None]:
+        return run_completion(
             request,
             self.completer,
             self.budget,
@@ -302,13 +303,25 @@ class CompletionService:
             ledger=self.usage,
             min_confidence=self.limits.min_confidence,
         )
-        async for event in events:
-            yield event
 
-    async def _served(self, events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
-        """A request's events, counted in the statistics; its failures logged (without keys)."""
+    def _edit_events(self, request: EditRequest, kernel: KernelState | None) -> AsyncGenerator[Event, None]:
+        return run_edit(request, self.completer, self.budget, kernel=kernel, ledger=self.usage)
+
+    async def _served(
+        self,
+        request: Parsed,
+        refused: Callable[[Parsed], Awaitable[Event | None]],
+        events_of: Callable[[Parsed, KernelState | None], AsyncGenerator[Event, None]],
+    ) -> AsyncGenerator[Event, None]:
+        """A request's events once the policy allows it (``refused`` raises, or gives the event that answers
+        it instead), counted in the statistics; its failures logged (without keys)."""
+        answer = await refused(request)
+        if answer is not None:
+            yield answer
+            return
         try:
-            async for event in events:
+            kernel = await self._kernel_state(request)
+            async for event in events_of(request, kernel):
                 if "done" in event:
                     self.stats.record(event["timings"])
                     if self.log_prompts:

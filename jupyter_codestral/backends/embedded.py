@@ -24,8 +24,7 @@ import logging
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -366,13 +365,20 @@ class EmbeddedBackend(Backend):
             )
         return backend_error(ErrorKind.LOADING, f"The embedded model is not ready yet ({self.state}).")
 
-    async def stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+    def stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        return self._exchange(request, self._completion_command)
+
+    def chat_stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        return self._exchange(request, self._chat_command)
+
+    def _completion_command(self, request: FimRequest) -> dict[str, Any]:
+        """The worker's ``complete`` command for a completion: its prompts, in order of preference."""
         source = request.source.request
         prompt_format = self.settings.prompt
         richer = request.richer_context if prompt_format.reads_richer(self.template) else None
         prompts, nearer = prompt_format.render_all(self.template, request.context, richer)
         ahead = request.next_window
-        command = {
+        return {
             "op": "complete",
             "prompts": prompts,
             "nearer": nearer,
@@ -382,15 +388,13 @@ class EmbeddedBackend(Backend):
             "prefetch": request.prefetch,
             "document": source.path if source is not None else None,
         }
-        async with aclosing(self._exchange(command)) as items:
-            async for item in items:
-                yield item
 
-    async def chat_stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
-        """The model's answer to an edit's chat, through the bundled Instruct model's own chat template.
-        The worker reads it like any prompt: what it read of the notebook before is kept where it can be."""
+    def _chat_command(self, request: FimRequest) -> dict[str, Any]:
+        """The worker's ``complete`` command for an edit's chat, through the bundled Instruct model's own chat
+        template.  The worker reads it like any prompt: what it read of the notebook before is kept where it can
+        be."""
         source = request.source.request
-        command = {
+        return {
             "op": "complete",
             "prompts": [render_chatml(list(request.chat))],
             "max_tokens": request.max_tokens,
@@ -398,12 +402,12 @@ class EmbeddedBackend(Backend):
             "prefetch": False,
             "document": source.path if source is not None else None,
         }
-        async with aclosing(self._exchange(command)) as items:
-            async for item in items:
-                yield item
 
-    async def _exchange(self, command: dict[str, Any]) -> AsyncGenerator[BackendItem, None]:
-        """Send one ``complete`` command to the worker; its text as it comes, then the tokens it used."""
+    async def _exchange(
+        self, request: FimRequest, command_of: Callable[[FimRequest], dict[str, Any]]
+    ) -> AsyncGenerator[BackendItem, None]:
+        """Send the worker one ``complete`` command (built once it is ready); its text as it comes, then the tokens
+        it used."""
         await self.start()
         if not self._ready.is_set():
             raise self._unavailable()
@@ -412,7 +416,7 @@ class EmbeddedBackend(Backend):
         self._pending[req_id] = queue
         finished = False
         try:
-            self._send({**command, "id": req_id})
+            self._send({**command_of(request), "id": req_id})
             while True:
                 event = await queue.get()
                 if event["event"] == "text":

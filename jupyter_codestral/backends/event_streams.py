@@ -156,10 +156,14 @@ def choice_text(payload: dict[str, Any], *path: str) -> str:
         node: Any = payload["choices"][0]
         for key in path[:-1]:
             node = node[key]
-        # A chat stream's first chunk names the role and its last may be empty: no "content" is no text.
-        return (node.get(path[-1]) if path else node) or ""
+        if path[-2:-1] == ("delta",):
+            # A delta's fields are optional (a chat stream's first chunk names the role, its last may be empty).
+            return node.get(path[-1]) or ""
+        for key in path[-1:]:
+            node = node[key]
     except (KeyError, IndexError, TypeError, AttributeError):
         raise backend_error(ErrorKind.BAD_REPLY, f"Unexpected event shape: {json.dumps(payload)[:200]}") from None
+    return node or ""
 
 
 Event = TypeVar("Event")

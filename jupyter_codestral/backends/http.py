@@ -105,9 +105,7 @@ class HttpBackend(Backend):
     def auth_message(self, status: int, detail: str) -> str:
         return f"{self.host_label} at {self.settings.url} refused the request ({status}): {detail}"
 
-    def status_error(
-        self, status: int, body: bytes, headers: CIMultiDictProxy[str], path: str | None = None
-    ) -> BackendError:
+    def status_error(self, status: int, body: bytes, headers: CIMultiDictProxy[str], path: str) -> BackendError:
         detail = self.settings.redact(error_detail(body)) or "no details"
         if status in (401, 403):
             return backend_error(ErrorKind.AUTH, self.auth_message(status, detail))
@@ -118,7 +116,7 @@ class HttpBackend(Backend):
         if status == 404:
             return backend_error(
                 ErrorKind.REJECTED,
-                f"{self.settings.url}{path or self.path} was not found (404): is this a {self.name} server?",
+                f"{self.settings.url}{path} was not found (404): is this a {self.name} server?",
             )
         if status < 500:
             return backend_error(ErrorKind.REJECTED, f"{self.host_label} rejected the request ({status}): {detail}")
