@@ -21,7 +21,7 @@ from .backends.mistral import mistral_key, mistral_url
 from .context import ContextBudget
 from .kernel_namespace import KernelNamespace
 from .options import CodestralOptions
-from .policy import PathPolicy
+from .policy import PathPolicy, kinds_named
 from .ratelimit import UserRateLimiter
 from .request import RequestLimits
 from .router import (
@@ -113,7 +113,8 @@ def redacts_secrets(options: CodestralOptions, kind: str | None = None) -> bool:
 
 def path_policy(options: CodestralOptions) -> PathPolicy:
     allowed = options.allowed_paths
-    return PathPolicy(tuple(options.disabled_paths), None if allowed is None else tuple(allowed))
+    kinds_off = tuple((pattern, kinds_named(kinds)) for pattern, kinds in options.disabled_kinds.items())
+    return PathPolicy(tuple(options.disabled_paths), None if allowed is None else tuple(allowed), kinds_off)
 
 
 def session_path_lookup(sessions: Any) -> SessionPaths | None:

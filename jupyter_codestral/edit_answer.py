@@ -19,8 +19,11 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from .edit_prompt import END_MARK, START_MARK, document_target
+from .edit_prompt import document_target
 
+# The prompt's range markers as small models copy them: "<<<START>>>", and also ">>>START>>>", "<<START>>".
+_START = re.compile(r"[<>]{2,3} ?START ?[<>]{2,3}")
+_END = re.compile(r"[<>]{2,3} ?END ?[<>]{2,3}")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 # An opening line of prose before the code ("Here is the fixed code:").
 _PROSE = re.compile(r"^[A-Z][^=(){}\[\]#]*[:.]\s*$")
@@ -108,14 +111,14 @@ class CodeAnswer:
             self.finished = True  # the block's end (or, in plain text, the start of something else)
             return True
         # Small models copy the prompt's range markers: what they enclose is the answer.
-        if START_MARK in line:
-            before, line = line.split(START_MARK, 1)
+        if _START.search(line):
+            before, line = _START.split(line, maxsplit=1)
             if self._shown == 0:
                 self._code.clear()  # the cell's text the model repeated before the range
             elif before.strip():
                 self._code.append(before)
-        if END_MARK in line:
-            line = line.split(END_MARK, 1)[0]
+        if _END.search(line):
+            line = _END.split(line, maxsplit=1)[0]
             if line.strip():
                 self._code.append(line)
             self.finished = True

@@ -75,14 +75,12 @@ class EditRequest:
     kernel_id: str | None = None
     stream: bool = False
     notebook_enabled: bool = True
+    # Only read the edit's prompt into the model's cache (the frontend asks it for Fix when a cell raises).
+    prefetch: bool = False
 
     @property
     def source(self) -> str:
         return self.cells[self.cell_index].source
-
-    @property
-    def prefetch(self) -> bool:
-        return False  # (an edit is always wanted; the service asks every request this)
 
     @property
     def selected(self) -> str:
@@ -150,6 +148,7 @@ def _validated(body: Any, limits: RequestLimits) -> EditRequest:
 
     language, path, kernel_id = document_fields(body)
     stream = _optional(body, "stream", bool, False)
+    prefetch = _optional(body, "prefetch", bool, False)
 
     raw_cell = body["cells"][cell_index]
     return EditRequest(
@@ -165,6 +164,7 @@ def _validated(body: Any, limits: RequestLimits) -> EditRequest:
         kernel_id=kernel_id,
         stream=stream,
         notebook_enabled=_notebook_enabled(body.get("metadata")),
+        prefetch=prefetch,
     )
 
 

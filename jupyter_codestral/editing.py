@@ -39,6 +39,20 @@ def edit_tokens(request: EditRequest, chars_per_token: float) -> int:
     return max(MIN_EDIT_TOKENS, min(MAX_EDIT_TOKENS, wanted))
 
 
+def edit_done(
+    request: EditRequest, replacement: str, answered: Answered | dict[str, Any], timings: dict[str, Any]
+) -> dict[str, Any]:
+    """An edit's last event: the whole replacement of its range, who answered, and the timings."""
+    return {
+        "done": True,
+        "replacement": replacement,
+        **who_answered(answered),
+        "route": request.kind.value,
+        "range": {"start": request.start, "end": request.end},
+        "timings": timings,
+    }
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
@@ -62,6 +76,7 @@ async def run_edit(
         route=route,
         ledger=ledger,
         chat=tuple(messages),
+        prefetch=request.prefetch,
     )
     code = CodeAnswer(request.source, request.start, request.end) if request.kind != EditKind.DOCUMENT else None
     written: list[str] = []  # a document edit's answer, as it came (placed once whole)
@@ -84,13 +99,16 @@ async def run_edit(
                     yield {"delta": delta}
                 if code.finished:
                     break  # leaving the block closes the backend stream
-    if answered is None:
+    if answered is None and not request.prefetch:
         raise CompletionError(
             ErrorKind.CONFIG,
             f"No backend serves {route} edits: name one in the route {route!r} (CodestralExtension.routes).",
             503,
         )
-    if code is not None:
+    if request.prefetch:
+        # Only the prompt was read into the cache (or nothing, where no backend of the route keeps one).
+        delta, replacement = "", request.selected
+    elif code is not None:
         delta = code.finish()
         replacement = code.replacement
     else:
@@ -101,13 +119,11 @@ async def run_edit(
         first_text = first_text or time.perf_counter()
         yield {"delta": delta}
     end = time.perf_counter()
-    yield {
-        "done": True,
-        "replacement": replacement,
-        **who_answered(answered),
-        "route": str(route),
-        "range": {"start": request.start, "end": request.end},
-        "timings": {
+    yield edit_done(
+        request,
+        replacement,
+        answered or completer.summary(),
+        {
             "context_ms": _ms(context_done - start),
             "first_token_ms": _ms((first_text or end) - start),
             "total_ms": _ms(end - start),
@@ -116,5 +132,6 @@ async def run_edit(
             "cells_after": context.cells_after,
             "kernel_summary": kernel is not None and kernel.latest is not None,
             "redactions": source.redactions,
+            **({"prefetch_skipped": True} if answered is None else {}),
         },
-    }
+    )

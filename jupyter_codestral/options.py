@@ -23,6 +23,7 @@ from .backends import KINDS, BackendKind, kind_name, url_problem
 from .backends.mistral import mistral_url
 from .embedded import DEFAULT_KV_CACHE_MB, DEFAULT_KV_DISK_MB
 from .embedded.cpu import Kernels
+from .policy import EDITS, POLICY_KINDS
 from .request import RequestLimits
 from .router import REMOTE_FIRST_TOKEN_TIMEOUT_MS
 from .templates import LAYOUTS, TEMPLATES
@@ -42,6 +43,13 @@ def _literal(text: str, kind: type) -> Any:
 
 def _is_object(value: Any) -> bool:
     return isinstance(value, dict)
+
+
+_KINDS_OFF = "a JSON object of glob patterns to lists of kinds"
+
+
+def _is_kinds_off(value: Any) -> bool:
+    return isinstance(value, dict) and all(_is_patterns(kinds) for kinds in value.values())
 
 
 def _is_patterns(value: Any) -> bool:
@@ -208,6 +216,14 @@ class CodestralOptions(Configurable):
         allow_none=True,
         help="Course policy: when set, completions only in documents matching these glob patterns (None: "
         "everywhere not disabled). Default: $JUPYTER_CODESTRAL_ALLOWED_PATHS (a JSON list).",
+    ).tag(config=True)
+    disabled_kinds = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        help="Course policy per kind: glob patterns (as disabled_paths) mapped to the kinds refused there: "
+        "'completion' (inline suggestions), 'rewrite', 'fix', 'document', or 'edits' for the three edit kinds; "
+        "e.g. {'exercises/**': ['fix'], 'exams/**': ['completion']}. Default: $JUPYTER_CODESTRAL_DISABLED_KINDS "
+        "(a JSON object).",
     ).tag(config=True)
     redact_secrets = Bool(
         None,
@@ -430,6 +446,22 @@ class CodestralOptions(Configurable):
     @default("allowed_paths")
     def _default_allowed_paths(self) -> list[str] | None:
         return self._path_list("allowed_paths", "JUPYTER_CODESTRAL_ALLOWED_PATHS")
+
+    @default("disabled_kinds")
+    def _default_disabled_kinds(self) -> dict[str, list[str]]:
+        value = self._json_env("disabled_kinds", "JUPYTER_CODESTRAL_DISABLED_KINDS", _is_kinds_off, _KINDS_OFF)
+        return self._kinds_verdict(value) if value is not None else {}
+
+    @validate("disabled_kinds")
+    def _validate_disabled_kinds(self, proposal: Any) -> dict[str, list[str]]:
+        return self._kinds_verdict(proposal.value)  # the trait's types are checked before
+
+    def _kinds_verdict(self, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        known = (*POLICY_KINDS, EDITS)
+        unknown = sorted({kind for kinds in value.values() for kind in kinds if kind not in known})
+        wrong = f"disabled_kinds names kinds that do not exist ({', '.join(unknown)}); known: {', '.join(known)}."
+        self._verdict("disabled_kinds", wrong if unknown else None)
+        return value
 
     def _path_list(self, trait: str, variable: str) -> list[str] | None:
         value: list[str] | None = self._json_env(trait, variable, _is_patterns, "a JSON list of glob patterns")

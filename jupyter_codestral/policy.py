@@ -8,7 +8,9 @@ Two sources, both enforced on the server whatever the frontend did:
   cell's text out of every prompt (as a raw cell is);
 - the server's configuration (a teacher's or an administrator's, which a
   student cannot change from the browser): ``disabled_paths`` and
-  ``allowed_paths``, glob patterns relative to the server's root.
+  ``allowed_paths``, glob patterns relative to the server's root, and
+  ``disabled_kinds``, which turns off only some kinds of help there (a
+  teacher allows completions and forbids ``fix``, or the reverse).
 
 Pure functions and values; the service applies them.
 """
@@ -26,6 +28,10 @@ from .request import Cell, CompletionRequest
 
 NO_COMPLETION = "no-completion"  # cell tag: no completions in this cell
 NO_CONTEXT = "no-context"  # cell tag: this cell's text never enters a prompt
+
+COMPLETION = "completion"  # the policy's name for inline suggestions, beside the edit kinds
+POLICY_KINDS = (COMPLETION, "rewrite", "fix", "document")
+EDITS = "edits"  # in disabled_kinds: the three edit kinds at once
 
 # "**" spans folders; "*" does not cross "/"; dot files match like others.
 _GLOB_FLAGS = glob.GLOBSTAR | glob.DOTGLOB
@@ -73,19 +79,29 @@ def normalize_path(path: str) -> str:
     return "" if clean == "." else clean
 
 
+def kinds_named(names: Iterable[str]) -> frozenset[str]:
+    """The policy kinds a ``disabled_kinds`` entry names ("edits" is the three edit kinds)."""
+    kinds = set()
+    for name in names:
+        kinds |= set(POLICY_KINDS[1:]) if name == EDITS else {name}
+    return frozenset(kinds)
+
+
 @dataclass(frozen=True)
 class PathPolicy:
-    """The server's course policy: documents where completions are refused."""
+    """The server's course policy: documents where completions, edits or some kinds of them are refused."""
 
     disabled: tuple[str, ...] = ()
     allowed: tuple[str, ...] | None = None  # None: every path not disabled
+    kinds_off: tuple[tuple[str, frozenset[str]], ...] = ()  # (glob pattern, the kinds refused where it matches)
 
     @property
     def active(self) -> bool:
-        return bool(self.disabled) or self.allowed is not None
+        return bool(self.disabled) or self.allowed is not None or bool(self.kinds_off)
 
-    def reason(self, paths: Iterable[str | None], what: str = "Completions") -> str | None:
-        """Why completions (``what``: or edits) are refused for a request about ``paths``, or None.
+    def reason(self, paths: Iterable[str | None], what: str = "Completions", kind: str = COMPLETION) -> str | None:
+        """Why ``kind`` (a completion, or an edit's kind; ``what`` names it in the message) is refused for a
+        request about ``paths``, or None.
 
         ``paths``: the document the request names and those of the sessions
         its kernel belongs to; any one refused refuses the request, so a
@@ -93,12 +109,17 @@ class PathPolicy:
         if not self.active:
             return None
         for path in paths:
-            refusal = self._refuse(path, what)
+            refusal = self._refuse(path, what, kind)
             if refusal:
                 return refusal
         return None
 
-    def _refuse(self, path: str | None, what: str) -> str | None:
+    def kinds_refused(self, path: str) -> list[str]:
+        """The kinds refused in ``path``, in ``POLICY_KINDS`` order (for the status: the frontend greys out
+        those commands)."""
+        return [kind for kind in POLICY_KINDS if self._refuse(path, kind, kind)]
+
+    def _refuse(self, path: str | None, what: str, kind: str) -> str | None:
         if path is None:
             if self.allowed is not None:
                 return f"{what} are off here (course policy): only some notebooks allow them."
@@ -108,4 +129,7 @@ class PathPolicy:
             return f"{what} are off in {clean} (course policy)."
         if self.allowed is not None and not glob.globmatch(clean, list(self.allowed), flags=_GLOB_FLAGS):
             return f"{what} are off in {clean} (course policy: only some notebooks allow them)."
+        for pattern, kinds in self.kinds_off:
+            if kind in kinds and glob.globmatch(clean, pattern, flags=_GLOB_FLAGS):
+                return f"{what} are off in {clean} (course policy: not allowed there, {pattern})."
         return None

@@ -20,12 +20,12 @@ from .acceptance import parse_report
 from .backends.base import BackendState
 from .context import ContextBudget
 from .edit_request import EditRequest, parse_edit_request
-from .editing import run_edit
+from .editing import edit_done, run_edit
 from .errors import CompletionError, ErrorKind, RequestError
 from .kernel_namespace import KernelNamespace
 from .kernel_variables import KernelState
 from .pipeline import done_event, run_completion
-from .policy import PathPolicy, notebook_off
+from .policy import COMPLETION, PathPolicy, notebook_off
 from .ratelimit import UserRateLimiter
 from .request import CompletionRequest, RequestLimits, parse_completion_request
 from .router import Completer
@@ -218,11 +218,7 @@ class CompletionService:
         is waiting for, and where the backend keeps no prompt cache it costs
         nothing."""
         key = (user, request.document_id)
-        older = self._latest.get(key)
-        if request.prefetch and (
-            not self.completer.supports_prefetch
-            or (older is not None and not older.done and not older.request.prefetch)
-        ):
+        if self._prefetch_skipped(key, request):
             return Completion(request, _only(self._unsent({"prefetch_skipped": True})), sink)
         return self._newest(
             key, request, self._served(request, self._completion_refusal, self._completion_events), sink
@@ -230,9 +226,21 @@ class CompletionService:
 
     def serve_edit(self, request: EditRequest, user: str, sink: Sink | None = None) -> Completion:
         """Start serving an edit; as for completions, the newest edit per user and document wins (a new edit
-        of the document stops the one in flight: the user asked for another)."""
+        of the document stops the one in flight: the user asked for another), and a prefetch only warms a
+        cache."""
         key = (user, request.document_id)
+        if self._prefetch_skipped(key, request):
+            return Completion(request, _only(self._unsent_edit(request)), sink)
         return self._newest(key, request, self._served(request, self._edit_refusal, self._edit_events), sink)
+
+    def _prefetch_skipped(self, key: DocumentKey, request: CompletionRequest | EditRequest) -> bool:
+        """Whether ``request`` is a prefetch not worth making: the backend keeps no prompt cache, or a request
+        the user waits for is in flight for the document."""
+        older = self._latest.get(key)
+        return request.prefetch and (
+            not self.completer.supports_prefetch
+            or (older is not None and not older.done and not older.request.prefetch)
+        )
 
     def _newest(
         self,
@@ -253,14 +261,17 @@ class CompletionService:
         if self._latest.get(key) is completion:
             del self._latest[key]
 
-    async def _policy_refusal(self, request: CompletionRequest, what: str = "Completions") -> str | None:
-        """Why the course policy refuses ``request`` (for its document, or the one its kernel runs for)."""
+    async def _policy_refusal(
+        self, request: CompletionRequest, what: str = "Completions", kind: str = COMPLETION
+    ) -> str | None:
+        """Why the course policy refuses ``kind`` for ``request`` (for its document, or the one its kernel
+        runs for)."""
         if not self.policy.active:
             return None
         paths: list[str | None] = [request.path]
         if request.kernel_id and self.session_paths is not None:
             paths.extend(await self.session_paths(request.kernel_id))
-        return self.policy.reason(paths, what)
+        return self.policy.reason(paths, what, kind)
 
     async def _completion_refusal(self, request: CompletionRequest) -> Event | None:
         """Raises the course policy's refusal; the event that answers a completion the notebook turned off."""
@@ -280,7 +291,8 @@ class CompletionService:
         off is an error, not an empty suggestion)."""
         at_range = request.at_range()
         off = notebook_off(at_range, "Edits")
-        refusal = await self._policy_refusal(at_range, "Edits") or (off.message if off else None)
+        what = f"{request.kind.capitalize()} edits"
+        refusal = await self._policy_refusal(at_range, what, request.kind) or (off.message if off else None)
         if refusal:
             self.stats.refused += 1
             raise CompletionError(ErrorKind.POLICY, refusal, 403)
@@ -342,6 +354,10 @@ class CompletionService:
         """The done event of a request answered without asking a backend."""
         return done_event("", self.completer.summary(), timings=timings)
 
+    def _unsent_edit(self, request: EditRequest) -> Event:
+        """An edit's done event when no backend was asked (a prefetch skipped): the range unchanged."""
+        return edit_done(request, request.selected, self.completer.summary(), {"prefetch_skipped": True})
+
     def in_flight(self) -> int:
         """Requests being served now (at most one per user and document)."""
         return len(self._latest)
@@ -367,4 +383,4 @@ class CompletionService:
 
     def _path_status(self, path: str) -> dict[str, Any]:
         reason = self.policy.reason([path])
-        return {"path": path, "allowed": reason is None, "reason": reason}
+        return {"path": path, "allowed": reason is None, "reason": reason, "off_kinds": self.policy.kinds_refused(path)}

@@ -584,3 +584,189 @@ def test_the_demo_notebook_never_shows_the_prompts_own_notes(tmp_path: Path, bro
         for state in states:
             assert "%%" not in state, states
             assert not any(line.lstrip().startswith("#") and ":" in line for line in state.split("\n")), states
+
+
+# -- edits: Rewrite, Fix and Document as an inline diff ------------------------------------------------
+
+BROKEN_CELL = "def mean(values):\n    return sum(values) / len(value)\n"
+FIXED_CELL = "def mean(values):\n    return sum(values) / len(values)\n"
+FIX_ANSWER = ["Here is the fix:\n```python\n", "def mean(values):\n", "    return sum(values) / len(values)\n", "```\n"]
+SETTINGS_CELL = "a = 1\nb = 2\nc = 3\nd = 4\ne = 5\nf = 6\ng = 7"
+
+
+def edits_notebook(path: Path) -> None:
+    """A notebook whose second cell raised a NameError when it last ran."""
+    error = {"output_type": "error", "ename": "NameError", "evalue": "name 'value' is not defined",
+             "traceback": ["\x1b[0;31mNameError\x1b[0m: name 'value' is not defined"]}
+    cells = [("import statistics", []), (BROKEN_CELL, [error]), ("print(mean([1, 2]))", []), (SETTINGS_CELL, [])]
+    path.write_text(json.dumps({
+        "cells": [{"cell_type": "code", "metadata": {}, "source": source, "outputs": outputs,
+                   "execution_count": 1 if outputs else None} for source, outputs in cells],
+        "metadata": PYTHON_NOTEBOOK, "nbformat": 4, "nbformat_minor": 5,
+    }))
+
+
+@contextmanager
+def lab_for_edits(tmp_path: Path, fake: FakeFimServer, *flags: str, **kw: Any) -> Iterator[str]:
+    with lab_with_backend(tmp_path, fake, *flags, cells=[("code", "")], **kw) as url:
+        edits_notebook(tmp_path / "root" / "sales.ipynb")  # before the page opens it
+        yield url
+
+
+def right_click_cell(page: Page, index: int) -> None:
+    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-content").click(button="right")
+    page.wait_for_selector(".lm-Menu", timeout=10_000)
+
+
+def menu_labels(page: Page) -> list[str]:
+    """The labels of the menu's items shown (Lumino keeps hidden ones in the page, marked)."""
+    items = page.locator(".lm-Menu .lm-Menu-item:not(.lm-mod-hidden) .lm-Menu-itemLabel")
+    return [t.strip() for t in items.all_inner_texts()]
+
+
+def wait_diff_shown(page: Page, index: int) -> None:
+    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-deletedChunk").first.wait_for(timeout=20_000)
+
+
+def edit_status(page: Page) -> str:
+    status = page.locator(".jp-CodestralEditStatus")
+    return status.inner_text() if status.count() and status.is_visible() else ""
+
+
+def test_fix_streams_in_as_an_inline_diff_tab_accepts_and_escape_rejects(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake, page = fake_backend_threaded, browser_page
+    fake.script = Script(chunks=FIX_ANSWER, delay_between=0.6)
+    with lab_for_edits(tmp_path, fake) as url:
+        open_notebook(page, url)
+        # Fix is offered on the cell that raised, not on one that did not.
+        right_click_cell(page, 2)
+        labels = menu_labels(page)
+        assert "Rewrite with Codestral…" in labels and "Document with Codestral" in labels, labels
+        assert "Fix with Codestral" not in labels, labels
+        page.keyboard.press("Escape")
+        right_click_cell(page, 1)
+        page.locator(".lm-Menu .lm-Menu-item", has_text="Fix with Codestral").click()
+        # It streams: the status item says so while the old line shows as deleted.
+        page.wait_for_function(
+            "() => (document.querySelector('.jp-CodestralEditStatus')?.textContent ?? '').includes('fixing')",
+            timeout=20_000,
+        )
+        wait_diff_shown(page, 1)
+        page.wait_for_function(
+            "() => (document.querySelector('.jp-CodestralEditStatus')?.textContent ?? '').includes('Tab accept')",
+            timeout=20_000,
+        )
+        cell = page.locator(".jp-Notebook .jp-Cell").nth(1)
+        assert "len(value)" in cell.locator(".cm-deletedChunk").first.inner_text()
+        assert cell.locator(".cm-changedLine").count() >= 1  # the new line, marked
+        # What reached the backend: its chat API, with the cell's error.
+        sent = fake.last
+        assert sent.path == "/v1/chat/completions", sent.path
+        assert "NameError" in json.dumps(sent.body["messages"])
+        page.keyboard.press("Tab")
+        page.wait_for_function("() => document.querySelectorAll('.cm-deletedChunk').length === 0", timeout=10_000)
+        assert cell_source(page, 1) == FIXED_CELL
+        assert edit_status(page) == ""
+        # Escape brings the cell back (here from the keyboard shortcut, the cell's editor focused).
+        fake.script = Script(chunks=["```python\n", "def mean(values):\n    return 0\n", "```\n"])
+        cell.locator(".cm-content").click()
+        page.keyboard.press("Alt+Shift+F")
+        wait_diff_shown(page, 1)
+        page.wait_for_function(
+            "() => (document.querySelector('.jp-CodestralEditStatus')?.textContent ?? '').includes('Tab accept')",
+            timeout=20_000,
+        )
+        page.keyboard.press("Escape")
+        page.wait_for_function("() => document.querySelectorAll('.cm-deletedChunk').length === 0", timeout=10_000)
+        assert cell_source(page, 1) == FIXED_CELL
+        # What became of them, counted per route: one accepted, one rejected.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = [r for r in status_json(page)["usage"]["acceptance"]["rows"] if r["route"] == "fix"]
+            if rows and rows[0].get("dismissed"):
+                break
+            time.sleep(0.5)
+        assert rows and (rows[0]["shown"], rows[0]["accepted"], rows[0]["dismissed"]) == (2, 1, 1), rows
+        page.screenshot(path=str(tmp_path / "fixed.png"))
+
+
+def test_rewrite_asks_for_the_instruction_and_each_chunk_is_accepted_or_rejected_alone(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake, page = fake_backend_threaded, browser_page
+    fake.script = Script(chunks=["```python\n", SETTINGS_CELL.replace("a = 1", "a = 10").replace("g = 7", "g = 70"),
+                                 "\n```\n"])
+    with lab_for_edits(tmp_path, fake) as url:
+        open_notebook(page, url)
+        page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".cm-content").click()
+        page.keyboard.press("Alt+Shift+R")
+        dialog = page.locator(".jp-Dialog")
+        dialog.locator("input").fill("multiply the first and the last by ten")
+        dialog.locator("button", has_text="Rewrite").click()
+        wait_diff_shown(page, 3)
+        cell = page.locator(".jp-Notebook .jp-Cell").nth(3)
+        page.wait_for_function(
+            "() => (document.querySelector('.jp-CodestralEditStatus')?.textContent ?? '').includes('2 changes')",
+            timeout=20_000,
+        )
+        assert "multiply the first and the last by ten" in json.dumps(fake.last.body["messages"])
+        # The first chunk accepted with its own button, the second rejected with its own.
+        cell.locator(".cm-deletedChunk").first.locator("button[name=accept]").click()
+        page.wait_for_function(
+            "() => (document.querySelector('.jp-CodestralEditStatus')?.textContent ?? '').includes('1 change ')",
+            timeout=10_000,
+        )
+        cell.locator(".cm-deletedChunk").first.locator("button[name=reject]").click()
+        page.wait_for_function("() => document.querySelectorAll('.cm-deletedChunk').length === 0", timeout=10_000)
+        assert cell_source(page, 3) == SETTINGS_CELL.replace("a = 1", "a = 10")
+        assert edit_status(page) == ""
+
+
+def test_an_edit_is_stopped_from_the_status_item_and_a_failing_one_says_why(
+    tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page
+) -> None:
+    fake, page = fake_backend_threaded, browser_page
+    fake.script = Script(chunks=["```python\n", "def mean(values):\n", "    '''The mean.'''\n"] + ["    pass\n"] * 20,
+                         delay_between=1.0)
+    with lab_for_edits(tmp_path, fake) as url:
+        open_notebook(page, url)
+        page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".cm-content").click()
+        page.keyboard.press("Alt+Shift+R")
+        page.locator(".jp-Dialog input").fill("add a docstring")
+        page.locator(".jp-Dialog button", has_text="Rewrite").click()
+        wait_diff_shown(page, 1)
+        assert "rewriting" in edit_status(page)
+        page.locator(".jp-CodestralEditStatus").click()  # stop
+        page.wait_for_function("() => document.querySelectorAll('.cm-deletedChunk').length === 0", timeout=10_000)
+        assert cell_source(page, 1) == BROKEN_CELL and edit_status(page) == ""
+        # The cell takes keys again once the edit is over.
+        page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".cm-content").click()
+        page.keyboard.press("Control+End")
+        page.keyboard.type("# ok")
+        assert cell_source(page, 1) == BROKEN_CELL + "# ok"
+        # A refused key: the reason, in a notification; the cell as it was.
+        fake.key = "some-other-key"
+        page.keyboard.press("Alt+Shift+D")
+        page.wait_for_selector(".Toastify__toast", timeout=20_000)
+        toast = page.locator(".Toastify__toast").last.inner_text()
+        assert "could not document" in toast and "key" in toast.lower(), toast
+        assert cell_source(page, 1) == BROKEN_CELL + "# ok"
+
+
+def test_fix_works_in_notebook_7(tmp_path: Path, fake_backend_threaded: FakeFimServer, browser_page: Page) -> None:
+    fake, page = fake_backend_threaded, browser_page
+    fake.script = Script(chunks=FIX_ANSWER)
+    with lab_for_edits(tmp_path, fake, app="notebook", page="notebooks") as url:
+        page.goto(url, timeout=90_000)
+        page.wait_for_selector(".jp-Notebook .jp-CodeCell .cm-content", timeout=90_000)
+        right_click_cell(page, 1)
+        page.locator(".lm-Menu .lm-Menu-item", has_text="Fix with Codestral").click()
+        wait_diff_shown(page, 1)
+        # Notebook 7 has no status bar: the diff itself says the answer is in.
+        page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".cm-changedLine", has_text="len(values)").wait_for()
+        page.wait_for_timeout(500)
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelectorAll('.cm-deletedChunk').length === 0", timeout=10_000)
+        assert cell_source(page, 1) == FIXED_CELL

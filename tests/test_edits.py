@@ -198,6 +198,9 @@ def test_range_markers_the_model_copies_are_dropped_with_what_it_repeated_around
     assert streamed(answer, "```python\nx = 1\n<<<START>>>y = x + 1\n<<<END>>>\n```") == "y = x + 1\n"
     answer = CodeAnswer(source, start, len(source))
     assert streamed(answer, "<<<START>>>y = x + 1<<<END>>>") == "y = x + 1\n"
+    # As the 0.5B copies them in the edits benchmark: the arrows turned, the end on a line of its own.
+    whole = CodeAnswer(source, 0, len(source))
+    assert streamed(whole, ">>>START>>>x = 1\ny = x + 1\n>>>END>>>\n") == "x = 1\ny = x + 1\n"
 
 
 # -- POST codestral/edit, over real HTTP -----------------------------------------------------------
@@ -310,6 +313,57 @@ async def test_the_course_policy_refuses_edits_where_it_refuses_completions(post
     assert fake_backend.requests == []
 
 
+PER_KIND = {"disabled_kinds": {"exercises/**": ["fix"], "exams/**": ["completion", "edits"], "quiz/**": ["completion"]}}
+
+
+@pytest.mark.parametrize("codestral_config", [PER_KIND], indirect=True)
+async def test_a_teacher_can_forbid_fix_and_allow_completions_or_the_reverse(
+    post_edit: Any, complete: Any, fake_backend: Any, jp_fetch: Any
+) -> None:
+    from conftest import notebook_request
+
+    # Exercises: completions and the other edits on, fix off.
+    status, lines = await complete(notebook_request(path="exercises/week1.ipynb", stream=True))
+    assert status == 200 and lines[-1]["done"] and "off" not in lines[-1]
+    status, reply = await post_edit(fix_body(path="exercises/week1.ipynb"))
+    assert status == 403 and reply["error"]["kind"] == "policy"
+    assert reply["error"]["message"] == (
+        "Fix edits are off in exercises/week1.ipynb (course policy: not allowed there, exercises/**)."
+    )
+    status, _ = await post_edit(fix_body(path="exercises/week1.ipynb", kind="document"))
+    assert status == 200
+    # A quiz: the reverse, completions off and fix on.
+    status, reply = await complete(notebook_request(path="quiz/q1.ipynb"))
+    assert status == 403 and "Completions are off in quiz/q1.ipynb" in reply["error"]["message"]
+    status, _ = await post_edit(fix_body(path="quiz/q1.ipynb"))
+    assert status == 200
+    # An exam: everything off ("edits" names the three edit kinds).
+    for kind in ("fix", "rewrite", "document"):
+        status, reply = await post_edit(fix_body(path="exams/final.ipynb", kind=kind, instruction="shorter"))
+        assert status == 403 and "course policy" in reply["error"]["message"], (kind, reply)
+    # The status tells the frontend which commands to grey out.
+    for path, off in [("exercises/week1.ipynb", ["fix"]), ("quiz/q1.ipynb", ["completion"]),
+                      ("exams/final.ipynb", ["completion", "rewrite", "fix", "document"]), ("home.ipynb", [])]:
+        policy = json.loads((await jp_fetch("codestral", "status", params={"path": path})).body)["policy"]
+        assert policy["off_kinds"] == off, path
+        assert policy["allowed"] is ("completion" not in off), path
+
+
+def test_disabled_kinds_come_from_the_environment_and_an_unknown_kind_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jupyter_codestral.options import CodestralOptions
+
+    monkeypatch.setenv("JUPYTER_CODESTRAL_DISABLED_KINDS", '{"labs/**": ["fix", "edit"]}')
+    options = CodestralOptions()
+    assert options.disabled_kinds == {"labs/**": ["fix", "edit"]}
+    problem = options.problems()["disabled_kinds"]
+    assert "(edit)" in problem and "JUPYTER_CODESTRAL_DISABLED_KINDS" in problem
+    monkeypatch.setenv("JUPYTER_CODESTRAL_DISABLED_KINDS", '["labs/**"]')
+    options = CodestralOptions()
+    assert options.disabled_kinds == {} and "a JSON object of glob patterns" in options.problems()["disabled_kinds"]
+
+
 @pytest.fixture
 def routed_config(fake_backend: Any) -> dict[str, Any]:
     return {
@@ -363,3 +417,32 @@ async def test_the_embedded_model_answers_edits_from_the_browsers_endpoint(post_
     replaced = events[-1]["replacement"]
     function = ast.parse(replaced).body[0]
     assert isinstance(function, ast.FunctionDef) and ast.get_docstring(function), replaced
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codestral_config", [{"backend": "embedded"}], indirect=True)
+async def test_fix_read_ahead_when_the_cell_raised_leaves_the_fix_nothing_to_read(
+    post_edit: Any, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    from conftest import the_app
+    from test_local_model import wait_ready, worker_timings
+
+    await wait_ready(jp_fetch)
+    backend = the_app(jp_serverapp).service.completer.backend
+    seen = backend.timings_seen
+    # The frontend's, once the cell raised: the prompt read, nothing written, the range unchanged.
+    status, reply = await post_edit(fix_body(prefetch=True, stream=False))
+    assert status == 200 and reply["replacement"] == BROKEN[1]["source"], reply
+    ahead = await worker_timings(backend, seen)
+    assert ahead["read_tokens"] > 100, ahead
+    seen = backend.timings_seen
+    status, events = await post_edit(fix_body())  # the user clicks Fix
+    assert status == 200 and events[-1]["replacement"], events
+    fixed = await worker_timings(backend, seen)
+    assert fixed["read_tokens"] <= 2 and fixed["cached_tokens"] >= ahead["prompt_tokens"] - 2, (ahead, fixed)
+
+
+async def test_an_edit_prefetch_where_no_backend_keeps_a_cache_costs_no_call(post_edit: Any, fake_backend: Any) -> None:
+    status, reply = await post_edit(fix_body(prefetch=True, stream=False))  # the Mistral fake: no prompt cache
+    assert status == 200 and reply["replacement"] == BROKEN[1]["source"] and reply["timings"]["prefetch_skipped"]
+    assert fake_backend.requests == []

@@ -110,7 +110,8 @@ async def test_other_paths_complete_and_the_status_says_which_are_off(
     assert status == 200 and body["completion"]
     off = json.loads((await jp_fetch("codestral", "status", params={"path": "exams/final.ipynb"})).body)
     assert off["policy"] == {"path": "exams/final.ipynb", "allowed": False,
-                             "reason": "Completions are off in exams/final.ipynb (course policy)."}
+                             "reason": "Completions are off in exams/final.ipynb (course policy).",
+                             "off_kinds": ["completion", "rewrite", "fix", "document"]}
     on = json.loads((await jp_fetch("codestral", "status", params={"path": "homework/week3.ipynb"})).body)
     assert on["policy"]["allowed"] is True and on["policy"]["reason"] is None
 

@@ -399,7 +399,7 @@ class EmbeddedBackend(Backend):
             "prompts": [render_chatml(list(request.chat))],
             "max_tokens": request.max_tokens,
             "stop": [CHATML_END],
-            "prefetch": False,
+            "prefetch": request.prefetch,
             "document": source.path if source is not None else None,
         }
 

@@ -65,7 +65,9 @@ class LlamaCppBackend(HttpBackend):
     def chat_payload(self, request: FimRequest) -> dict[str, Any]:
         # The server's OpenAI-style chat endpoint, with its prompt cache: an edit of the same cell reads only
         # the end of its prompt again.
-        return super().chat_payload(request) | {"cache_prompt": True, "stream_options": {"include_usage": True}}
+        payload = super().chat_payload(request) | {"cache_prompt": True, "stream_options": {"include_usage": True}}
+        # A prefetch reads the prompt into the cache; one token written is the least the endpoint takes.
+        return payload | {"max_tokens": 1} if request.prefetch else payload
 
     def events(self, response: aiohttp.ClientResponse, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
         def read(event: dict[str, Any] | None) -> Read:

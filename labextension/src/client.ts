@@ -1,7 +1,14 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { AcceptanceRow, CompleteRequest, Status, StreamEvent } from './contract';
+import {
+  AcceptanceRow,
+  CompleteRequest,
+  EditRequest,
+  EditStreamEvent,
+  Status,
+  StreamEvent
+} from './contract';
 import { CompletionFailure, NdjsonDecoder, failureFromReply } from './protocol';
 
 /**
@@ -18,14 +25,27 @@ export class CodestralClient {
   }
 
   /** Stream a completion; aborting `signal` closes the request (the server cancels the backend). */
-  async *complete(
+  complete(
     body: CompleteRequest,
     signal: AbortSignal
   ): AsyncGenerator<StreamEvent, void, undefined> {
+    return this.stream<StreamEvent>('complete', body, signal);
+  }
+
+  /** Stream an edit (rewrite, fix, document): the replacement as it is written, then its done event. */
+  edit(body: EditRequest, signal: AbortSignal): AsyncGenerator<EditStreamEvent, void, undefined> {
+    return this.stream<EditStreamEvent>('edit', body, signal);
+  }
+
+  private async *stream<Event extends StreamEvent | EditStreamEvent>(
+    endpoint: string,
+    body: CompleteRequest | EditRequest,
+    signal: AbortSignal
+  ): AsyncGenerator<Event, void, undefined> {
     let response: Response;
     try {
       response = await ServerConnection.makeRequest(
-        this.url('complete'),
+        this.url(endpoint),
         { method: 'POST', body: JSON.stringify(body), signal },
         this.settings
       );
@@ -41,7 +61,7 @@ export class CodestralClient {
     if (!response.ok) {
       throw failureFromReply(response.status, response.statusText, await response.text());
     }
-    const decoder = new NdjsonDecoder();
+    const decoder = new NdjsonDecoder<Event>();
     if (!response.body) {
       yield* decoder.push(await response.text());
       yield* decoder.flush();
@@ -69,11 +89,15 @@ export class CodestralClient {
     }
   }
 
-  /** Read the whole reply of a prefetch (warms the model's cache; no text). */
-  async prefetch(body: CompleteRequest, signal: AbortSignal): Promise<void> {
+  /** Read the whole reply of a prefetch (warms the model's cache; no text): a completion's, or an edit's. */
+  async prefetch(
+    body: CompleteRequest | EditRequest,
+    signal: AbortSignal,
+    endpoint: 'complete' | 'edit' = 'complete'
+  ): Promise<void> {
     try {
       await ServerConnection.makeRequest(
-        this.url('complete'),
+        this.url(endpoint),
         { method: 'POST', body: JSON.stringify(body), signal },
         this.settings
       );

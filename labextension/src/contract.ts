@@ -83,6 +83,13 @@ export type CellType = 'code' | 'markdown' | 'raw';
  */
 export type EditKind = 'rewrite' | 'fix' | 'document';
 /**
+ * What a course policy can refuse per kind: inline completions, or one kind of edit.
+ *
+ * This interface was referenced by `Contract`'s JSON-Schema
+ * via the `definition` "PolicyKind".
+ */
+export type PolicyKind = 'completion' | 'rewrite' | 'fix' | 'document';
+/**
  * One line of an edit's NDJSON stream.
  *
  * This interface was referenced by `Contract`'s JSON-Schema
@@ -116,6 +123,7 @@ export interface Contract {
   Cell?: Cell;
   CompleteRequest?: CompleteRequest;
   EditKind?: EditKind;
+  PolicyKind?: PolicyKind;
   EditRequest?: EditRequest;
   ErrorInfo?: ErrorInfo;
   ErrorReply?: ErrorReply;
@@ -163,6 +171,13 @@ export interface Cell {
     tags?: string[] | null;
     [k: string]: unknown | undefined;
   };
+  /**
+   * nbformat's outputs of the cell; read only for an edit of it (fix takes its last error).
+   */
+  outputs?: {
+    output_type: string;
+    [k: string]: unknown | undefined;
+  }[];
 }
 /**
  * The body of POST codestral/complete: a notebook (cells and cell_index) or a file (text).
@@ -262,6 +277,10 @@ export interface EditRequest {
    * Answer with NDJSON events as the replacement is written.
    */
   stream?: boolean;
+  /**
+   * Only read the edit's prompt into the model's cache (no text wanted): the frontend asks it for Fix when a cell raises, so that Fix answers from a warm cache.
+   */
+  prefetch?: boolean;
   /**
    * The notebook's metadata (its codestral switch).
    */
@@ -700,12 +719,16 @@ export interface Status {
   };
   usage: UsageDay;
   /**
-   * Asked with a path: whether the course policy allows completions there.
+   * Asked with a path: whether the course policy allows completions there, and which kinds (completions, edit kinds) it refuses.
    */
   policy?: {
     path: string;
     allowed: boolean;
     reason: string | null;
+    /**
+     * The kinds the course policy refuses there (all of them where it refuses the document).
+     */
+    off_kinds: PolicyKind[];
   };
 }
 /**

@@ -1,4 +1,5 @@
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
 import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { ICompletionProviderManager } from '@jupyterlab/completer';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
@@ -8,6 +9,7 @@ import { Poll } from '@lumino/polling';
 
 import { CodestralClient } from './client';
 import { addEditingCommands, watchTyping } from './editing';
+import { addEditCommands } from './edits';
 import { CodestralProvider } from './provider';
 import { CodestralStatus } from './status';
 import { enteringPrefetchDelay } from './timing';
@@ -27,14 +29,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
     'Streaming fill-in-the-middle inline completions from the jupyter_codestral server extension.',
   autoStart: true,
   requires: [ICompletionProviderManager],
-  optional: [ISettingRegistry, IStatusBar, INotebookTracker, IEditorLanguageRegistry],
+  optional: [
+    ISettingRegistry,
+    IStatusBar,
+    INotebookTracker,
+    IEditorLanguageRegistry,
+    ICommandPalette
+  ],
   activate: async (
     app: JupyterFrontEnd,
     manager: ICompletionProviderManager,
     settingRegistry: ISettingRegistry | null,
     statusBar: IStatusBar | null,
     notebooks: INotebookTracker | null,
-    languages: IEditorLanguageRegistry | null
+    languages: IEditorLanguageRegistry | null,
+    palette: ICommandPalette | null
   ) => {
     const client = new CodestralClient(app.serviceManager.serverSettings);
     const provider = new CodestralProvider(client, languages);
@@ -115,6 +124,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
         void poll.refresh();
       }
     });
+
+    if (notebooks) {
+      addEditCommands({
+        app,
+        client,
+        provider,
+        notebooks,
+        palette,
+        statusBar,
+        status: () => status.server
+      });
+    }
 
     if (statusBar) {
       statusBar.registerStatusItem('jupyter-codestral:status', {

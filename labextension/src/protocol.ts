@@ -8,6 +8,10 @@ import {
   Cell,
   CompleteRequest,
   DoneEvent,
+  EditDoneEvent,
+  EditKind,
+  EditRequest,
+  EditStreamEvent,
   ErrorInfo,
   ErrorKind,
   ErrorReply,
@@ -34,12 +38,17 @@ export interface IRequestOptions {
 }
 
 /** A stream's failure line. */
-export function isError(event: StreamEvent): event is ErrorReply {
+export function isError(event: StreamEvent | EditStreamEvent): event is ErrorReply {
   return 'error' in event;
 }
 
 /** A stream's last line, when it succeeded. */
 export function isDone(event: StreamEvent): event is DoneEvent {
+  return 'done' in event;
+}
+
+/** An edit's stream's last line, when it succeeded. */
+export function isEditDone(event: EditStreamEvent): event is EditDoneEvent {
   return 'done' in event;
 }
 
@@ -157,40 +166,90 @@ export function notebookRequestBody(
   return notebookBody(sources, index, request.offset, options);
 }
 
+/** What an edit is asked about: the cell's range (UTF-16 offsets, as the editor counts; none: the whole cell). */
+export interface IEditTarget {
+  cells: ICellSource[];
+  cellIndex: number;
+  kind: EditKind;
+  /** The edited cell's nbformat outputs: only its errors are sent (fix reads the last one). */
+  outputs?: readonly { output_type: string }[];
+  selection?: { start: number; end: number } | null;
+  instruction?: string;
+}
+
+/** The body of `POST codestral/edit`. */
+export function editBody(target: IEditTarget, options: IRequestOptions = {}): EditRequest {
+  const cells: Cell[] = target.cells.map(cell => ({ ...cell }));
+  const source = target.cells[target.cellIndex]?.source ?? '';
+  const errors = (target.outputs ?? []).filter(output => output.output_type === 'error');
+  if (errors.length) {
+    cells[target.cellIndex] = { ...cells[target.cellIndex], outputs: errors.map(e => ({ ...e })) };
+  }
+  const body: EditRequest = {
+    cells,
+    cell_index: target.cellIndex,
+    kind: target.kind,
+    stream: true
+  };
+  const selection = target.selection;
+  if (selection && selection.end > selection.start) {
+    body.selection = {
+      start: codePointOffset(source, selection.start),
+      end: codePointOffset(source, selection.end)
+    };
+  }
+  if (target.instruction) {
+    body.instruction = target.instruction;
+  }
+  const { path, language, kernel_id, metadata } = common(options);
+  return { ...body, path, language, kernel_id, metadata };
+}
+
+/** The UTF-16 offset (as the editor counts) of code point `codePoints` of `text`. */
+export function utf16Offset(text: string, codePoints: number): number {
+  let offset = 0;
+  for (let n = 0; n < codePoints && offset < text.length; n++) {
+    const code = text.charCodeAt(offset);
+    offset += code >= 0xd800 && code <= 0xdbff && offset + 1 < text.length ? 2 : 1;
+  }
+  return offset;
+}
+
 /**
  * Splits a byte stream of newline-delimited JSON into events. Lines can
  * arrive split across chunks; a partial line is kept until its end arrives.
  */
-export class NdjsonDecoder {
+export class NdjsonDecoder<Event extends StreamEvent | EditStreamEvent = StreamEvent> {
   private _buffer = '';
   private _decoder = new TextDecoder();
 
-  push(chunk: Uint8Array | string): StreamEvent[] {
+  push(chunk: Uint8Array | string): Event[] {
     this._buffer +=
       typeof chunk === 'string' ? chunk : this._decoder.decode(chunk, { stream: true });
     const lines = this._buffer.split('\n');
     this._buffer = lines.pop() ?? '';
-    return lines.filter(line => line.trim()).map(line => parseLine(line));
+    return lines.filter(line => line.trim()).map(line => parseLine<Event>(line));
   }
 
   /** The stream ended: whatever is left must be one last whole line. */
-  flush(): StreamEvent[] {
+  flush(): Event[] {
     const rest = this._buffer + this._decoder.decode();
     this._buffer = '';
-    return rest.trim() ? [parseLine(rest)] : [];
+    return rest.trim() ? [parseLine<Event>(rest)] : [];
   }
 }
 
-function parseLine(line: string): StreamEvent {
+function parseLine<Event extends StreamEvent | EditStreamEvent>(line: string): Event {
   try {
-    return JSON.parse(line) as StreamEvent;
+    return JSON.parse(line) as Event;
   } catch {
-    return {
+    const failure: ErrorReply = {
       error: {
         kind: 'bad_reply',
         message: `The server sent a line that is not JSON: ${line.slice(0, 80)}`
       }
     };
+    return failure as Event;
   }
 }
 

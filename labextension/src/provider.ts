@@ -58,7 +58,8 @@ export class CodestralProvider implements IInlineCompletionProvider {
   enabled = true;
 
   private _client: CodestralClient;
-  private _targets: Targets;
+  /** What to ask the server about a document: the completions' requests, and the edits'. */
+  readonly targets: Targets;
   /** Requests sent, and keystrokes answered from a suggestion instead (for tests and the status). */
   requests = 0;
   followed = 0;
@@ -83,7 +84,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
 
   constructor(client: CodestralClient, languages: IEditorLanguageRegistry | null = null) {
     this._client = client;
-    this._targets = new Targets(languages);
+    this.targets = new Targets(languages);
   }
 
   get schema(): ISettingRegistry.IProperty {
@@ -131,7 +132,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
     }
     // The request comes from the active cell's editor, now: its model id
     // says which cell it is, whatever text the others hold.
-    const target = this._targets.of(context.widget, request, this.options());
+    const target = this.targets.of(context.widget, request, this.options());
     if (!target) {
       return nothing;
     }
@@ -339,7 +340,7 @@ export class CodestralProvider implements IInlineCompletionProvider {
 
   /** What is left of our suggestion on screen at the cursor of `editor`'s document, if any. */
   visibleRest(widget: unknown, text: string, offset: number): string | null {
-    const target = this._targets.of(widget, { text, offset }, this.options());
+    const target = this.targets.of(widget, { text, offset }, this.options());
     if (!target) {
       return null;
     }
@@ -362,9 +363,9 @@ export class CodestralProvider implements IInlineCompletionProvider {
       const text = cell.model.sharedModel.getSource();
       const editor = cell.editor;
       const offset = editor ? editor.getOffsetAt(editor.getCursorPosition()) : text.length;
-      body = this._targets.of(panel, { text, offset }, options, cell.model.id)?.body;
+      body = this.targets.of(panel, { text, offset }, options, cell.model.id)?.body;
     } else if (cell?.model.type === 'markdown') {
-      body = this._targets.after(panel, cell.model.id, options);
+      body = this.targets.after(panel, cell.model.id, options);
     }
     if (!body || this.settings.skipLanguages.includes(body.language ?? '')) {
       return;

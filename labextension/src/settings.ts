@@ -84,7 +84,7 @@ export function settingsSchema(): ISettingRegistry.IProperty {
       prefetch: {
         title: 'Warm up on cell entry',
         description:
-          'When the cursor enters a code cell, or a cell has run, let the model read the notebook ahead of the first keystroke (local models).',
+          'When the cursor enters a code cell, or a cell has run, let the model read the notebook ahead of the first keystroke; when a cell raises, read its Fix ahead (local models).',
         type: 'boolean'
       }
     },

@@ -46,6 +46,11 @@ export class CodestralStatus extends Widget {
     this.render();
   }
 
+  /** The server's last status (with the current notebook's course policy). */
+  get server(): Status | null {
+    return this._server;
+  }
+
   set server(status: Status | null) {
     this._server = status;
     this._unreachable = null;

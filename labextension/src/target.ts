@@ -9,12 +9,13 @@ import { IDocumentWidget } from '@jupyterlab/docregistry';
 import { FileEditor } from '@jupyterlab/fileeditor';
 import { NotebookPanel } from '@jupyterlab/notebook';
 
-import { CompleteRequest } from './contract';
+import { CompleteRequest, EditKind, EditRequest } from './contract';
 import {
   ICellSource,
   INotebookCell,
   INotebookSettings,
   IRequestOptions,
+  editBody,
   fileBody,
   notebookBody,
   notebookRequestBody,
@@ -143,6 +144,31 @@ export class Targets {
       return { body, document, place: { key: document, before, after, context: '' } };
     }
     return null;
+  }
+
+  /**
+   * The edit of code cell `cellId` of `panel`: its `selection` (editor offsets; none, the whole cell),
+   * with the cell's errors for a fix and the notebook around it; null when the cell is gone.
+   */
+  edit(
+    panel: NotebookPanel,
+    cellId: string,
+    kind: EditKind,
+    selection: { start: number; end: number } | null,
+    instruction?: string
+  ): EditRequest | null {
+    const cells = notebookCells(panel);
+    const cellIndex = cells.findIndex(cell => cell.id === cellId);
+    const widget = panel.content.widgets[cellIndex];
+    if (cellIndex < 0 || !widget) {
+      return null;
+    }
+    const outputs = widget instanceof CodeCell ? widget.model.outputs.toJSON() : [];
+    const sources = cells.map(({ id: _id, ...cell }): ICellSource => cell);
+    return editBody(
+      { cells: sources, cellIndex, kind, outputs, selection, instruction },
+      this.notebookOptions(panel, {}, 'code', widget.model.mimeType)
+    );
   }
 
   /**

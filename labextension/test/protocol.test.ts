@@ -6,11 +6,13 @@ import {
   LatestRequest,
   NdjsonDecoder,
   codePointOffset,
+  editBody,
   failureFromReply,
   fileBody,
   notebookBody,
   notebookRequestBody,
-  serverLanguage
+  serverLanguage,
+  utf16Offset
 } from '../src/protocol';
 
 test('a notebook body carries every cell source, the cell index and the cursor', () => {
@@ -156,4 +158,49 @@ test('a new request aborts the previous one', () => {
   assert.equal(second.signal.aborted, false);
   assert.equal(latest.isLatest(first.ticket), false);
   assert.equal(latest.isLatest(second.ticket), true);
+});
+
+test("an edit body sends the edited cell's errors only, the selection in code points", () => {
+  const cells = [
+    { cell_type: 'code' as const, source: 'import statistics' },
+    { cell_type: 'code' as const, source: "s = '\u{1F600}'\nmean(value)" }
+  ];
+  const outputs = [
+    { output_type: 'stream', name: 'stdout', text: 'hi' },
+    { output_type: 'error', ename: 'NameError', evalue: 'value', traceback: ['NameError'] }
+  ];
+  const start = cells[1].source.indexOf('mean');
+  const body = editBody(
+    { cells, cellIndex: 1, kind: 'fix', outputs, selection: { start, end: start + 11 } },
+    { path: 'a.ipynb', kernelId: 'k1', notebook: { enabled: true } }
+  );
+  assert.equal(body.kind, 'fix');
+  assert.equal(body.stream, true);
+  assert.deepEqual(body.cells[0], cells[0]);
+  assert.deepEqual(body.cells[1].outputs, [outputs[1]]); // no stream output leaves the browser
+  assert.deepEqual(body.selection, { start: start - 1, end: start + 10 }); // the emoji is one code point
+  assert.equal(body.path, 'a.ipynb');
+  assert.equal(body.kernel_id, 'k1');
+  assert.deepEqual(body.metadata, { codestral: { enabled: true } });
+  // No selection (or an empty one): the whole cell; a rewrite carries its instruction.
+  const whole = editBody({
+    cells,
+    cellIndex: 0,
+    kind: 'rewrite',
+    selection: { start: 3, end: 3 },
+    instruction: 'shorter'
+  });
+  assert.equal(whole.selection, undefined);
+  assert.equal(whole.instruction, 'shorter');
+  assert.equal(whole.cells[0].outputs, undefined);
+});
+
+test('code-point offsets go back to the editor offsets they came from', () => {
+  const text = 'a\u{1F600}b\u{1F600}c';
+  for (let i = 0; i <= text.length; i++) {
+    if (i === 2 || i === 5) {
+      continue; // inside a surrogate pair: no code point starts there
+    }
+    assert.equal(utf16Offset(text, codePointOffset(text, i)), i);
+  }
 });

@@ -1,0 +1,166 @@
+/**
+ * An edit's change shown in the cell's own editor as it streams in: the new text is written in place
+ * of the range, and @codemirror/merge's unified view marks what it inserts and shows what it deletes
+ * (with its per-chunk accept and reject buttons). Tab or Enter keeps the change, Escape brings the
+ * range back; while the diff is shown the user cannot type into the cell, so the range stays where
+ * the server's answer expects it.
+ */
+import { getChunks, unifiedMergeView } from '@codemirror/merge';
+import { Compartment, EditorState, Prec, StateEffect, Text } from '@codemirror/state';
+import { EditorView } from '@codemirror/view';
+
+/** The class the editor carries while a diff is shown (the plugin's commands and styles look for it). */
+export const DIFF_CLASS = 'jp-mod-codestral-edit';
+
+/** What the keys do: the session decides (accept and reject also end the stream, when it still runs). */
+export interface IDiffKeys {
+  accept(): void;
+  reject(): void;
+  /** The document or the diff's original changed (a chunk accepted or rejected by its button). */
+  changed(): void;
+}
+
+// One compartment per editor, made the first time it shows a diff: later diffs reconfigure it.
+const compartments = new WeakMap<EditorView, Compartment>();
+
+function compartment(view: EditorView): Compartment {
+  let found = compartments.get(view);
+  if (!found) {
+    found = new Compartment();
+    compartments.set(view, found);
+    view.dispatch({ effects: StateEffect.appendConfig.of(found.of([])) });
+  }
+  return found;
+}
+
+/** How long the start (`head`) and the end (`tail`) that `a` and `b` share are: between them, they differ. */
+export function commonEnds(a: string, b: string): { head: number; tail: number } {
+  let head = 0;
+  while (head < a.length && head < b.length && a[head] === b[head]) {
+    head++;
+  }
+  let tail = 0;
+  while (
+    tail < a.length - head &&
+    tail < b.length - head &&
+    a[a.length - 1 - tail] === b[b.length - 1 - tail]
+  ) {
+    tail++;
+  }
+  return { head, tail };
+}
+
+export class InlineDiff {
+  private readonly _original: Text;
+  private readonly _start: number;
+  private _end: number;
+  private _written = 0; // of the new text, how much is in the document (UTF-16 code units)
+  private _closed = false;
+
+  /** `start`/`end`: the range the edit replaces, in the editor's offsets. */
+  constructor(
+    private readonly _view: EditorView,
+    start: number,
+    end: number,
+    keys: IDiffKeys
+  ) {
+    this._original = _view.state.doc;
+    this._start = start;
+    this._end = end;
+    const onKey = EditorView.domEventHandlers({
+      keydown: event => {
+        const action =
+          event.key === 'Escape'
+            ? keys.reject
+            : (event.key === 'Tab' || event.key === 'Enter') && !event.shiftKey
+              ? keys.accept
+              : null;
+        if (!action || event.ctrlKey || event.altKey || event.metaKey) {
+          return false;
+        }
+        // Before JupyterLab's own bindings (Escape leaves edit mode, Tab would indent).
+        event.preventDefault();
+        event.stopPropagation();
+        action();
+        return true;
+      }
+    });
+    _view.dispatch({
+      effects: compartment(_view).reconfigure([
+        unifiedMergeView({ original: this._original, gutter: true, mergeControls: true }),
+        EditorState.readOnly.of(true),
+        EditorView.editorAttributes.of({ class: DIFF_CLASS }),
+        EditorView.updateListener.of(update => {
+          if (update.docChanged || update.transactions.some(t => t.effects.length)) {
+            // Not while the editor updates: the session may end the diff in answer.
+            queueMicrotask(() => keys.changed());
+          }
+        }),
+        Prec.highest(onKey)
+      ])
+    });
+  }
+
+  /** The range's new text grew by `text`: the first piece replaces the old range, the others follow it. */
+  write(text: string): void {
+    if (this._closed || !text) {
+      return;
+    }
+    const at = this._start + this._written;
+    const to = this._written === 0 ? this._end : at;
+    this._view.dispatch({ changes: { from: at, to, insert: text }, userEvent: 'input.codestral' });
+    this._written += text.length;
+    this._end = this._start + this._written;
+  }
+
+  /** How many changed chunks are left to accept or reject (none once each was decided). */
+  get chunks(): number {
+    return getChunks(this._view.state)?.chunks.length ?? 0;
+  }
+
+  /** The cell's text as it stands (with the chunks rejected one by one already back). */
+  get text(): string {
+    return this._view.state.doc.toString();
+  }
+
+  get original(): string {
+    return this._original.toString();
+  }
+
+  /** Keep the document as it is: the diff goes, the change stays. */
+  accept(): void {
+    this.close();
+  }
+
+  /** Bring back the text the cell had (only the part that differs is written). */
+  reject(): void {
+    if (this._closed) {
+      return;
+    }
+    const now = this._view.state.doc.toString();
+    const old = this._original.toString();
+    const { head, tail } = commonEnds(old, now);
+    if (head < now.length - tail || head < old.length - tail) {
+      this._view.dispatch({
+        changes: { from: head, to: now.length - tail, insert: old.slice(head, old.length - tail) },
+        userEvent: 'input.codestral'
+      });
+    }
+    this.close();
+  }
+
+  get closed(): boolean {
+    return this._closed;
+  }
+
+  private close(): void {
+    if (this._closed) {
+      return;
+    }
+    this._closed = true;
+    const found = compartments.get(this._view);
+    if (found) {
+      this._view.dispatch({ effects: found.reconfigure([]) });
+    }
+  }
+}
