@@ -201,11 +201,27 @@ def run_error(source: str) -> dict[str, Any] | None:
     try:
         exec(compile(source, "<cell>", "exec"), {})
     except Exception as error:  # noqa: BLE001 - any failure of the cell is its error output
-        lines = traceback.format_exception(error)
-        return {"output_type": "error", "ename": type(error).__name__, "evalue": str(error), "traceback": lines}
+        return {"output_type": "error", "ename": type(error).__name__, "evalue": str(error),
+                "traceback": ipython_traceback(error, source)}
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     return None
+
+
+def ipython_traceback(error: BaseException, source: str) -> list[str]:
+    """The traceback as IPython shows it in a cell's output: each of the cell's frames with its line and the
+    two before it ("Cell In[1], line 10", "---> 10 assert ..."), the error last; the benchmark's frames left out."""
+    lines = source.splitlines()
+    out = [f"{type(error).__name__}                            Traceback (most recent call last)"]
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename != "<cell>" or frame.lineno is None:
+            continue
+        where = f"Cell In[1], line {frame.lineno}" + (f", in {frame.name}()" if frame.name != "<module>" else "")
+        shown = [f"{'---> ' if n == frame.lineno else '     '}{n:>2} {lines[n - 1]}"
+                 for n in range(max(1, frame.lineno - 2), frame.lineno + 1)]
+        out.append("\n".join([where, *shown]))
+    out.append(f"{type(error).__name__}: {error}")
+    return out
 
 
 def mutants(code: str) -> list[tuple[str, str]]:
