@@ -427,16 +427,19 @@ def run_model(model: str, cases: list[Case], log: Any, read_ahead: bool, think_s
             httpx.Client(headers=headers) as client:
         wait_model_ready(client, base, timeout=600)
         for case in tqdm(cases, desc=model, leave=False):
-            row = row_of(model, case.kind, case, ask(client, base, case))
-            rows.append(row)
-            if log:
-                log.write(json.dumps(row | {"cell": case.cell}) + "\n")
-                log.flush()
+            rows.append(row_of(model, case.kind, case, ask(client, base, case)))
+            logged(log, rows[-1], case)
         fixes = [case for case in cases if case.kind == "fix"] if read_ahead else []
         for run, case in enumerate(tqdm(fixes, desc=f"{model} fix read ahead", leave=False)):
-            answer = read_ahead_then_fix(client, base, case, run, think_s)
-            rows.append(row_of(model, "fix read ahead", case, answer))
+            rows.append(row_of(model, "fix read ahead", case, read_ahead_then_fix(client, base, case, run, think_s)))
+            logged(log, rows[-1], case)
     return rows
+
+
+def logged(log: Any, row: dict[str, Any], case: Case) -> None:
+    if log:
+        log.write(json.dumps(row | {"cell": case.cell}) + "\n")
+        log.flush()
 
 
 def report(rows: list[dict[str, Any]], models: list[str]) -> None:
@@ -451,7 +454,9 @@ def report(rows: list[dict[str, Any]], models: list[str]) -> None:
             cells = []
             for model in models:
                 selected = [r for r in rows if r["model"] == model and r["kind"] == kind]
-                if measure == "unparseable":
+                if not selected:
+                    cells.append("-")
+                elif measure == "unparseable":
                     cells.append(f"{sum(1 for r in selected if not r['parses']) / max(1, len(selected)):6.0%}")
                 elif measure.endswith("ms"):
                     key = "first_ms" if measure.startswith("first") else "total_ms"
