@@ -230,7 +230,8 @@ def post_edit(jp_fetch: Any) -> Any:
 
     async def _post(body: Any) -> tuple[int, Any]:
         response = await jp_fetch(
-            "codestral", "edit", method="POST", body=json.dumps(body), raise_error=False, request_timeout=120
+            # Generous: the real model writes a whole cell, slowly on a busy machine (a shared CI runner).
+            "codestral", "edit", method="POST", body=json.dumps(body), raise_error=False, request_timeout=300
         )
         text = response.body.decode()
         if response.headers.get("Content-Type", "").startswith("application/x-ndjson"):
