@@ -18,7 +18,7 @@ import { ICounted } from './acceptance';
 import { CodestralClient } from './client';
 import { EditKind, EditRequest, Status } from './contract';
 import { InlineDiff, commonEnds } from './inlinediff';
-import { CompletionFailure, isEditDone, isError, utf16Offset } from './protocol';
+import { CompletionFailure, isEditDone, isError } from './protocol';
 import { CodestralProvider } from './provider';
 
 export const EDIT_COMMANDS: Record<EditKind, string> = {
@@ -308,12 +308,8 @@ export function addEditCommands(options: IEditOptions): void {
     if (!body) {
       return;
     }
-    // Where the server's range starts, in the editor's offsets (the body counts code points).
-    const source = view.state.doc.toString();
-    const from = body.selection ? utf16Offset(source, body.selection.start) : 0;
-    const to = body.selection ? utf16Offset(source, body.selection.end) : source.length;
     let session: EditSession | null = null;
-    const diff = new InlineDiff(view, from, to, {
+    const diff = new InlineDiff(view, range.start, range.end, {
       accept: () => session?.accept(),
       reject: () => session?.reject(),
       changed: () => session?.diffChanged()

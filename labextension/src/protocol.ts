@@ -205,16 +205,6 @@ export function editBody(target: IEditTarget, options: IRequestOptions = {}): Ed
   return { ...body, path, language, kernel_id, metadata };
 }
 
-/** The UTF-16 offset (as the editor counts) of code point `codePoints` of `text`. */
-export function utf16Offset(text: string, codePoints: number): number {
-  let offset = 0;
-  for (let n = 0; n < codePoints && offset < text.length; n++) {
-    const code = text.charCodeAt(offset);
-    offset += code >= 0xd800 && code <= 0xdbff && offset + 1 < text.length ? 2 : 1;
-  }
-  return offset;
-}
-
 /**
  * Splits a byte stream of newline-delimited JSON into events. Lines can
  * arrive split across chunks; a partial line is kept until its end arrives.

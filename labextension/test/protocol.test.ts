@@ -11,8 +11,7 @@ import {
   fileBody,
   notebookBody,
   notebookRequestBody,
-  serverLanguage,
-  utf16Offset
+  serverLanguage
 } from '../src/protocol';
 
 test('a notebook body carries every cell source, the cell index and the cursor', () => {
@@ -193,14 +192,4 @@ test("an edit body sends the edited cell's errors only, the selection in code po
   assert.equal(whole.selection, undefined);
   assert.equal(whole.instruction, 'shorter');
   assert.equal(whole.cells[0].outputs, undefined);
-});
-
-test('code-point offsets go back to the editor offsets they came from', () => {
-  const text = 'a\u{1F600}b\u{1F600}c';
-  for (let i = 0; i <= text.length; i++) {
-    if (i === 2 || i === 5) {
-      continue; // inside a surrogate pair: no code point starts there
-    }
-    assert.equal(utf16Offset(text, codePointOffset(text, i)), i);
-  }
 });
