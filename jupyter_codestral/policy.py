@@ -24,13 +24,15 @@ from enum import StrEnum
 
 from wcmatch import glob
 
+from .edit_request import EditKind
 from .request import Cell, CompletionRequest
 
 NO_COMPLETION = "no-completion"  # cell tag: no completions in this cell
 NO_CONTEXT = "no-context"  # cell tag: this cell's text never enters a prompt
 
 COMPLETION = "completion"  # the policy's name for inline suggestions, beside the edit kinds
-POLICY_KINDS = (COMPLETION, "rewrite", "fix", "document")
+EDIT_KINDS = tuple(kind.value for kind in EditKind)
+POLICY_KINDS = (COMPLETION, *EDIT_KINDS)
 EDITS = "edits"  # in disabled_kinds: the three edit kinds at once
 
 # "**" spans folders; "*" does not cross "/"; dot files match like others.
@@ -83,7 +85,7 @@ def kinds_named(names: Iterable[str]) -> frozenset[str]:
     """The policy kinds a ``disabled_kinds`` entry names ("edits" is the three edit kinds)."""
     kinds = set()
     for name in names:
-        kinds |= set(POLICY_KINDS[1:]) if name == EDITS else {name}
+        kinds |= set(EDIT_KINDS) if name == EDITS else {name}
     return frozenset(kinds)
 
 
