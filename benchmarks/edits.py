@@ -474,7 +474,7 @@ def report(rows: list[dict[str, Any]], models: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="0.5b,1.5b", help="comma-separated: " + ", ".join(MODELS))
-    parser.add_argument("--fix", type=int, default=24, help="fix cases (injected bugs)")
+    parser.add_argument("--fix", type=int, default=36, help="fix cases (injected bugs)")
     parser.add_argument("--document", type=int, default=16, help="document cases (half written, half notebooks)")
     parser.add_argument("--seed", type=int, default=38)
     parser.add_argument("--folder", type=Path, default=BENCH_NOTEBOOKS)

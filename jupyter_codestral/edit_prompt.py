@@ -120,11 +120,11 @@ def edit_messages(request: EditRequest, context: FimContext) -> list[ChatMessage
     return [ChatMessage("system", system), ChatMessage("user", "\n\n".join(parts))]
 
 
-def render_chatml(messages: list[ChatMessage]) -> str:
+def render_chatml(messages: list[ChatMessage], opening: str = "") -> str:
     """``messages`` in the ChatML form of the Qwen2.5 Instruct models' chat template (the embedded model's),
-    ready for the assistant's answer; it ends at the token ``<|im_end|>``."""
+    ready for the assistant's answer, which starts with ``opening``; it ends at the token ``<|im_end|>``."""
     turns = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
-    return turns + "<|im_start|>assistant\n"
+    return turns + "<|im_start|>assistant\n" + opening
 
 
 CHATML_END = "<|im_end|>"

@@ -15,7 +15,7 @@ from typing import Any
 
 from .backends.base import FimRequest, piece_text
 from .context import ContextBudget, estimate_tokens
-from .edit_answer import CodeAnswer, documented
+from .edit_answer import CodeAnswer, DocAnswer, answer_opening
 from .edit_prompt import edit_messages
 from .edit_request import EditKind, EditRequest
 from .errors import CompletionError, ErrorKind
@@ -76,10 +76,14 @@ async def run_edit(
         route=route,
         ledger=ledger,
         chat=tuple(messages),
+        chat_opening=answer_opening(request),
         prefetch=request.prefetch,
     )
-    code = CodeAnswer(request.source, request.start, request.end) if request.kind != EditKind.DOCUMENT else None
-    written: list[str] = []  # a document edit's answer, as it came (placed once whole)
+    answer = (
+        DocAnswer(request.selected)
+        if request.kind == EditKind.DOCUMENT
+        else CodeAnswer(request.source, request.start, request.end)
+    )
     context_done = time.perf_counter()
     first_text: float | None = None
     answered: Answered | None = None
@@ -89,16 +93,12 @@ async def run_edit(
             if isinstance(piece, Answered):
                 answered = piece
                 continue
-            text = piece_text(piece)
-            if code is None:
-                written.append(text)
-            else:
-                delta = code.feed(text)
-                if delta:
-                    first_text = first_text or time.perf_counter()
-                    yield {"delta": delta}
-                if code.finished:
-                    break  # leaving the block closes the backend stream
+            delta = answer.feed(piece_text(piece))
+            if delta:
+                first_text = first_text or time.perf_counter()
+                yield {"delta": delta}
+            if answer.finished:
+                break  # leaving the block closes the backend stream
     if answered is None and not request.prefetch:
         raise CompletionError(
             ErrorKind.CONFIG,
@@ -108,13 +108,9 @@ async def run_edit(
     if request.prefetch:
         # Only the prompt was read into the cache (or nothing, where no backend of the route keeps one).
         delta, replacement = "", request.selected
-    elif code is not None:
-        delta = code.finish()
-        replacement = code.replacement
     else:
-        # The documentation is placed once it is whole: the code around it never changes.
-        replacement = documented(request.selected, "".join(written))
-        delta = replacement
+        delta = answer.finish()
+        replacement = answer.replacement
     if delta:
         first_text = first_text or time.perf_counter()
         yield {"delta": delta}

@@ -625,7 +625,9 @@ def menu_labels(page: Page) -> list[str]:
 
 
 def wait_diff_shown(page: Page, index: int) -> None:
-    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-deletedChunk").first.wait_for(timeout=20_000)
+    """Until the cell shows a change: a line marked new, or old lines struck out."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".cm-changedLine, .cm-deletedChunk:has(.cm-deletedLine)").first.wait_for(timeout=20_000)
 
 
 def edit_status(page: Page) -> str:
@@ -738,6 +740,10 @@ def test_an_edit_is_stopped_from_the_status_item_and_a_failing_one_says_why(
         page.locator(".jp-Dialog button", has_text="Rewrite").click()
         wait_diff_shown(page, 1)
         assert "rewriting" in edit_status(page)
+        # While it is written, the old lines the new text has not reached stay as they were, below it.
+        cell = page.locator(".jp-Notebook .jp-Cell").nth(1)
+        assert "The mean." in cell.locator(".cm-changedLine").first.inner_text()
+        assert "len(value)" in cell.locator(".cm-content").inner_text()
         page.locator(".jp-CodestralEditStatus").click()  # stop
         page.wait_for_function("() => document.querySelectorAll('.cm-deletedChunk').length === 0", timeout=10_000)
         assert cell_source(page, 1) == BROKEN_CELL and edit_status(page) == ""
@@ -764,9 +770,11 @@ def test_fix_works_in_notebook_7(tmp_path: Path, fake_backend_threaded: FakeFimS
         right_click_cell(page, 1)
         page.locator(".lm-Menu .lm-Menu-item", has_text="Fix with Codestral").click()
         wait_diff_shown(page, 1)
-        # Notebook 7 has no status bar: the diff itself says the answer is in.
         page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".cm-changedLine", has_text="len(values)").wait_for()
-        page.wait_for_timeout(500)
+        # Notebook 7 has no status bar: the edit's status item is in the edited cell, and says what to do.
+        in_cell = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-CodestralEditStatus.jp-mod-inCell")
+        in_cell.filter(has_text="Tab accept").wait_for(timeout=10_000)
         page.keyboard.press("Enter")
         page.wait_for_function("() => document.querySelectorAll('.cm-deletedChunk').length === 0", timeout=10_000)
         assert cell_source(page, 1) == FIXED_CELL
+        assert page.locator(".jp-CodestralEditStatus").count() == 0  # gone with the edit

@@ -11,7 +11,7 @@ import pytest
 
 from jupyter_codestral.assembly import assemble
 from jupyter_codestral.context import ContextBudget, build_context
-from jupyter_codestral.edit_answer import CodeAnswer, documentation_text, documented
+from jupyter_codestral.edit_answer import CodeAnswer, DocAnswer, answer_opening, documentation_text, documented
 from jupyter_codestral.edit_prompt import document_target, edit_messages, render_chatml
 from jupyter_codestral.edit_request import MAX_INSTRUCTION_CHARS, EditKind, EditRequest, parse_edit_request
 from jupyter_codestral.errors import RequestError
@@ -123,6 +123,13 @@ def test_the_embedded_models_chat_template_is_chatml_ready_for_the_answer() -> N
     prompt = render_chatml([system, user])
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert prompt.count("<|im_start|>") == 3
+    # The assistant's turn opens with the fence the system text asks for: the model starts with the code.
+    assert render_chatml([system, user], answer_opening(edit())).endswith("<|im_start|>assistant\n```python\n")
+    # A docstring's answer opens with the code up to it and the opening quote: the model writes it at once.
+    document = edit(kind="document")
+    assert answer_opening(document) == "```python\n" + FUNCTION.split("    total")[0] + '    """'
+    statements = edit(kind="document", cells=[{"cell_type": "code", "source": "x = 1\n"}], cell_index=0)
+    assert answer_opening(statements) == "```text\n"
 
 
 # -- the answer ----------------------------------------------------------------------------------
@@ -160,6 +167,60 @@ def test_the_streamed_pieces_add_up_to_the_replacement_whatever_the_pieces() -> 
     for step in (1, 2, 5, 17):
         assert streamed(CodeAnswer(source, 0, len(source)), text, step) == whole
     assert whole == "def f(a):\n    if a >= 1:\n        return a\n\n    return 0\n"
+
+
+def test_a_line_of_code_is_shown_as_it_is_written_once_nothing_can_change_it() -> None:
+    source = "def f(a):\n    return a > 1\n"
+    answer = CodeAnswer(source, 0, len(source))
+    pieces = ["```python\n", "def", " f(a):\n", "\n", "    return", " a >", " 1", "\n```"]
+    # The first word of code goes out at once; a "<" or ">" waits for the next piece (a copied range marker
+    # may start so), and so does a blank line until code follows it.
+    assert [answer.feed(piece) for piece in pieces] == ["", "def", " f(a):", "", "\n\n    return", " a ", "> 1", ""]
+    assert answer.finish() == "\n" and answer.replacement == "def f(a):\n\n    return a > 1\n"
+    # Without a fence, the first line may be prose: the answer's first line waits for its end.
+    plain = CodeAnswer(source, 0, len(source))
+    assert plain.feed("Here is") == "" and plain.feed(" the code:\ndef f") == ""
+    assert plain.feed("(a):\n    ret") == "def f(a):\n    ret"
+    # A selection after the cell's own text: the answer may repeat that text before a copied marker.
+    cell = "x = 1\ny = x +\n"
+    repeat = CodeAnswer(cell, cell.index("y"), len(cell))
+    assert repeat.feed("```python\nx = ") == "" and repeat.feed("1\n<<<START>>>y = x + 1\n```") == "y = x + 1"
+
+
+def test_documentation_streams_in_place_a_line_at_a_time_and_adds_up_to_the_placed_whole() -> None:
+    code = "def scaled(values, factor=2):\n    return values * factor\n"
+    answer = DocAnswer(code)
+    pieces = ["```text\n", "Each", " value", " scaled.\n", "\n", "Args", ":\n", "  values: the values.\n", "```"]
+    out = [answer.feed(piece) for piece in pieces]
+    # The code before the docstring goes out with the documentation's first word, the code after it last.
+    assert out[:3] == ["", 'def scaled(values, factor=2):\n    """Each', " value"]
+    assert "".join(out) + answer.finish() == answer.replacement
+    assert answer.replacement == (
+        'def scaled(values, factor=2):\n    """Each value scaled.\n\n    Args:\n      values: the values.\n    """\n'
+        "    return values * factor\n"
+    )
+    texts = [
+        "```text\nEach value scaled.\n\nArgs:\n    values: the values.\n```",
+        '"""Each value scaled.\n\n    Args:\n        values: the values.\n    """',
+        '```text\ndef scaled(values, factor=2):\n    """Each value scaled."""\n    return 0\n```',
+        "Here is the docstring:\n```\nEach value scaled.\n```",
+        "# Each value's share",
+    ]
+    for text in texts:
+        whole = documented(code, text)
+        for step in (1, 2, 3, 7):
+            streaming = DocAnswer(code)
+            pieces_out = "".join(streaming.feed(text[i : i + step]) for i in range(0, len(text), step))
+            assert pieces_out + streaming.finish() == streaming.replacement == whole, (text, step)
+    # Written as it stands in code, a docstring keeps only its own indentation (as inspect.cleandoc does).
+    assert documented(code, texts[1]) == documented(code, texts[0])
+    # The answer as the embedded model's opening starts it: the docstring streams and its closing quote ends it.
+    opened = DocAnswer(code)
+    first = opened.feed('```python\ndef scaled(values, factor=2):\n    """Each')
+    assert first == 'def scaled(values, factor=2):\n    """Each'
+    assert opened.feed(' value scaled."""\n    return values * factor\n') == " value scaled."
+    assert opened.finished and opened.finish() == '"""\n    return values * factor\n'
+    assert opened.replacement == documented(code, '"""Each value scaled."""')
 
 
 def test_documentation_is_placed_by_us_and_the_code_stays_byte_identical() -> None:
@@ -231,7 +292,12 @@ def post_edit(jp_fetch: Any) -> Any:
     async def _post(body: Any) -> tuple[int, Any]:
         response = await jp_fetch(
             # Generous: the real model writes a whole cell, slowly on a busy machine (a shared CI runner).
-            "codestral", "edit", method="POST", body=json.dumps(body), raise_error=False, request_timeout=300
+            "codestral",
+            "edit",
+            method="POST",
+            body=json.dumps(body),
+            raise_error=False,
+            request_timeout=300,
         )
         text = response.body.decode()
         if response.headers.get("Content-Type", "").startswith("application/x-ndjson"):
@@ -343,8 +409,12 @@ async def test_a_teacher_can_forbid_fix_and_allow_completions_or_the_reverse(
         status, reply = await post_edit(fix_body(path="exams/final.ipynb", kind=kind, instruction="shorter"))
         assert status == 403 and "course policy" in reply["error"]["message"], (kind, reply)
     # The status tells the frontend which commands to grey out.
-    for path, off in [("exercises/week1.ipynb", ["fix"]), ("quiz/q1.ipynb", ["completion"]),
-                      ("exams/final.ipynb", ["completion", "rewrite", "fix", "document"]), ("home.ipynb", [])]:
+    for path, off in [
+        ("exercises/week1.ipynb", ["fix"]),
+        ("quiz/q1.ipynb", ["completion"]),
+        ("exams/final.ipynb", ["completion", "rewrite", "fix", "document"]),
+        ("home.ipynb", []),
+    ]:
         policy = json.loads((await jp_fetch("codestral", "status", params={"path": path})).body)["policy"]
         assert policy["off_kinds"] == off, path
         assert policy["allowed"] is ("completion" not in off), path

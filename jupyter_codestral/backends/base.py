@@ -117,8 +117,10 @@ class FimRequest:
     route: RouteKind = RouteKind.BLOCK  # the kind of completion (routes.route_kind)
     # Where each call to a backend is counted (usage.py).
     ledger: UsageLedger | None = field(default=None, repr=False)
-    # An edit: the chat the backend answers instead of filling the middle (edit_prompt.py).
+    # An edit: the chat the backend answers instead of filling the middle (edit_prompt.py), and how its
+    # answer begins, for a backend that can start the assistant's turn itself.
     chat: tuple[ChatMessage, ...] = ()
+    chat_opening: str = ""
 
     @cached_property
     def context(self) -> FimContext:

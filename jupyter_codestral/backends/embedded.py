@@ -368,8 +368,16 @@ class EmbeddedBackend(Backend):
     def stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
         return self._exchange(request, self._completion_command)
 
-    def chat_stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
-        return self._exchange(request, self._chat_command)
+    async def chat_stream(self, request: FimRequest) -> AsyncGenerator[BackendItem, None]:
+        # The worker's prompt ends with the answer's opening: it goes out with the model's first text (not
+        # before, so that a hedged route still waits for the model itself).
+        opening = request.chat_opening
+        async with contextlib.aclosing(self._exchange(request, self._chat_command)) as items:
+            async for item in items:
+                if opening and not isinstance(item, Usage):
+                    yield opening
+                    opening = ""
+                yield item
 
     def _completion_command(self, request: FimRequest) -> dict[str, Any]:
         """The worker's ``complete`` command for a completion: its prompts, in order of preference."""
@@ -396,7 +404,7 @@ class EmbeddedBackend(Backend):
         source = request.source.request
         return {
             "op": "complete",
-            "prompts": [render_chatml(list(request.chat))],
+            "prompts": [render_chatml(list(request.chat), request.chat_opening)],
             "max_tokens": request.max_tokens,
             "stop": [CHATML_END],
             "prefetch": request.prefetch,

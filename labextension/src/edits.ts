@@ -17,7 +17,8 @@ import { Widget } from '@lumino/widgets';
 import { ICounted } from './acceptance';
 import { CodestralClient } from './client';
 import { EditKind, EditRequest, Status } from './contract';
-import { InlineDiff, commonEnds } from './inlinediff';
+import { InlineDiff } from './inlinediff';
+import { commonEnds } from './streamedrange';
 import { CompletionFailure, isEditDone, isError } from './protocol';
 import { CodestralProvider } from './provider';
 
@@ -89,6 +90,7 @@ export class EditSession {
           this.counted.route = event.route;
           this.counted.backend = event.backend;
           this._provider.acceptance.shown(this.counted);
+          this._diff.finish(event.replacement);
           this._phase = 'review';
           if (this._diff.text === this._diff.original) {
             Notification.info(`Codestral proposes no change to this cell (${this.kind}).`, {
@@ -266,6 +268,21 @@ export function addEditCommands(options: IEditOptions): void {
   let current: EditSession | null = null;
   const sessionChanged = new Signal<object, void>({});
   const status = new EditStatus(() => current?.reject());
+  // Without a status bar (Notebook 7), the item shows in the edited cell itself, at its top right.
+  if (!statusBar) {
+    status.addClass('jp-mod-inCell');
+  }
+  const showStatusIn = (cell: CodeCell | null): void => {
+    if (statusBar) {
+      return;
+    }
+    if (status.isAttached) {
+      Widget.detach(status);
+    }
+    if (cell?.isAttached) {
+      Widget.attach(status, cell.node);
+    }
+  };
 
   const offByPolicy = (kind: EditKind): string | null => {
     const policy = options.status()?.policy;
@@ -318,6 +335,7 @@ export function addEditCommands(options: IEditOptions): void {
       if (current === ended) {
         current = null;
         status.session = null;
+        showStatusIn(null);
         sessionChanged.emit();
       }
       app.commands.notifyCommandChanged();
@@ -327,6 +345,7 @@ export function addEditCommands(options: IEditOptions): void {
     cell.disposed.connect(() => running.abandon());
     current = session;
     status.session = session;
+    showStatusIn(cell);
     sessionChanged.emit();
     app.commands.notifyCommandChanged();
     editor.focus();

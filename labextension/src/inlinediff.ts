@@ -4,10 +4,14 @@
  * (with its per-chunk accept and reject buttons). Tab or Enter keeps the change, Escape brings the
  * range back; while the diff is shown the user cannot type into the cell, so the range stays where
  * the server's answer expects it.
+ *
+ * While the new text is written, the old lines it has not reached stay below it (streamedrange.ts).
  */
 import { getChunks, unifiedMergeView } from '@codemirror/merge';
 import { Compartment, EditorState, Prec, StateEffect, Text } from '@codemirror/state';
 import { EditorView } from '@codemirror/view';
+
+import { StreamedRange, commonEnds } from './streamedrange';
 
 /** The class the editor carries while a diff is shown (the plugin's commands and styles look for it). */
 export const DIFF_CLASS = 'jp-mod-codestral-edit';
@@ -33,28 +37,11 @@ function compartment(view: EditorView): Compartment {
   return found;
 }
 
-/** How long the start (`head`) and the end (`tail`) that `a` and `b` share are: between them, they differ. */
-export function commonEnds(a: string, b: string): { head: number; tail: number } {
-  let head = 0;
-  while (head < a.length && head < b.length && a[head] === b[head]) {
-    head++;
-  }
-  let tail = 0;
-  while (
-    tail < a.length - head &&
-    tail < b.length - head &&
-    a[a.length - 1 - tail] === b[b.length - 1 - tail]
-  ) {
-    tail++;
-  }
-  return { head, tail };
-}
-
 export class InlineDiff {
   private readonly _original: Text;
   private readonly _start: number;
   private _end: number;
-  private _written = 0; // of the new text, how much is in the document (UTF-16 code units)
+  private readonly _streamed: StreamedRange;
   private _closed = false;
 
   /** `start`/`end`: the range the edit replaces, in the editor's offsets. */
@@ -67,6 +54,7 @@ export class InlineDiff {
     this._original = _view.state.doc;
     this._start = start;
     this._end = end;
+    this._streamed = new StreamedRange(this._original.sliceString(start, end));
     const onKey = EditorView.domEventHandlers({
       keydown: event => {
         const action =
@@ -101,16 +89,35 @@ export class InlineDiff {
     });
   }
 
-  /** The range's new text grew by `text`: the first piece replaces the old range, the others follow it. */
+  /** The range's new text grew by `text`. */
   write(text: string): void {
-    if (this._closed || !text) {
-      return;
+    if (!this._closed && text) {
+      this.show(this._streamed.write(text));
     }
-    const at = this._start + this._written;
-    const to = this._written === 0 ? this._end : at;
-    this._view.dispatch({ changes: { from: at, to, insert: text }, userEvent: 'input.codestral' });
-    this._written += text.length;
-    this._end = this._start + this._written;
+  }
+
+  /** The new text is whole: the range is `replacement`, and the old lines left below it go. */
+  finish(replacement: string): void {
+    if (!this._closed) {
+      this.show(replacement);
+    }
+  }
+
+  /** The range's text becomes `text` (only the part that differs from what it shows is written). */
+  private show(text: string): void {
+    const now = this._view.state.sliceDoc(this._start, this._end);
+    const { head, tail } = commonEnds(now, text);
+    if (head < now.length - tail || head < text.length - tail) {
+      this._view.dispatch({
+        changes: {
+          from: this._start + head,
+          to: this._end - tail,
+          insert: text.slice(head, text.length - tail)
+        },
+        userEvent: 'input.codestral'
+      });
+    }
+    this._end = this._start + text.length;
   }
 
   /** How many changed chunks are left to accept or reject (none once each was decided). */
