@@ -306,18 +306,6 @@ def place(code: str) -> Placement:
     return Placement(0, 0, _indent(first_code), False)
 
 
-def documentation_block(text: str, placement: Placement) -> str:
-    """``text`` as a docstring or a comment block at ``placement``'s indentation, ending with a line end."""
-    indent = placement.indent
-    if placement.docstring:
-        body = text.split("\n")
-        if len(body) == 1:
-            return f'{indent}"""{body[0]}"""\n'
-        inner = "\n".join(indent + line if line.strip() else "" for line in body[1:])
-        return f'{indent}"""{body[0]}\n{inner}\n{indent}"""\n'
-    return "".join(f"{indent}# {line}".rstrip() + "\n" for line in text.split("\n"))
-
-
 _CODE_START = re.compile(r"^(async\s+def|def|class)\s|^@")
 _CODE_WORDS = ("def ", "class ", "async ", "@")
 
@@ -344,7 +332,7 @@ class DocAnswer(_StreamedAnswer):
         self.placement = place(code)
         # The code's lines before the docstring: an answer that repeats them is opening the docstring.
         head = code[: self.placement.start].split("\n")[:-1] if self.placement.docstring else []
-        self._head = [line.strip() for line in head]
+        self._head = [line.strip() for line in head if line.strip()]  # (blank lines are not compared)
         self._head_seen = 0  # of them, how many the answer repeated
         self._mode: str | None = None  # "fenced", "plain", "code" (held to the end), or None until a line says
         self._raw: list[str] = []  # the model's lines (for an answer that is code)
@@ -365,8 +353,8 @@ class DocAnswer(_StreamedAnswer):
                 self._doc_line(self._prose)
             self.finished = True
         if self._mode == "code":
-            self.replacement = documented_by(self.code, documentation_text("\n".join(self._raw)))
-            return self.replacement
+            text = documentation_text("\n".join(self._raw))  # (nothing of it was shown)
+            self._doc = text.split("\n") if text else []
         while self._doc and not self._doc[-1]:
             self._doc.pop()  # blank lines the model ended with (never shown)
         if not self._doc:
@@ -497,14 +485,6 @@ def answer_opening(request: EditRequest) -> str:
     if not placement.docstring:
         return "```text\n"
     return fence + request.selected[: placement.start] + placement.indent + '"""'
-
-
-def documented_by(code: str, text: str) -> str:
-    """``code`` with documentation ``text`` placed in it (``code`` itself when there is none)."""
-    if not text:
-        return code
-    placement = place(code)
-    return code[: placement.start] + documentation_block(text, placement) + code[placement.end :]
 
 
 def documented(code: str, answer: str) -> str:

@@ -221,6 +221,12 @@ def test_documentation_streams_in_place_a_line_at_a_time_and_adds_up_to_the_plac
     assert opened.feed(' value scaled."""\n    return values * factor\n') == " value scaled."
     assert opened.finished and opened.finish() == '"""\n    return values * factor\n'
     assert opened.replacement == documented(code, '"""Each value scaled."""')
+    # The code before the docstring may hold blank lines (imports above the function): still streamed.
+    document = edit(kind="document")
+    imported = DocAnswer(document.selected)
+    assert (
+        imported.feed(answer_opening(document) + "Each value") == FUNCTION.split("    total")[0] + '    """Each value'
+    )
 
 
 def test_documentation_is_placed_by_us_and_the_code_stays_byte_identical() -> None:

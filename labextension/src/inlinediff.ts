@@ -103,21 +103,22 @@ export class InlineDiff {
     }
   }
 
-  /** The range's text becomes `text` (only the part that differs from what it shows is written). */
+  /** The range's text becomes `text`. */
   private show(text: string): void {
-    const now = this._view.state.sliceDoc(this._start, this._end);
+    this.replace(this._start, this._end, text);
+    this._end = this._start + text.length;
+  }
+
+  /** The document from `from` to `to` becomes `text`: only the part that differs is written. */
+  private replace(from: number, to: number, text: string): void {
+    const now = this._view.state.sliceDoc(from, to);
     const { head, tail } = commonEnds(now, text);
     if (head < now.length - tail || head < text.length - tail) {
       this._view.dispatch({
-        changes: {
-          from: this._start + head,
-          to: this._end - tail,
-          insert: text.slice(head, text.length - tail)
-        },
+        changes: { from: from + head, to: to - tail, insert: text.slice(head, text.length - tail) },
         userEvent: 'input.codestral'
       });
     }
-    this._end = this._start + text.length;
   }
 
   /** How many changed chunks are left to accept or reject (none once each was decided). */
@@ -139,20 +140,12 @@ export class InlineDiff {
     this.close();
   }
 
-  /** Bring back the text the cell had (only the part that differs is written). */
+  /** Bring back the text the cell had (the chunks decided by their buttons included). */
   reject(): void {
     if (this._closed) {
       return;
     }
-    const now = this._view.state.doc.toString();
-    const old = this._original.toString();
-    const { head, tail } = commonEnds(old, now);
-    if (head < now.length - tail || head < old.length - tail) {
-      this._view.dispatch({
-        changes: { from: head, to: now.length - tail, insert: old.slice(head, old.length - tail) },
-        userEvent: 'input.codestral'
-      });
-    }
+    this.replace(0, this._view.state.doc.length, this._original.toString());
     this.close();
   }
 
