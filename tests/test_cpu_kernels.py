@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +20,14 @@ import pytest
 from conftest import the_app
 from fake_backends import FakeFimServer
 
-from jupyter_codestral.backends.embedded import MAX_CRASHES, WorkerConfig, safer_configs, stepped_down
+from jupyter_codestral.backends.embedded import (
+    MAX_CRASHES,
+    WorkerConfig,
+    exit_reason,
+    fatal_signal,
+    safer_configs,
+    stepped_down,
+)
 from jupyter_codestral.embedded.cpu import FAULT_ENV, Kernels, buffer_sizes, build_features, injected_fault
 
 NOTEBOOK = [
@@ -112,6 +121,27 @@ def test_each_safer_configuration_and_what_the_status_says_of_it() -> None:
     assert said == "The embedded model crashed with AMX kernels on this CPU; running without them, slower"
     said = stepped_down(WorkerConfig(Kernels.PLAIN, None), WorkerConfig(Kernels.PLAIN, 1), amx_cpu=False)
     assert said == "The embedded model crashed with no extra CPU kernels; running on one thread, slower"
+
+
+def test_a_crash_is_named_by_its_signal_even_where_the_exit_status_was_lost() -> None:
+    assert exit_reason(-11) == "killed by SIGSEGV" and exit_reason(3) == "exit code 3"
+    # asyncio reports 255 for a child something else reaped first; the worker's faulthandler said why.
+    assert fatal_signal("Fatal Python error: Segmentation fault") == signal.SIGSEGV
+    assert fatal_signal("Fatal Python error: Aborted") == signal.SIGABRT
+    assert fatal_signal("  File \"engine.py\", line 138 in decode") is None
+    assert exit_reason(255, signal.SIGSEGV) == "killed by SIGSEGV" and exit_reason(255) == "exit code 255"
+
+
+@pytest.mark.slow
+def test_the_worker_names_the_signal_that_kills_it_on_stderr() -> None:
+    """The real worker and model, crashing at its self-check's first decode as the AMX kernels do."""
+    crashed = subprocess.run(
+        [sys.executable, "-m", "jupyter_codestral.embedded.worker", "--disk-mb", "0"],
+        input="", capture_output=True, text=True, timeout=240, check=False, env={**os.environ, FAULT_ENV: "segfault"},
+    )
+    assert '"state": "checking"' in crashed.stdout, crashed.stdout[-400:]
+    assert crashed.returncode == -signal.SIGSEGV, crashed.stderr[-400:]
+    assert [fatal_signal(line) for line in crashed.stderr.splitlines() if fatal_signal(line)] == [signal.SIGSEGV]
 
 
 # -- the worker, with the real model, behind the server ---------------------------------------------

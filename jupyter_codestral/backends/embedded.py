@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import signal
 import sys
 from collections import deque
@@ -95,13 +96,35 @@ def stepped_down(crashed: WorkerConfig, now: WorkerConfig, amx_cpu: bool) -> str
     return f"The embedded model crashed {what}; {doing}, slower"
 
 
-def exit_reason(code: int) -> str:
-    """A worker's exit as people read it: the signal that killed it, or its exit code."""
+# What the worker's faulthandler writes first when a signal kills it ("Fatal Python error: Segmentation fault").
+_FATAL_SIGNALS = {
+    "Segmentation fault": signal.SIGSEGV,
+    "Bus error": signal.SIGBUS,
+    "Aborted": signal.SIGABRT,
+    "Floating point exception": signal.SIGFPE,
+    "Illegal instruction": signal.SIGILL,
+}
+_FATAL_LINE = re.compile(r"^Fatal Python error: (" + "|".join(_FATAL_SIGNALS) + ")")
+
+
+def fatal_signal(stderr_line: str) -> signal.Signals | None:
+    """The signal a worker's stderr line says killed it (its faulthandler's "Fatal Python error: ...")."""
+    match = _FATAL_LINE.match(stderr_line)
+    return _FATAL_SIGNALS[match.group(1)] if match else None
+
+
+def exit_reason(code: int, killed_by: signal.Signals | None = None) -> str:
+    """A worker's exit as people read it: the signal that killed it, or its exit code.
+
+    Where something else in the server's process reaps children first, asyncio cannot learn the exit
+    status and reports 255; the signal the worker's stderr named (``killed_by``) then says what it was."""
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
+    if killed_by is not None:
+        return f"killed by {killed_by.name}"
     return f"exit code {code}"
 
 
@@ -139,6 +162,7 @@ class EmbeddedBackend(Backend):
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._killed_by: signal.Signals | None = None  # what the running worker's stderr says killed it
         self._supervisor: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._settled = asyncio.Event()  # ready, or never will be
@@ -217,7 +241,7 @@ class EmbeddedBackend(Backend):
                 break
             self.crashes += 1
             crashed = self.config
-            reason = exit_reason(code)
+            reason = exit_reason(code, self._killed_by)
             tail = " | ".join(list(self._stderr_tail)[-3:])
             if self.crashes >= MAX_CRASHES:
                 self._fail(reason, tail)
@@ -264,6 +288,7 @@ class EmbeddedBackend(Backend):
         self.state, self.progress = BackendState.STARTING, None
         self._ready.clear()
         self._settled.clear()
+        self._killed_by = None
         proc = await asyncio.create_subprocess_exec(
             *self.worker_command(),
             stdin=asyncio.subprocess.PIPE,
@@ -291,7 +316,8 @@ class EmbeddedBackend(Backend):
             self._ready.clear()
             if self.fatal is None:
                 self.state = BackendState.RESTARTING
-                reason = f"The embedded model process stopped ({exit_reason(code)}); it is being restarted."
+                stopped = exit_reason(code, self._killed_by)
+                reason = f"The embedded model process stopped ({stopped}); it is being restarted."
                 for queue in self._pending.values():
                     queue.put_nowait({"event": "error", "kind": ErrorKind.WORKER_CRASHED, "message": reason})
         return code, was_ready
@@ -301,6 +327,7 @@ class EmbeddedBackend(Backend):
         async for raw in proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip()
             if line:
+                self._killed_by = self._killed_by or fatal_signal(line)
                 self._stderr_tail.append(line)
                 log.debug("embedded model worker: %s", line)
 

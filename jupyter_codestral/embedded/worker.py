@@ -33,6 +33,7 @@ exits.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import hashlib
 import json
 import os
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-token", action="append", default=[], help="a special token that ends a completion")
     args = parser.parse_args(argv)
 
+    # A crash in native code (llama.cpp's kernels) writes the signal and the Python stack to stderr: the
+    # server logs it, and names the signal even where it cannot learn the exit status.
+    faulthandler.enable()
     # Our protocol owns stdout; anything native code prints goes to stderr.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
