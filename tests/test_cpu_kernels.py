@@ -141,7 +141,7 @@ def test_the_worker_names_the_signal_that_kills_it_on_stderr() -> None:
     )
     assert '"state": "checking"' in crashed.stdout, crashed.stdout[-400:]
     assert crashed.returncode == -signal.SIGSEGV, crashed.stderr[-400:]
-    assert [fatal_signal(line) for line in crashed.stderr.splitlines() if fatal_signal(line)] == [signal.SIGSEGV]
+    assert [named for line in crashed.stderr.splitlines() if (named := fatal_signal(line))] == [signal.SIGSEGV]
 
 
 # -- the worker, with the real model, behind the server ---------------------------------------------
