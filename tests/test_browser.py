@@ -404,6 +404,13 @@ def test_a_no_completion_cell_shows_nothing_and_the_next_cell_does(
         assert fake.request_count >= 1
 
 
+def wait_cell_source(page: Page, index: int, expected: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (now := cell_source(page, index)) != expected:
+        assert time.monotonic() < deadline, f"cell {index} holds {now!r}, not {expected!r}"
+        time.sleep(0.1)
+
+
 def cell_source(page: Page, index: int) -> str:
     """The cell's text without the ghost text shown in it."""
     content = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-content")
@@ -671,6 +678,11 @@ def test_fix_streams_in_as_an_inline_diff_tab_accepts_and_escape_rejects(
         page.wait_for_function("() => document.querySelectorAll('.cm-deletedChunk').length === 0", timeout=10_000)
         assert cell_source(page, 1) == FIXED_CELL
         assert edit_status(page) == ""
+        # The accepted edit is one undo step, though it streamed in over seconds; redo brings it back.
+        page.keyboard.press("Control+z")
+        wait_cell_source(page, 1, BROKEN_CELL)
+        page.keyboard.press("Control+Shift+z")
+        wait_cell_source(page, 1, FIXED_CELL)
         # Escape brings the cell back (here from the keyboard shortcut, the cell's editor focused).
         fake.script = Script(chunks=["```python\n", "def mean(values):\n    return 0\n", "```\n"])
         cell.locator(".cm-content").click()
@@ -683,6 +695,11 @@ def test_fix_streams_in_as_an_inline_diff_tab_accepts_and_escape_rejects(
         page.keyboard.press("Escape")
         page.wait_for_function("() => document.querySelectorAll('.cm-deletedChunk').length === 0", timeout=10_000)
         assert cell_source(page, 1) == FIXED_CELL
+        # A rejected edit leaves no undo step: the next undo is the accepted fix's.
+        page.keyboard.press("Control+z")
+        wait_cell_source(page, 1, BROKEN_CELL)
+        page.keyboard.press("Control+Shift+z")
+        wait_cell_source(page, 1, FIXED_CELL)
         # What became of them, counted per route: one accepted, one rejected.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ import { Widget } from '@lumino/widgets';
 import { ICounted } from './acceptance';
 import { CodestralClient } from './client';
 import { EditKind, EditRequest, Status } from './contract';
-import { InlineDiff } from './inlinediff';
+import { IUndoHistory, InlineDiff } from './inlinediff';
 import { commonEnds } from './streamedrange';
 import { CompletionFailure, isEditDone, isError } from './protocol';
 import { CodestralProvider } from './provider';
@@ -219,6 +219,12 @@ class EditStatus extends Widget {
   }
 }
 
+/** The cell's undo history: its shared model's (a Yjs UndoManager), which the cell's undo keys use. */
+function undoHistory(cell: CodeCell): IUndoHistory | null {
+  const shared = cell.model.sharedModel as unknown as { undoManager?: IUndoHistory | null };
+  return shared.undoManager ?? null;
+}
+
 /**
  * The code cell an edit command acts on: the one the context menu was opened on, else the active
  * one; with its editor, or null.
@@ -326,11 +332,17 @@ export function addEditCommands(options: IEditOptions): void {
       return;
     }
     let session: EditSession | null = null;
-    const diff = new InlineDiff(view, range.start, range.end, {
-      accept: () => session?.accept(),
-      reject: () => session?.reject(),
-      changed: () => session?.diffChanged()
-    });
+    const diff = new InlineDiff(
+      view,
+      range.start,
+      range.end,
+      {
+        accept: () => session?.accept(),
+        reject: () => session?.reject(),
+        changed: () => session?.diffChanged()
+      },
+      undoHistory(cell)
+    );
     session = new EditSession(kind, diff, provider, ended => {
       if (current === ended) {
         current = null;

@@ -6,6 +6,10 @@
  * the server's answer expects it.
  *
  * While the new text is written, the old lines it has not reached stay below it (streamedrange.ts).
+ *
+ * The cell's undo history (its shared model's Yjs UndoManager, not CodeMirror's) gets one step for an
+ * accepted edit and none for a rejected one: the streamed steps are undone before the end, and an
+ * accepted text is written again as one change.
  */
 import { getChunks, unifiedMergeView } from '@codemirror/merge';
 import { Compartment, EditorState, Prec, StateEffect, Text } from '@codemirror/state';
@@ -22,6 +26,15 @@ export interface IDiffKeys {
   reject(): void;
   /** The document or the diff's original changed (a chunk accepted or rejected by its button). */
   changed(): void;
+}
+
+/** The part of a cell's undo history (Yjs's UndoManager, the shared model's) the diff uses. */
+export interface IUndoHistory {
+  readonly undoStack: readonly unknown[];
+  undo(): unknown;
+  /** The next change starts an undo step of its own (not merged with the one before). */
+  stopCapturing(): void;
+  clear(clearUndoStack?: boolean, clearRedoStack?: boolean): void;
 }
 
 // One compartment per editor, made the first time it shows a diff: later diffs reconfigure it.
@@ -42,6 +55,7 @@ export class InlineDiff {
   private readonly _start: number;
   private _end: number;
   private readonly _streamed: StreamedRange;
+  private readonly _historyStart: number;
   private _closed = false;
 
   /** `start`/`end`: the range the edit replaces, in the editor's offsets. */
@@ -49,9 +63,13 @@ export class InlineDiff {
     private readonly _view: EditorView,
     start: number,
     end: number,
-    keys: IDiffKeys
+    keys: IDiffKeys,
+    private readonly _history: IUndoHistory | null = null
   ) {
     this._original = _view.state.doc;
+    // The streamed steps start a step of their own, so that unwinding them leaves the user's alone.
+    _history?.stopCapturing();
+    this._historyStart = _history?.undoStack.length ?? 0;
     this._start = start;
     this._end = end;
     this._streamed = new StreamedRange(this._original.sliceString(start, end));
@@ -135,18 +153,41 @@ export class InlineDiff {
     return this._original.toString();
   }
 
-  /** Keep the document as it is: the diff goes, the change stays. */
+  /** Keep the document as it is: the diff goes, the change stays, one undo step. */
   accept(): void {
+    if (this._closed) {
+      return;
+    }
+    const text = this.text;
+    if (this.unwind()) {
+      this._history?.stopCapturing();
+      this.replace(0, this._view.state.doc.length, text);
+      this._history?.stopCapturing(); // the user's next keys are a step of their own
+    }
     this.close();
   }
 
-  /** Bring back the text the cell had (the chunks decided by their buttons included). */
+  /** Bring back the text the cell had (the chunks decided by their buttons included); no undo step. */
   reject(): void {
     if (this._closed) {
       return;
     }
+    this.unwind();
     this.replace(0, this._view.state.doc.length, this._original.toString());
     this.close();
+  }
+
+  /** Undo the steps written since the diff began (and forget them as redo steps). False without a history. */
+  private unwind(): boolean {
+    const history = this._history;
+    if (!history) {
+      return false;
+    }
+    while (history.undoStack.length > this._historyStart) {
+      history.undo();
+    }
+    history.clear(false, true);
+    return true;
   }
 
   get closed(): boolean {
