@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import websocket
 
+from jupyter_codestral.embedded.cpu import cpu_flags, deny_amx, has_amx
 from jupyter_codestral.evaluation import read_cells
 from jupyter_codestral.stats import median, percentile
 
@@ -93,11 +94,14 @@ def fake_backend(delay: float = 0.0, text: str = "df.head()") -> Iterator[str]:
 
 
 @contextmanager
-def jupyter_server(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[bytes]]]:
+def jupyter_server(*args: str, env: dict[str, str] | None = None, refuse_amx: bool = False,
+                   ) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[bytes]]]:
     """A real ``jupyter server`` with the extension; yields (codestral base URL, auth headers, process).
 
     Its log goes to ``server.log`` in its root folder: a pipe nobody reads
-    would fill up under load and stop the server in the middle of a write."""
+    would fill up under load and stop the server in the middle of a write.
+    ``refuse_amx``: the server and its model worker never get the AMX permission (for code older than
+    its own guard, ``embedded/cpu.py``, on a CPU where llama.cpp's AMX kernels crash)."""
     port, token = free_port(), secrets.token_hex(16)
     root = Path(os.environ.get("TMPDIR", "/tmp")) / f"codestral-bench-{port}"
     root.mkdir(parents=True, exist_ok=True)
@@ -108,7 +112,8 @@ def jupyter_server(*args: str, env: dict[str, str] | None = None) -> Iterator[tu
     ]
     child_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")} | (env or {})
     # Started in its root folder: what the notebooks' cells write (kernels run there) stays out of the tree.
-    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.DEVNULL, stderr=log, cwd=root)
+    guard = deny_amx if refuse_amx and has_amx(cpu_flags()) else None  # a seccomp filter outlives exec
+    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.DEVNULL, stderr=log, cwd=root, preexec_fn=guard)
     headers = {"Authorization": f"token {token}"}
     base = f"http://127.0.0.1:{port}"
     try:

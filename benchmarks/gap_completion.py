@@ -39,6 +39,7 @@ import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +181,8 @@ def _gap(name: str, cells: list[dict[str, Any]], index: int, lines: list[str], o
 
 def run_config(name: str, revision: str | None, cases: list[Case]) -> Results:
     results = Results()
-    with source_tree(revision) as env, jupyter_server("--CodestralExtension.backend=embedded", env=env) as (
-        base, headers, _
-    ):
+    server = partial(jupyter_server, "--CodestralExtension.backend=embedded", refuse_amx=revision is not None)
+    with source_tree(revision) as env, server(env=env) as (base, headers, _):
         with httpx.Client(headers=headers, timeout=600) as client:
             wait_model_ready(client, base)
             for case in tqdm(cases, desc=name, unit="case"):

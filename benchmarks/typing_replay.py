@@ -25,6 +25,14 @@ in the same state:
 
     python benchmarks/typing_replay.py [--cases 12] [--every 3] [--configs before,stable]
 
+``--timeline`` sends each case's quality probe alone, when a user who entered
+the cell would first pause on the line (``--think`` seconds, then the line's
+start typed at ``--cps``), the prefetch sent on entering and left running as
+the frontend leaves it: the first suggestion the user gets, and when it shows
+(for the adaptive layout: from the richer prompt only if it was read by then):
+
+    python benchmarks/typing_replay.py --timeline [--cases 120] [--configs before,adaptive]
+
 ``--along`` measures instead what the user sees while typing on a real
 timeline (keys at ``--cps``, a pause after each word, a request after the
 debounce, a newer request aborting the one in flight), with the frontend's
@@ -46,6 +54,7 @@ import json
 import random
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +86,7 @@ class Results:
     similarity: list[float] = field(default_factory=list)  # one per case, in the cases' order
     completions: list[str] = field(default_factory=list)  # the quality probe's, one per case
     answered_from: list[dict[str, Any]] = field(default_factory=list)  # the probe's prompt, as the worker says
+    shown_ms: list[float] = field(default_factory=list)  # --timeline: from entering the cell to the probe's first text
     errors: int = 0
     memory_mb: float = 0.0
 
@@ -133,8 +143,12 @@ def server_memory_mb(proc: Any) -> float:
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
 
 
-def run_config(spec: str, cases: list[Case], every: int, max_requests: int, before: str) -> Results:
-    """``spec``: a configuration's name, then optionally ``:setting=value+setting=value`` (CodestralExtension settings)."""
+def run_config(spec: str, cases: list[Case], every: int, max_requests: int, before: str,
+               timeline: Timeline | None = None) -> Results:
+    """``spec``: a configuration's name, then optionally ``:setting=value+setting=value`` (CodestralExtension settings).
+
+    ``timeline``: the quality probe alone, when a user who entered the cell would pause first (the prefetch
+    is not waited for, as the frontend does not wait for it)."""
     results = Results()
     name, _, extra = spec.partition(":")
     flags = [f"--CodestralExtension.{f}" for f in extra.split("+") if f]
@@ -144,12 +158,15 @@ def run_config(spec: str, cases: list[Case], every: int, max_requests: int, befo
     if name != "before":
         flags.append(f"--CodestralExtension.kv_disk_dir={kv.name}")
     with kv, source_tree(before if name == "before" else None) as env, jupyter_server(
-        *CONFIGS[name], *flags, "--CodestralExtension.backend=local", env=env
+        *CONFIGS[name], *flags, "--CodestralExtension.backend=local", env=env, refuse_amx=name == "before"
     ) as (base, headers, proc):
         with httpx.Client(headers=headers, timeout=120) as client:
             wait_model_ready(client, base)
             url = f"{base}/complete"
             for case in tqdm(cases, desc=spec, unit="case"):
+                if timeline is not None:
+                    probe_on_timeline(client, base, case, timeline, name in PREFETCH, results)
+                    continue
                 columns = list(range(case.typed_from + every, case.stop_at, every)) + [case.stop_at]
                 columns = columns[-max_requests:]
                 if name in PREFETCH:
@@ -173,6 +190,46 @@ def run_config(spec: str, cases: list[Case], every: int, max_requests: int, befo
                         results.answered_from.append(answering_prompt(client.get(f"{base}/status").json()))
             results.memory_mb = server_memory_mb(proc)
     return results
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """When the user pauses after entering a cell: ``think`` seconds, then the line's start typed at ``cps``."""
+
+    think: float
+    cps: float
+
+    def pause_after(self, case: Case) -> float:
+        return self.think + (case.stop_at - case.typed_from) / self.cps
+
+
+def probe_on_timeline(client: httpx.Client, base: str, case: Case, timeline: Timeline, prefetch: bool,
+                      results: Results) -> None:
+    """The quality probe at the user's first pause on the line, the prefetch sent on entering the cell and
+    left running, as the frontend leaves it: what the user's first suggestion is, and when it shows."""
+    url = f"{base}/complete"
+    entered = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        warming = pool.submit(client.post, url, json=case.request(case.typed_from, prefetch=True, stream=False)) \
+            if prefetch else None
+        time.sleep(max(0.0, entered + timeline.pause_after(case) - time.perf_counter()))
+        paused = time.perf_counter()
+        try:
+            ttft, completion = timed_completion(client, url, case.request())
+        except RuntimeError as error:
+            results.errors += 1
+            print(f"  error: {error}")
+            return
+        finally:
+            if warming is not None:
+                warming.result()  # a request stops the prefetch: it ends at once
+    results.cold_ttft.append(ttft)
+    results.shown_ms.append((paused - entered) * 1000 + ttft)
+    exact, similarity = score(completion, case.target)
+    results.exact.append(exact)
+    results.similarity.append(similarity)
+    results.completions.append(completion)
+    results.answered_from.append(answering_prompt(client.get(f"{base}/status").json()))
 
 
 def paired_difference(a: list[float], b: list[float], rounds: int = 10_000) -> tuple[float, float, float]:
@@ -331,9 +388,13 @@ def main() -> None:
     parser.add_argument("--before", default="6e1d113", help="git revision of the 'before' configuration")
     parser.add_argument("--notebooks", type=Path, default=BENCH_NOTEBOOKS)
     parser.add_argument("--log", type=Path, help="write each case's quality probe per configuration here (JSON lines)")
+    parser.add_argument("--timeline", action="store_true", help="the quality probe alone, at the user's first "
+                        "pause after entering the cell (--think, then the line's start typed at --cps), the prefetch "
+                        "not waited for")
     parser.add_argument("--along", action="store_true", help="what the user sees, with and without typing along")
-    parser.add_argument("--cps", type=float, default=5.0, help="--along: characters a second")
-    parser.add_argument("--think", type=float, default=0.8, help="--along: seconds paused after each word")
+    parser.add_argument("--cps", type=float, default=5.0, help="--along, --timeline: characters a second")
+    parser.add_argument("--think", type=float, default=0.8, help="--along: seconds paused after each word; "
+                        "--timeline: after entering the cell")
     parser.add_argument("--debounce", type=float, default=0.2, help="--along: the core's debounce, in seconds")
     args = parser.parse_args()
 
@@ -343,10 +404,16 @@ def main() -> None:
         return
     table = {}
     for name in args.configs.split(","):
-        table[name] = run_config(name, cases, args.every, args.max_requests, args.before)
+        table[name] = run_config(name, cases, args.every, args.max_requests, args.before,
+                                 Timeline(args.think, args.cps) if args.timeline else None)
 
-    print(f"\n{len(cases)} cases (seed {args.seed}), a request every {args.every} typed characters, "
-          f"up to {args.max_requests} per case; embedded model, through the HTTP endpoint")
+    if args.timeline:
+        print(f"\n{len(cases)} cases (seed {args.seed}), each the quality probe alone, sent {args.think} s after "
+              f"entering the cell plus the line's start typed at {args.cps} characters a second, the prefetch "
+              "left running; embedded model, through the HTTP endpoint")
+    else:
+        print(f"\n{len(cases)} cases (seed {args.seed}), a request every {args.every} typed characters, "
+              f"up to {args.max_requests} per case; embedded model, through the HTTP endpoint")
     width = max(8, *(len(name) + 1 for name in table))
     header = f"{'config':<{width}}{'warm TTFT med':>14}{'p95':>8}{'cold TTFT med':>14}{'p95':>8}{'exact':>7}{'edit sim':>9}{'errors':>7}{'memory MB':>10}"
     print(header)
@@ -378,6 +445,11 @@ def main() -> None:
             p = summary(r.prefetch_ms)
             print(f"{name}: the prefetch on entering a cell (the whole prompt read cold) took median {p['median']:.0f} ms, "
                   f"p95 {p['p95']:.0f} ms, while the user had not typed yet")
+    for name, r in table.items():
+        if r.shown_ms:
+            shown = summary(r.shown_ms)
+            print(f"{name}: the first suggestion showed median {shown['median'] / 1000:.1f} s, p95 "
+                  f"{shown['p95'] / 1000:.1f} s after entering the cell")
     for name, r in table.items():
         if known := [prompt for prompt in r.answered_from if prompt]:
             richer, nearer = sum(bool(p.get("richer")) for p in known), sum(bool(p.get("nearer")) for p in known)

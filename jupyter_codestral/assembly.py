@@ -100,6 +100,8 @@ def context_budget(options: CodestralOptions) -> ContextBudget:
         prefix_tokens=options.prefix_tokens,
         suffix_tokens=options.suffix_tokens,
         trim_step_tokens=options.trim_step_tokens,
+        near_tokens=options.near_tokens,
+        near_later_tokens=options.near_later_tokens,
     )
 
 

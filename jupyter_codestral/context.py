@@ -58,6 +58,11 @@ class ContextBudget:
     chars_per_token: float = 3.2
     # The kernel's variables have a budget of their own.
     namespace_tokens: int = 256
+    # The nearer prompt (answered from where nothing near the cursor was read before: a cell entered cold):
+    # the nearest earlier cells within this many tokens (0: no nearer prompt), and the nearest later cells
+    # within ``near_later_tokens`` as the split layout's file before the notebook (0: none).
+    near_tokens: int = 256
+    near_later_tokens: int = 0
 
     @property
     def richer(self) -> ContextBudget:
@@ -324,20 +329,26 @@ def _prompt_lines(placement: Placement | None, language: str) -> frozenset[str]:
     )
 
 
-# The nearer prompt's earlier cells: what a CPU reads in about two seconds (the time from entering a
-# cell to the first pause in typing), so that a cell far from anything read before answers at once.
-NEAR_TOKENS = 256
-
-
-def nearer(context: FimContext, tokens: int = NEAR_TOKENS, chars_per_token: float = 3.2) -> FimContext | None:
-    """``context`` with only its nearest earlier cells (whole cells, within ``tokens``), or None when that
-    would not be much shorter.  The rest is the same text, so what is read of it stays read when the
-    whole context is read after it."""
+def nearer(context: FimContext, budget: ContextBudget) -> FimContext | None:
+    """``context`` with only its nearest earlier cells (whole cells, within ``budget.near_tokens``), and where
+    ``budget.near_later_tokens`` says so only its nearest later cells; or None when that would not be much
+    shorter.  The earlier cells are the same text as ``context``'s end, so what is read of them stays read when
+    the whole context is read after them."""
+    if budget.near_tokens <= 0:
+        return None
     before = context.before
-    room = round(tokens * chars_per_token)  # in characters, as estimate_tokens counts
-    if len(before) <= room + round(128 * chars_per_token):
+    room = round(budget.near_tokens * budget.chars_per_token)  # in characters, as estimate_tokens counts
+    if len(before) <= room + round(128 * budget.chars_per_token):
         return None
     marker = re.compile("^" + re.escape(cell_marker(context.language)), re.MULTILINE)
     starts = [match.start() for match in marker.finditer(before)]
     start = next((p for p in starts if len(before) - p <= room), len(before))
-    return replace(context, before=before[start:], cells_before=sum(p >= start for p in starts))
+    near = replace(context, before=before[start:], cells_before=sum(p >= start for p in starts))
+    if budget.near_later_tokens <= 0:
+        return near
+    after = context.after
+    room = int(budget.near_later_tokens * budget.chars_per_token)  # in characters, not one over
+    starts_after = [match.start() for match in marker.finditer(after)]  # after starts with a marker
+    ends = [*starts_after[1:], len(after)]
+    end = max((p for p in ends if p <= room), default=0) or after.rfind("\n", 0, room) + 1  # else the next cell's head
+    return replace(near, after=after[:end], cells_after=len(marker.findall(after, 0, end)))

@@ -94,6 +94,15 @@ class CodestralOptions(Configurable):
         help="The earlier cells' window moves in steps of this many tokens, so its start stays put while the "
         "notebook grows. Default: the backend's."
     ).tag(config=True)
+    near_tokens = Int(
+        help="Where a cell is entered with nothing near it read before, the embedded model answers at once from a "
+        "nearer prompt: the nearest earlier cells within this many tokens (0: no nearer prompt; the whole prompt is "
+        "read first). Default: the backend's."
+    ).tag(config=True)
+    near_later_tokens = Int(
+        help="The nearer prompt also holds the nearest later cells within this many tokens, before the notebook "
+        "(0: none). Default: the backend's."
+    ).tag(config=True)
     max_tokens = Int(
         128,
         help="Most tokens a completion may have: the length of a completion when the request does not say, and the "
@@ -417,6 +426,21 @@ class CodestralOptions(Configurable):
     @default("trim_step_tokens")
     def _default_trim_step_tokens(self) -> int:
         return self.kind.budget.trim_step_tokens
+
+    @default("near_tokens")
+    def _default_near_tokens(self) -> int:
+        return self.kind.budget.near_tokens
+
+    @default("near_later_tokens")
+    def _default_near_later_tokens(self) -> int:
+        return self.kind.budget.near_later_tokens
+
+    @validate("near_tokens", "near_later_tokens")
+    def _validate_near_budget(self, proposal: Any) -> int:
+        value = int(proposal.value)
+        wrong = f"{proposal.trait.name} must be 0 (none) or a number of tokens; it is {value}."
+        self._verdict(proposal.trait.name, None if value >= 0 else wrong)
+        return max(0, value)
 
     @validate("prefix_tokens", "suffix_tokens", "trim_step_tokens")
     def _validate_budget(self, proposal: Any) -> int:

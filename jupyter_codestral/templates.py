@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .context import CELL_SEPARATOR, FimContext, nearer
+from .context import CELL_SEPARATOR, ContextBudget, FimContext, nearer
+
+DEFAULT_BUDGET = ContextBudget()  # the embedded model's, for callers that have none of their own
 
 # Where the later cells go.
 # "inline": in the FIM suffix (the classic layout; for servers that read fast).
@@ -50,19 +52,28 @@ class PromptFormat:
         return render_prompt(template, context, self.answer_layout, self.kernel_file)
 
     def render_all(
-        self, template: FimTemplate, context: FimContext, richer_context: FimContext | None = None
+        self,
+        template: FimTemplate,
+        context: FimContext,
+        richer_context: FimContext | None = None,
+        budget: ContextBudget = DEFAULT_BUDGET,
     ) -> tuple[list[str], str | None]:
         """Every prompt of a request, for a backend that reads some while the user thinks (the embedded
         model): in order of preference, the richer one (the adaptive layout's, from ``richer_context``:
         by default ``context``) and the one to answer from at once; and a nearer one (the cells nearest
-        the cursor only), answered from where the others would take long (nothing around the cursor read
-        before)."""
+        the cursor only, within ``budget``'s ``near_tokens``), answered from where the others would take long
+        (nothing around the cursor read before)."""
         prompts = [self.render(template, context)]
         richer = self.render_richer(template, richer_context or context)
         if richer is not None:
             prompts.insert(0, richer)
-        near = nearer(context) if self.answer_layout == "stable" else None
-        return prompts, None if near is None else self.render(template, near)
+        near = nearer(context, budget) if self.answer_layout == "stable" else None
+        return prompts, None if near is None else self.render_nearer(template, near, budget)
+
+    def render_nearer(self, template: FimTemplate, near: FimContext, budget: ContextBudget) -> str:
+        """The nearer prompt: the stable layout's, or with its later cells the split one's."""
+        later = budget.near_later_tokens > 0 and self.reads_richer(template)
+        return render_prompt(template, near, "split", self.kernel_file) if later else self.render(template, near)
 
     def reads_richer(self, template: FimTemplate) -> bool:
         """Whether a richer prompt is read beside the one answered from: the adaptive layout's, with a

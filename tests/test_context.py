@@ -106,7 +106,7 @@ def test_the_windows_start_does_not_depend_on_the_cell_being_written() -> None:
 def test_the_nearer_context_keeps_the_nearest_whole_cells_and_the_rest_as_it_was() -> None:
     earlier = [("code", f"step_{i} = compute({i}) * 2") for i in range(200)]
     ctx = build_context(request([*earlier, ("code", "x = ")], len(earlier)), ContextBudget())
-    near = nearer(ctx, tokens=256)
+    near = nearer(ctx, ContextBudget(near_tokens=256))
     assert near is not None and ctx.before.endswith(near.before) and near.before.startswith("# %%\n")
     assert 200 < estimate_tokens(near.before) <= 256 and near.cells_before == near.before.count("# %%")
     assert (near.namespace, near.header, near.cell_prefix, near.cell_suffix) == (
@@ -115,7 +115,24 @@ def test_the_nearer_context_keeps_the_nearest_whole_cells_and_the_rest_as_it_was
         ctx.cell_prefix,
         ctx.cell_suffix,
     )
-    assert nearer(build_context(request([*earlier[:5], ("code", "x = ")], 5), ContextBudget())) is None  # short
+    short = build_context(request([*earlier[:5], ("code", "x = ")], 5), ContextBudget())
+    assert nearer(short, ContextBudget()) is None
+    assert nearer(ctx, ContextBudget(near_tokens=0)) is None  # turned off: the whole prompt is read first
+    assert near.after == ctx.after  # no later cells of its own: the stable layout reads only the end marker
+
+
+def test_the_nearer_context_may_keep_the_nearest_later_cells_whole() -> None:
+    earlier = [("code", f"step_{i} = compute({i}) * 2") for i in range(200)]
+    later = [("code", f"after_{i} = step_{i} + 1") for i in range(50)]
+    ctx = build_context(request([*earlier, ("code", "x = "), *later], len(earlier)), ContextBudget())
+    near = nearer(ctx, ContextBudget(near_later_tokens=64))
+    assert near is not None and ctx.after.startswith(near.after) and near.after.startswith("\n\n# %%\n")
+    assert near.after.endswith(" + 1\n\n")  # whole cells
+    assert 40 < estimate_tokens(near.after) <= 64 and near.cells_after == near.after.count("# %%")
+    long_next = build_context(request([*earlier, ("code", "x = "), ("code", "\n".join(["y = 1"] * 200))],
+                                      len(earlier)), ContextBudget())
+    head = nearer(long_next, ContextBudget(near_later_tokens=64))
+    assert head is not None and head.cells_after == 1 and estimate_tokens(head.after) <= 64  # the next cell's head
 
 
 def kernel(*snapshots: tuple[int, list[tuple[str, str, str]]]) -> KernelState:

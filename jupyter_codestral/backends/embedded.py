@@ -411,7 +411,7 @@ class EmbeddedBackend(Backend):
         source = request.source.request
         prompt_format = self.settings.prompt
         richer = request.richer_context if prompt_format.reads_richer(self.template) else None
-        prompts, nearer = prompt_format.render_all(self.template, request.context, richer)
+        prompts, nearer = prompt_format.render_all(self.template, request.context, richer, request.budget)
         ahead = request.next_window
         return {
             "op": "complete",
