@@ -88,6 +88,14 @@ class Results:
     answered_from: list[dict[str, Any]] = field(default_factory=list)  # the probe's prompt, as the worker says
     shown_ms: list[float] = field(default_factory=list)  # --timeline: from entering the cell to the probe's first text
     errors: int = 0
+
+    def probed(self, case: Case, completion: str, status: Any) -> None:
+        """Score the quality probe's ``completion``, and note the prompt it was answered from (``status``)."""
+        exact, similarity = score(completion, case.target)
+        self.exact.append(exact)
+        self.similarity.append(similarity)
+        self.completions.append(completion)
+        self.answered_from.append(answering_prompt(status))
     memory_mb: float = 0.0
 
 
@@ -183,11 +191,7 @@ def run_config(spec: str, cases: list[Case], every: int, max_requests: int, befo
                         continue
                     (results.cold_ttft if n == 0 else results.warm_ttft).append(ttft)
                     if column == case.stop_at:
-                        exact, similarity = score(completion, case.target)
-                        results.exact.append(exact)
-                        results.similarity.append(similarity)
-                        results.completions.append(completion)
-                        results.answered_from.append(answering_prompt(client.get(f"{base}/status").json()))
+                        results.probed(case, completion, client.get(f"{base}/status").json())
             results.memory_mb = server_memory_mb(proc)
     return results
 
@@ -225,11 +229,7 @@ def probe_on_timeline(client: httpx.Client, base: str, case: Case, timeline: Tim
                 warming.result()  # a request stops the prefetch: it ends at once
     results.cold_ttft.append(ttft)
     results.shown_ms.append((paused - entered) * 1000 + ttft)
-    exact, similarity = score(completion, case.target)
-    results.exact.append(exact)
-    results.similarity.append(similarity)
-    results.completions.append(completion)
-    results.answered_from.append(answering_prompt(client.get(f"{base}/status").json()))
+    results.probed(case, completion, client.get(f"{base}/status").json())
 
 
 def paired_difference(a: list[float], b: list[float], rounds: int = 10_000) -> tuple[float, float, float]:
